@@ -1,0 +1,24 @@
+"""hope_attr: exact high-order Taylor expansions of PyTorch networks, served as Captum attributions.
+
+The jet convention (normalized Taylor coefficients) is stated once in :mod:`hope_attr._jet`.
+"""
+
+from hope_attr._derivatives import unmixed_derivatives
+from hope_attr._jet import Jet
+from hope_attr._registry import (
+    TrainingModeError,
+    UnsupportedOperationError,
+    register_rule,
+    unregister_rule,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Jet",
+    "TrainingModeError",
+    "UnsupportedOperationError",
+    "register_rule",
+    "unmixed_derivatives",
+    "unregister_rule",
+]

@@ -1,0 +1,112 @@
+"""Taylor rules derived by identities over the primitive rules.
+
+Each function here only encodes an identity (``silu(x) = x sigmoid(x)``, softmax as ``exp`` over a
+sum, layer norm from means and ``rsqrt``); exactness follows from the primitives'. Constants that
+are read off the primal -- the max subtracted for a stable softmax -- do not change the function,
+so they do not change its series.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hope_attr import _arithmetic as ar
+from hope_attr._jet import Jet
+from hope_attr._registry import register_rule
+
+
+def _reduce(x: Jet, dims: Sequence[int], mean: bool) -> Jet:
+    """Sum or mean over axes of the model's tensor, keeping them (a linear map per sample)."""
+    ndim = x.primal.dim()
+    series_dims = tuple((d % ndim) + 2 for d in dims)
+    reduce = torch.mean if mean else torch.sum
+    series = reduce(
+        x.series.expand(*x.series.shape[:2], *x.primal.shape), series_dims, keepdim=True
+    )
+    return Jet(reduce(x.primal, tuple(dims), keepdim=True), series, x.order)
+
+
+@register_rule(F.silu)
+def silu(x: Jet, inplace: bool = False) -> Jet:
+    return x * ar.sigmoid(x)
+
+
+@register_rule(F.mish)
+def mish(x: Jet, inplace: bool = False) -> Jet:
+    return x * ar.tanh(ar.softplus(x))
+
+
+def gelu_tanh(x: Jet) -> Jet:
+    """``gelu(x, approximate="tanh") = x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``."""
+    inner = (x + 0.044715 * ar.power(x, 3.0)) * math.sqrt(2 / math.pi)
+    return 0.5 * x * (1 + ar.tanh(inner))
+
+
+@register_rule(F.softmax, torch.softmax, torch.Tensor.softmax)
+def softmax(x: Jet, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> Jet:
+    if dim is None:
+        raise ValueError("softmax needs an explicit dim")
+    shift = x.primal.amax(dim, keepdim=True)
+    e = ar.exp(x - shift)
+    return e / _reduce(e, (dim,), mean=False)
+
+
+@register_rule(F.log_softmax, torch.log_softmax, torch.Tensor.log_softmax)
+def log_softmax(x: Jet, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> Jet:
+    if dim is None:
+        raise ValueError("log_softmax needs an explicit dim")
+    shifted = x - x.primal.amax(dim, keepdim=True)
+    return shifted - ar.log(_reduce(ar.exp(shifted), (dim,), mean=False))
+
+
+def _normalize(x: Jet, dims: Sequence[int], eps: float) -> Jet:
+    centered = x - _reduce(x, dims, mean=True)
+    variance = _reduce(centered * centered, dims, mean=True)
+    return centered * ar.power(variance + eps, -0.5)
+
+
+@register_rule(F.layer_norm)
+def layer_norm(
+    x: Jet,
+    normalized_shape: Sequence[int],
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Jet:
+    dims = tuple(range(-len(normalized_shape), 0))
+    y = _normalize(x, dims, eps)
+    if weight is not None:
+        y = y * weight
+    return y + bias if bias is not None else y
+
+
+@register_rule(nn.LayerNorm)
+def _layer_norm_module(module: nn.LayerNorm, x: Jet) -> Jet:
+    return layer_norm(x, module.normalized_shape, module.weight, module.bias, module.eps)
+
+
+@register_rule(F.group_norm)
+def group_norm(
+    x: Jet,
+    num_groups: int,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Jet:
+    batch, channels = x.primal.shape[:2]
+    grouped = ar.map_per_sample(lambda t: t.reshape(batch, num_groups, -1), x)
+    y = ar.map_per_sample(lambda t: t.reshape(x.primal.shape), _normalize(grouped, (-1,), eps))
+    affine_shape = (channels, *([1] * (x.primal.dim() - 2)))
+    if weight is not None:
+        y = y * weight.reshape(affine_shape)
+    return y + bias.reshape(affine_shape) if bias is not None else y
+
+
+@register_rule(nn.GroupNorm)
+def _group_norm_module(module: nn.GroupNorm, x: Jet) -> Jet:
+    return group_norm(x, module.num_groups, module.weight, module.bias, module.eps)

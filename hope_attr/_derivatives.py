@@ -1,0 +1,184 @@
+"""Public entry point: every unmixed derivative of every output, by batched Taylor mode."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, overload
+
+import torch
+from torch import Tensor
+
+from hope_attr import _compositions, _interpreter, _primitives  # noqa: F401  (register the built-in rules)
+from hope_attr._jet import InputSeed, Jet
+
+# Memory the series of one activation may take; the default chunk of directions is sized so that
+# the largest activation's series (with the temporaries of a nonlinearity, ~4 copies) fits in it.
+_SERIES_BUDGET_BYTES = 256 * 2**20
+_TEMPORARY_COPIES = 4
+
+
+@overload
+def unmixed_derivatives(
+    forward_func: Callable[..., Tensor],
+    inputs: Tensor,
+    order: int,
+    *,
+    additional_forward_args: Any = None,
+    internal_batch_size: int | None = None,
+) -> Tensor: ...
+
+
+@overload
+def unmixed_derivatives(
+    forward_func: Callable[..., Tensor],
+    inputs: tuple[Tensor, ...],
+    order: int,
+    *,
+    additional_forward_args: Any = None,
+    internal_batch_size: int | None = None,
+) -> tuple[Tensor, ...]: ...
+
+
+def unmixed_derivatives(
+    forward_func, inputs, order, *, additional_forward_args=None, internal_batch_size=None
+):
+    """All unmixed derivatives ``d^k out[b, o] / d inputs[b, i]^k`` for ``k = 1..order``.
+
+    Exact to floating-point rounding: each input feature's direction is pushed through the
+    network as a univariate Taylor series (a jet), all directions batched, with the primal pass
+    shared (convention and rules: ``docs/derivation.md``).
+
+    Args:
+        forward_func: a model or function, called as
+            ``forward_func(inputs, *additional_forward_args)``; returns ``(B, *O)``. It must be
+            traceable by ``torch.fx`` and use operations that have Taylor rules; modules such as
+            Dropout and BatchNorm must be in eval mode. Examples in a batch must be independent.
+        inputs: a tensor ``(B, *I)`` or a tuple of such tensors (same ``B``), floating point.
+        order: highest derivative order ``n >= 1``.
+        additional_forward_args: extra arguments passed after the inputs (not differentiated);
+            a single value or a tuple, as in Captum.
+        internal_batch_size: how many feature directions are propagated at once. Memory grows
+            linearly with it; the default keeps the largest activation's series near 256 MiB.
+
+    Returns:
+        A tensor ``(order, B, *O, *I)`` with ``result[k-1, b, o..., i...]`` the ``k``-th
+        derivative, or a tuple of them for tuple inputs.
+
+    Raises:
+        TypeError: inputs are not floating-point tensors or ``order`` is not an int.
+        ValueError: NaN/Inf inputs, ``order < 1``, mismatched batch sizes, an output without the
+            batch axis.
+        hope_attr.UnsupportedOperationError: an operation without a Taylor rule (the message says
+            where it is and how to add a rule).
+        hope_attr.TrainingModeError: a Dropout or BatchNorm module in training mode.
+
+    Example:
+        >>> import torch, hope_attr
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.Tanh()).double().eval()
+        >>> x = torch.zeros(1, 2, dtype=torch.float64)
+        >>> d = hope_attr.unmixed_derivatives(model, x, order=3)
+        >>> d.shape  # (order, batch, outputs, features)
+        torch.Size([3, 1, 1, 2])
+    """
+    is_tuple = isinstance(inputs, tuple)
+    inputs_tuple: tuple[Tensor, ...] = inputs if is_tuple else (inputs,)
+    extra = _format_additional_args(additional_forward_args)
+    _check_arguments(forward_func, inputs_tuple, order, internal_batch_size)
+    graph_module = _interpreter.trace(forward_func, (*inputs_tuple, *extra))
+    _interpreter.check_eval_mode(graph_module)
+
+    with torch.no_grad():
+        largest = [0]
+
+        def observe(value: object) -> None:
+            if isinstance(value, Tensor):
+                largest[0] = max(largest[0], value.numel())
+
+        output = _interpreter.run(graph_module, (*inputs_tuple, *extra), observe)
+        _check_output(output, inputs_tuple[0].shape[0])
+        if internal_batch_size is None:
+            itemsize = inputs_tuple[0].element_size()
+            per_direction = order * largest[0] * itemsize * _TEMPORARY_COPIES
+            internal_batch_size = max(1, _SERIES_BUDGET_BYTES // max(per_direction, 1))
+        factorials = torch.tensor(
+            [math.factorial(k) for k in range(1, order + 1)],
+            dtype=output.dtype,
+            device=output.device,
+        ).reshape(order, *([1] * (output.dim() + 1)))
+
+        results = []
+        for position, x in enumerate(inputs_tuple):
+            num_features = x[0].numel()
+            result = output.new_zeros((order, *output.shape, num_features))
+            for start in range(0, num_features, internal_batch_size):
+                stop = min(num_features, start + internal_batch_size)
+                args = list(inputs_tuple)
+                args[position] = Jet(x, None, order, InputSeed(start, stop))
+                value = _interpreter.run(graph_module, (*args, *extra))
+                if isinstance(value, Jet):
+                    # (n, D, B, *O) coefficients -> (n, B, *O, D) derivatives
+                    result[..., start:stop] = (value.full_series() * factorials).movedim(1, -1)
+            results.append(result.reshape(order, *output.shape, *x.shape[1:]))
+    return tuple(results) if is_tuple else results[0]
+
+
+def _format_additional_args(additional_forward_args: Any) -> tuple[Any, ...]:
+    if additional_forward_args is None:
+        return ()
+    if isinstance(additional_forward_args, tuple):
+        return additional_forward_args
+    return (additional_forward_args,)
+
+
+def _check_arguments(
+    forward_func: object, inputs: tuple[Tensor, ...], order: object, internal_batch_size: object
+) -> None:
+    if not callable(forward_func):
+        raise TypeError(f"forward_func must be a model or a function, got {type(forward_func)}")
+    if isinstance(order, bool) or not isinstance(order, int):
+        raise TypeError(f"order must be an int >= 1, got {order!r}")
+    if order < 1:
+        raise ValueError(f"order must be >= 1, got {order}: order 1 is the gradient")
+    if internal_batch_size is not None and (
+        isinstance(internal_batch_size, bool)
+        or not isinstance(internal_batch_size, int)
+        or internal_batch_size < 1
+    ):
+        raise ValueError(
+            f"internal_batch_size must be a positive int (directions per chunk), got "
+            f"{internal_batch_size!r}"
+        )
+    if not inputs:
+        raise ValueError("inputs is an empty tuple; pass a tensor or a tuple of tensors")
+    batch = None
+    for index, x in enumerate(inputs):
+        name = "inputs" if len(inputs) == 1 else f"inputs[{index}]"
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(
+                f"{name} has dtype {x.dtype}; derivatives need a floating-point input: "
+                "convert with .float() or .double()"
+            )
+        if x.dim() < 1 or x.shape[0] == 0:
+            raise ValueError(f"{name} must have a non-empty batch axis first, got {tuple(x.shape)}")
+        if batch is not None and x.shape[0] != batch:
+            raise ValueError(
+                f"all inputs must share the batch size: {name} has {x.shape[0]}, "
+                f"inputs[0] has {batch}"
+            )
+        batch = x.shape[0]
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{name} contains NaN or Inf; derivatives there are undefined")
+
+
+def _check_output(output: object, batch: int) -> None:
+    if not isinstance(output, Tensor):
+        raise TypeError(f"forward_func must return one tensor (B, *O), got {type(output).__name__}")
+    if output.dim() == 0 or output.shape[0] != batch:
+        raise ValueError(
+            f"forward_func returned shape {tuple(output.shape)}, but the derivatives are per "
+            f"example: the output must keep the batch axis first (B = {batch}). A model that "
+            "reduces over the batch couples examples."
+        )

@@ -1,0 +1,187 @@
+"""Trace a forward function with ``torch.fx`` and run its graph on jets.
+
+Tracing never touches the user's model: the graph module built here *refers* to the user's
+submodules (no copies, no hooks, no flags changed), and everything it adds lives on a private root.
+Modules with a registered rule stay single graph steps; all others are traced through, so their
+``forward`` is handled by function rules.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+
+from hope_attr import _registry
+from hope_attr._arithmetic import _replace, contains_jet, is_jet
+from hope_attr._jet import Jet
+
+# Modules whose training-mode behaviour differs from eval: expanding them in training mode would
+# differentiate a random mask or batch statistics.
+_TRAIN_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.record_stack_traces = True
+        self._external = 0
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return _registry.module_rule(type(m)) is not None
+
+    def path_of_module(self, mod: nn.Module) -> str:
+        # A forward function may call modules that are not attributes of anything we trace (a
+        # lambda closing over a model): give them a name on our own root, never the user's.
+        try:
+            return super().path_of_module(mod)
+        except NameError:
+            name = f"module{self._external}"
+            self._external += 1
+            self.root.add_module(name, mod)
+            if self.submodule_paths is not None:
+                for sub_name, sub in mod.named_modules(prefix=name):
+                    self.submodule_paths.setdefault(sub, sub_name)
+            return name
+
+
+def trace(forward_func: Callable[..., Any], args: Sequence[object]) -> fx.GraphModule:
+    """Trace ``forward_func(*args)``; non-tensor arguments are baked in as constants."""
+    names = [f"arg{i}" for i in range(len(args))]
+    call = "self.model" if isinstance(forward_func, nn.Module) else "self.fn"
+    # fx reads the placeholders off the code object of the class's `forward`, so it needs exactly
+    # one named parameter per argument: generate it on a private class.
+    source = f"def forward(self, {', '.join(names)}):\n    return {call}({', '.join(names)})\n"
+    namespace: dict[str, Any] = {}
+    exec(source, namespace)  # noqa: S102 - fixed template, no user text
+    root = type("TracedForward", (nn.Module,), {"forward": namespace["forward"]})()
+    if isinstance(forward_func, nn.Module):
+        root.add_module("model", forward_func)
+    else:
+        owner = getattr(forward_func, "__self__", None)
+        if isinstance(owner, nn.Module):
+            root.add_module("model", owner)  # so that its submodules have names
+        object.__setattr__(root, "fn", forward_func)
+    concrete = {n: a for n, a in zip(names, args, strict=True) if not isinstance(a, Tensor)}
+    tracer = _Tracer()
+    try:
+        graph = tracer.trace(root, concrete_args=concrete or None)
+    except Exception as error:  # fx raises several types; say what to do about all of them
+        raise _registry.UnsupportedOperationError(
+            f"hope_attr could not trace the model with torch.fx ({type(error).__name__}: {error}). "
+            "Data-dependent control flow cannot be traced: register a Taylor rule for the module "
+            "that contains it with @hope_attr.register_rule(ThatModule) so it is treated as one "
+            "step (see docs/adding_a_rule.md)."
+        ) from error
+    return fx.GraphModule(tracer.root, graph)
+
+
+def check_eval_mode(graph_module: fx.GraphModule) -> None:
+    for name, module in graph_module.named_modules():
+        if module.training and isinstance(module, _TRAIN_DEPENDENT):
+            raise _registry.TrainingModeError(
+                f"{_display_name(name)} ({type(module).__name__}) is in training mode, where its "
+                "output is random or depends on the batch. Call model.eval() before computing "
+                "derivatives."
+            )
+
+
+def run(
+    graph_module: fx.GraphModule,
+    args: Sequence[object],
+    observe: Callable[[object], None] | None = None,
+) -> object:
+    """Interpret the graph on ``args`` (some of which may be jets); return the output value.
+
+    ``observe`` sees every intermediate value (used to size chunks from the primal pass).
+    """
+    graph = graph_module.graph
+    last_use: dict[fx.Node, fx.Node] = {}
+    for node in graph.nodes:
+        for source in node.all_input_nodes:
+            last_use[source] = node
+    env: dict[fx.Node, object] = {}
+    placeholders = iter(args)
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            env[node] = next(placeholders)
+            continue
+        if node.op == "output":
+            return _load(node.args[0], env)
+        if node.op == "get_attr":
+            env[node] = _fetch_attr(graph_module, node.target)
+        else:
+            call_args = _load(node.args, env)
+            call_kwargs = _load(node.kwargs, env)
+            env[node] = _call(graph_module, node, call_args, call_kwargs)
+        if observe is not None:
+            observe(env[node])
+        # Free what no later node needs: jets are (order x directions) times the activation.
+        for source in node.all_input_nodes:
+            if last_use.get(source) is node:
+                env.pop(source, None)
+    raise RuntimeError("graph has no output node")
+
+
+def _call(graph_module: fx.GraphModule, node: fx.Node, args: tuple, kwargs: dict) -> object:
+    if node.op == "call_module":
+        module = graph_module.get_submodule(node.target)
+        if not contains_jet(args, kwargs):
+            return module(*args, **kwargs)
+        rule = _registry.module_rule(type(module))
+        if rule is None:  # only reachable for leaf modules added by hand
+            raise _registry.unsupported("module", type(module), _where(node))
+        return rule(module, *args, **kwargs)
+
+    if node.op == "call_method":
+        target = getattr(torch.Tensor, node.target, node.target)
+        if not contains_jet(args, kwargs):
+            return getattr(args[0], node.target)(*args[1:], **kwargs)
+        kind = "tensor method"
+    else:
+        target = node.target
+        if not contains_jet(args, kwargs):
+            return target(*args, **kwargs)
+        if target is operator.getitem and not is_jet(args[0]):
+            return args[0][args[1]]  # selecting a jet out of a tuple or list
+        kind = "function"
+    rule = _registry.function_rule(target)
+    if rule is None:
+        raise _registry.unsupported(kind, target, _where(node))
+    return rule(*args, **kwargs)
+
+
+def _load(value: object, env: dict[fx.Node, object]) -> Any:
+    return _replace(value, lambda v: env[v] if isinstance(v, fx.Node) else v)
+
+
+def _fetch_attr(graph_module: fx.GraphModule, target: str) -> object:
+    value: object = graph_module
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _display_name(qualified: str) -> str:
+    for prefix in ("model.", "fn."):
+        if qualified.startswith(prefix):
+            return f"module '{qualified[len(prefix) :]}'"
+    return "the model" if qualified in ("model", "fn", "") else f"module '{qualified}'"
+
+
+def _where(node: fx.Node) -> str:
+    if node.op == "call_module":
+        place = _display_name(str(node.target))
+    else:
+        stack = node.meta.get("nn_module_stack") or {}
+        place = "called in " + (_display_name(list(stack)[-1]) if stack else "the forward")
+    trace_line = (node.meta.get("stack_trace") or "").strip().splitlines()
+    source = f"; source: {trace_line[-1].strip()}" if trace_line else ""
+    return f"({place}, graph node '{node.name}'{source})"
+
+
+__all__ = ["Jet", "check_eval_mode", "run", "trace"]

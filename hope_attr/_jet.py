@@ -1,0 +1,227 @@
+"""The jet: a value together with its truncated Taylor series along many directions.
+
+The convention, stated once for the whole package
+-------------------------------------------------
+A :class:`Jet` describes ``t -> f(x + t * v)`` for a batch of directions ``v`` at once:
+
+* ``primal`` holds ``f(x)``, shape ``(B, *S)``: batch first, exactly the tensor the model computes.
+  It is shared by every direction, so it is stored once.
+* ``series`` holds the **normalized Taylor coefficients** ``f_k = (d^k/dt^k f(x + t v))|_0 / k!``
+  for ``k = 1..m``, shape ``(m, D, B, *S)``: order first, then one slot per direction ``D``, then
+  the model's own layout. Orders ``m < k <= order`` are exactly zero and are not stored (a linear
+  layer applied to the input seed produces only ``m = 1``; the first nonlinearity fills all orders).
+
+Normalized coefficients ``f^(k)/k!`` keep magnitudes tame at high order (``k!`` is 3.6e6 at k = 10)
+so float32 stays accurate; they are converted to derivatives ``f^(k)`` only at the public API
+boundary (:func:`hope_attr.unmixed_derivatives`), by multiplying with ``k!``.
+
+With this convention every rule is univariate Taylor arithmetic (Griewank & Walther, ch. 13):
+linear maps act on each coefficient (bias on the primal only), products are Cauchy products, and a
+smooth elementwise ``g`` composes through the table ``g^(j)(x)/j!`` evaluated on the primal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["Jet", "cauchy_product", "compose_series"]
+
+
+@dataclass(frozen=True)
+class InputSeed:
+    """The identity seed of one model input: direction ``d`` moves flat feature ``start + d``.
+
+    Kept symbolic so that the first linear layer can read off weight columns (and the first
+    convolution can convolve one image per direction instead of one per direction and example)
+    instead of multiplying dense one-hot tensors.
+    """
+
+    start: int
+    stop: int
+
+    @property
+    def num_directions(self) -> int:
+        return self.stop - self.start
+
+    def one_hot(self, primal: Tensor) -> Tensor:
+        """Materialize the seed as a series of shape ``(1, D, 1, *S)`` (broadcast over batch)."""
+        num_features = primal[0].numel()
+        eye = torch.zeros(
+            self.num_directions, num_features, dtype=primal.dtype, device=primal.device
+        )
+        rows = torch.arange(self.num_directions, device=primal.device)
+        eye[rows, rows + self.start] = 1
+        return eye.reshape(1, self.num_directions, 1, *primal.shape[1:])
+
+
+class Jet:
+    """A primal value and its normalized Taylor coefficients along ``D`` directions.
+
+    Args:
+        primal: ``f(x)``, shape ``(B, *S)``.
+        series: normalized coefficients, shape ``(m, D, B, *S)`` (the batch axis may be 1 and
+            broadcast); ``None`` together with ``seed`` for an input's identity seed.
+        order: the truncation order ``n``; coefficients ``m < k <= n`` are zero.
+        seed: set only on an untouched model input (see :class:`InputSeed`).
+    """
+
+    __slots__ = ("primal", "_series", "order", "seed")
+
+    def __init__(
+        self,
+        primal: Tensor,
+        series: Tensor | None,
+        order: int,
+        seed: InputSeed | None = None,
+    ) -> None:
+        if series is None and seed is None:
+            raise ValueError("a Jet needs a series or a seed")
+        self.primal = primal
+        self._series = series
+        self.order = order
+        self.seed = seed
+
+    @property
+    def series(self) -> Tensor:
+        """The stored coefficients ``(m, D, B|1, *S)``; a seed is materialized on first use."""
+        if self._series is None:
+            assert self.seed is not None
+            self._series = self.seed.one_hot(self.primal)
+        return self._series
+
+    @property
+    def num_stored(self) -> int:
+        """``m``: how many leading orders are stored (higher ones are zero)."""
+        return 1 if self._series is None else self._series.shape[0]
+
+    @property
+    def num_directions(self) -> int:
+        if self._series is None:
+            assert self.seed is not None
+            return self.seed.num_directions
+        return self._series.shape[1]
+
+    def full_series(self) -> Tensor:
+        """All ``order`` coefficients with the batch axis materialized: ``(n, D, B, *S)``."""
+        series = self.series
+        shape = (series.shape[0], series.shape[1], *self.primal.shape)
+        series = series.expand(shape)
+        missing = self.order - series.shape[0]
+        if missing:
+            zeros = series.new_zeros((missing, *series.shape[1:]))
+            series = torch.cat([series, zeros], dim=0)
+        return series.contiguous()
+
+    def with_series(self, primal: Tensor, series: Tensor) -> Jet:
+        """A new jet of the same order (rules use this to build their result)."""
+        return Jet(primal, series, self.order)
+
+    # Python operators, so that compositions read like the identities they encode.
+    def __add__(self, other: object) -> Jet:
+        return _arith().add(self, other)
+
+    __radd__ = __add__
+
+    def __sub__(self, other: object) -> Jet:
+        return _arith().sub(self, other)
+
+    def __rsub__(self, other: object) -> Jet:
+        return _arith().sub(other, self)
+
+    def __mul__(self, other: object) -> Jet:
+        return _arith().mul(self, other)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other: object) -> Jet:
+        return _arith().div(self, other)
+
+    def __rtruediv__(self, other: object) -> Jet:
+        return _arith().div(other, self)
+
+    def __neg__(self) -> Jet:
+        return self.with_series(-self.primal, -self.series)
+
+    def __repr__(self) -> str:
+        return (
+            f"Jet(primal={tuple(self.primal.shape)}, order={self.order}, "
+            f"stored={self.num_stored}, directions={self.num_directions})"
+        )
+
+
+def _arith():  # late import: the arithmetic module builds on Jet
+    from hope_attr import _arithmetic
+
+    return _arithmetic
+
+
+def cauchy_product(
+    a0: Tensor, a: Tensor, b0: Tensor, b: Tensor, order: int, op=torch.mul
+) -> Tensor:
+    """Coefficients ``1..min(order, ma + mb)`` of the product of two series under bilinear ``op``.
+
+    ``a0``/``b0`` are the primals, ``a``/``b`` the stored coefficients ``(m, ...)``. ``op`` must
+    broadcast leading axes (``torch.mul``, ``torch.matmul``).
+    """
+    ma, mb = a.shape[0], b.shape[0]
+    m = min(order, ma + mb)
+    terms: list[Tensor | None] = [None] * m
+
+    def accumulate(start: int, values: Tensor) -> None:
+        for offset in range(values.shape[0]):
+            k = start + offset
+            terms[k] = values[offset] if terms[k] is None else terms[k] + values[offset]
+
+    accumulate(0, op(a0, b[: min(mb, m)]))
+    accumulate(0, op(a[: min(ma, m)], b0))
+    # a_i (order i) times b_l (order l) lands on order i + l.
+    for i in range(1, min(ma, m - 1) + 1):
+        count = min(mb, m - i)
+        accumulate(i, op(a[i - 1], b[:count]))
+    return torch.stack(terms)  # type: ignore[arg-type]
+
+
+def compose_series(table: list[Tensor], u: Tensor, order: int) -> Tensor:
+    """Coefficients ``1..order`` of ``g(x0 + u(t))`` for an elementwise ``g``.
+
+    Args:
+        table: ``[g(x0), g'(x0)/1!, ..., g^(n)(x0)/n!]``, each shaped like the primal.
+        u: stored coefficients of the argument, ``(m, D, B, *S)``.
+        order: the truncation order ``n``.
+
+    Faa di Bruno in series form: ``y = sum_j table[j] * u(t)^j``, with the powers ``u^j`` built by
+    repeated Cauchy products (``u^j`` starts at order ``j``). Cost ``O(n^3)`` multiply-adds per
+    element, ``O(n^2)`` tensor operations; ``m = 1`` (an argument linear in ``t``) costs ``O(n)``.
+    """
+    m = u.shape[0]
+    u1 = u[0]
+    if m == 1:
+        # u(t) = u1 t, so u^j = u1^j t^j.
+        out = []
+        power = u1
+        for j in range(1, order + 1):
+            out.append(table[j] * power)
+            if j < order:
+                power = power * u1
+        return torch.stack(out)
+
+    out = torch.zeros(
+        (order, *torch.broadcast_shapes(u.shape[1:], table[0].shape)),
+        dtype=u.dtype,
+        device=u.device,
+    )
+    if m < order:
+        u = torch.cat([u, u.new_zeros((order - m, *u.shape[1:]))])
+    # prev[r] holds the order (j - 1 + r) coefficient of u^(j-1); start with j - 1 = 1.
+    prev = u
+    out += table[1] * prev
+    for j in range(2, order + 1):
+        current = torch.zeros_like(prev[1:])  # orders j..n of u^j
+        for i in range(1, min(m, order - j + 1) + 1):
+            current[i - 1 :] += u[i - 1] * prev[: order - j + 2 - i]
+        out[j - 1 :] += table[j] * current
+        prev = current
+    return out

@@ -1,0 +1,572 @@
+"""Taylor rules for irreducible operations.
+
+Each rule is one of the families of :mod:`hope_attr._arithmetic`; rules that follow from an
+identity over these (softmax, layer norm, SiLU, ...) live in :mod:`hope_attr._compositions`.
+
+Piecewise-linear functions (ReLU, LeakyReLU, Hardtanh, ReLU6, abs, max pooling) use the branch
+taken at the expansion point, with PyTorch's own choice at a kink (the slope autograd uses). Their
+orders >= 2 are exactly zero, so a network's higher orders come only from its smooth layers, and
+the expansion is valid only up to the nearest kink.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hope_attr import _arithmetic as ar
+from hope_attr import _taylor_tables as tables
+from hope_attr._jet import Jet
+from hope_attr._registry import TrainingModeError, register_rule
+
+
+def _series_dims(dim: int | tuple[int, ...] | list[int], ndim: int) -> tuple[int, ...]:
+    """Map axes of the model's tensor (batch first, ``ndim`` axes) onto the series layout."""
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    return tuple((d % ndim) + 2 for d in dims)
+
+
+def _expanded(jet: Jet) -> Tensor:
+    """The stored coefficients with the batch axis materialized (a view, no copy)."""
+    series = jet.series
+    return series.expand(*series.shape[:2], *jet.primal.shape)
+
+
+# ============================================================================ linear family
+@register_rule(nn.Linear)
+def _linear_module(module: nn.Linear, x: Jet) -> Jet:
+    return _linear(x, module.weight, module.bias)
+
+
+@register_rule(F.linear)
+def _linear(x: Jet, weight: Tensor, bias: Tensor | None = None) -> Jet:
+    primal = F.linear(x.primal, weight, bias)
+    if x.seed is not None and x.primal.dim() == 2:
+        # Direction e_i through x @ W^T is column i of W: read it instead of multiplying one-hots.
+        columns = weight.t()[x.seed.start : x.seed.stop]
+        return x.with_series(primal, columns.reshape(1, columns.shape[0], 1, -1))
+    return ar.map_batchwise(x, lambda s: F.linear(s, weight), primal)
+
+
+@register_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def _conv_module(module: nn.modules.conv._ConvNd, x: Jet) -> Jet:
+    # A seed (untouched input) materializes with a batch axis of 1: one image per direction,
+    # shared by every example, instead of one per direction and example.
+    primal = module(x.primal)
+    return ar.map_batchwise(x, lambda s: module._conv_forward(s, module.weight, None), primal)
+
+
+def _conv_function(conv: Callable[..., Tensor]) -> Callable[..., Jet]:
+    def rule(x: Jet, weight: Tensor, bias: Tensor | None = None, *args, **kwargs) -> Jet:
+        primal = conv(x.primal, weight, bias, *args, **kwargs)
+        return ar.map_batchwise(x, lambda s: conv(s, weight, None, *args, **kwargs), primal)
+
+    return rule
+
+
+for _conv in (
+    F.conv1d,
+    F.conv2d,
+    F.conv3d,
+    F.conv_transpose1d,
+    F.conv_transpose2d,
+    F.conv_transpose3d,
+):
+    register_rule(_conv)(_conv_function(_conv))
+
+
+@register_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+def _conv_transpose_module(module: nn.modules.conv._ConvTransposeNd, x: Jet) -> Jet:
+    conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[
+        len(module.kernel_size)
+    ]
+
+    def apply(s: Tensor, bias: Tensor | None) -> Tensor:
+        return conv(
+            s,
+            module.weight,
+            bias,
+            module.stride,
+            module.padding,
+            module.output_padding,
+            module.groups,
+            module.dilation,
+        )
+
+    return ar.map_batchwise(x, lambda s: apply(s, None), apply(x.primal, module.bias))
+
+
+@register_rule(
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+)
+def _linear_module_without_bias(module: nn.Module, x: Jet) -> Jet:
+    return ar.map_batchwise(x, module, module(x.primal))
+
+
+def _batchwise_function(fn: Callable[..., Tensor]) -> Callable[..., Jet]:
+    def rule(x: Jet, *args, **kwargs) -> Jet:
+        return ar.map_batchwise(x, lambda s: fn(s, *args, **kwargs), fn(x.primal, *args, **kwargs))
+
+    return rule
+
+
+for _pool in (
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+):
+    register_rule(_pool)(_batchwise_function(_pool))
+
+
+@register_rule(nn.modules.batchnorm._BatchNorm)
+def _batch_norm_module(module: nn.modules.batchnorm._BatchNorm, x: Jet) -> Jet:
+    if module.training or module.running_var is None:
+        raise TrainingModeError(
+            f"{type(module).__name__} normalizes with batch statistics (training mode or "
+            "track_running_stats=False), which couples the examples of a batch. Call model.eval() "
+            "on a model whose batch norms track running statistics."
+        )
+    return _batch_norm(
+        x,
+        module.running_mean,
+        module.running_var,
+        module.weight,
+        module.bias,
+        False,
+        0.0,
+        module.eps,
+    )
+
+
+@register_rule(F.batch_norm)
+def _batch_norm(
+    x: Jet,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Jet:
+    if training or running_var is None:
+        raise TrainingModeError(
+            "batch_norm with training=True uses batch statistics; call model.eval()."
+        )
+    primal = F.batch_norm(x.primal, running_mean, running_var, weight, bias, False, 0.0, eps)
+    gain = torch.rsqrt(running_var + eps)
+    if weight is not None:
+        gain = gain * weight
+    gain = gain.reshape(-1, *([1] * (x.primal.dim() - 2)))
+    return ar.scale(x, gain, primal)
+
+
+@register_rule(nn.Identity, nn.modules.dropout._DropoutNd)
+def _identity_module(module: nn.Module, x: Jet, *args, **kwargs) -> Jet:
+    if module.training and isinstance(module, nn.modules.dropout._DropoutNd):
+        raise TrainingModeError(f"{type(module).__name__} is in training mode; call model.eval().")
+    return x
+
+
+@register_rule(
+    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout
+)
+def _dropout(x: Jet, p: float = 0.5, training: bool = True, inplace: bool = False) -> Jet:
+    if training and p > 0:
+        raise TrainingModeError("dropout is called with training=True; call model.eval().")
+    return x
+
+
+# ============================================================================ structure
+def _structural(fn: Callable[..., Tensor]) -> Callable[..., object]:
+    """Rule for an op that only moves, selects or sums entries: linear, applied per sample."""
+
+    def rule(*args, **kwargs) -> object:
+        return ar.map_per_sample(fn, *args, **kwargs)
+
+    return rule
+
+
+def _reshaping(fn: Callable[..., Tensor]) -> Callable[..., Jet]:
+    """Like :func:`_structural`, but a reshape of a seed that keeps the batch axis stays a seed."""
+    structural = _structural(fn)
+
+    def rule(x: Jet, *args, **kwargs) -> Jet:
+        if x.seed is not None and x._series is None:
+            primal = fn(x.primal, *args, **kwargs)
+            if primal.shape[0] == x.primal.shape[0]:  # row-major order, hence direction order, kept
+                return Jet(primal, None, x.order, x.seed)
+        return structural(x, *args, **kwargs)
+
+    return rule
+
+
+for _targets, _fn in [
+    ((torch.Tensor.view,), torch.Tensor.view),
+    ((torch.reshape, torch.Tensor.reshape), torch.reshape),
+    ((torch.flatten, torch.Tensor.flatten), torch.flatten),
+    ((torch.Tensor.unflatten, torch.unflatten), torch.unflatten),
+    ((torch.Tensor.contiguous,), torch.Tensor.contiguous),
+]:
+    register_rule(*_targets)(_reshaping(_fn))
+
+for _targets, _fn in [
+    ((torch.permute, torch.Tensor.permute), torch.permute),
+    ((torch.transpose, torch.Tensor.transpose), torch.transpose),
+    ((torch.squeeze, torch.Tensor.squeeze), torch.squeeze),
+    ((torch.unsqueeze, torch.Tensor.unsqueeze), torch.unsqueeze),
+    ((torch.Tensor.expand,), torch.Tensor.expand),
+    ((torch.Tensor.repeat,), torch.Tensor.repeat),
+    ((torch.flip, torch.Tensor.flip), torch.flip),
+    ((torch.roll, torch.Tensor.roll), torch.roll),
+    ((torch.narrow, torch.Tensor.narrow), torch.narrow),
+    ((operator.getitem,), operator.getitem),
+    ((torch.cat, torch.concat, torch.concatenate), torch.cat),
+    ((torch.stack,), torch.stack),
+    ((torch.sum, torch.Tensor.sum), torch.sum),
+    ((torch.mean, torch.Tensor.mean), torch.mean),
+    ((F.pad,), F.pad),
+]:
+    register_rule(*_targets)(_structural(_fn))
+
+
+@register_rule(nn.Flatten, nn.Unflatten)
+def _flatten_module(module: nn.Module, x: Jet) -> Jet:
+    return _reshaping(module)(x)
+
+
+def _splitting(fn: Callable[..., tuple[Tensor, ...]]) -> Callable[..., tuple[Jet, ...]]:
+    def rule(x: Jet, *args, **kwargs) -> tuple[Jet, ...]:
+        pieces = len(fn(x.primal, *args, **kwargs))
+        return tuple(
+            ar.map_per_sample(lambda t, i=i: fn(t, *args, **kwargs)[i], x) for i in range(pieces)
+        )
+
+    return rule
+
+
+for _targets, _fn in [
+    ((torch.Tensor.chunk, torch.chunk), torch.chunk),
+    ((torch.Tensor.split, torch.split), torch.split),
+    ((torch.Tensor.unbind, torch.unbind), torch.unbind),
+]:
+    register_rule(*_targets)(_splitting(_fn))
+
+
+def _primal_query(method: Callable[..., object]) -> Callable[..., object]:
+    return lambda x, *args: method(x.primal, *args)
+
+
+for _method in (torch.Tensor.size, torch.Tensor.dim, torch.Tensor.numel):
+    register_rule(_method)(_primal_query(_method))
+
+
+@register_rule(getattr)
+def _getattr(x: Jet, name: str) -> object:
+    if name in ("shape", "dtype", "device", "ndim", "is_cuda", "layout"):
+        return getattr(x.primal, name)
+    if name in ("T", "mT"):
+        return ar.map_per_sample(lambda t: getattr(t, name), x)
+    raise AttributeError(
+        f"hope_attr: attribute '{name}' of a tensor that depends on the input is "
+        "not supported in a traced forward"
+    )
+
+
+def _conversion(method: Callable[..., Tensor]) -> Callable[..., Jet]:
+    """dtype/device conversions and copies act on primal and series alike."""
+
+    def rule(x: Jet, *args, **kwargs) -> Jet:
+        return Jet(method(x.primal, *args, **kwargs), method(x.series, *args, **kwargs), x.order)
+
+    return rule
+
+
+for _method in (
+    torch.Tensor.to,
+    torch.Tensor.type_as,
+    torch.Tensor.float,
+    torch.Tensor.double,
+    torch.Tensor.clone,
+    torch.clone,
+):
+    register_rule(_method)(_conversion(_method))
+
+
+@register_rule(torch.Tensor.detach, torch.detach)
+def _detach(x: Jet) -> Tensor:
+    # Autograd treats a detached tensor as a constant; so do we.
+    return x.primal.detach()
+
+
+# ============================================================================ arithmetic
+@register_rule(operator.add, operator.iadd, torch.add, torch.Tensor.add)
+def _add(a: object, b: object, *, alpha: float = 1.0) -> Jet:
+    return ar.linear_combination(a, b, alpha)
+
+
+@register_rule(operator.sub, operator.isub, torch.sub, torch.Tensor.sub, torch.subtract)
+def _sub(a: object, b: object, *, alpha: float = 1.0) -> Jet:
+    return ar.linear_combination(a, b, -alpha)
+
+
+@register_rule(torch.Tensor.__rsub__, torch.rsub)
+def _rsub(a: object, b: object, *, alpha: float = 1.0) -> Jet:
+    return ar.linear_combination(b, a, -alpha)
+
+
+@register_rule(operator.mul, operator.imul, torch.mul, torch.Tensor.mul, torch.multiply)
+def _mul(a: object, b: object) -> Jet:
+    return ar.mul(a, b)
+
+
+@register_rule(
+    operator.truediv,
+    operator.itruediv,
+    torch.div,
+    torch.Tensor.div,
+    torch.divide,
+    torch.true_divide,
+)
+def _div(a: object, b: object, *, rounding_mode: str | None = None) -> Jet:
+    if rounding_mode is not None:
+        raise ValueError("rounding division is piecewise constant; it has no Taylor expansion")
+    return ar.div(a, b)
+
+
+@register_rule(operator.neg, torch.neg, torch.Tensor.neg)
+def _neg(x: Jet) -> Jet:
+    return -x
+
+
+@register_rule(
+    operator.matmul,
+    torch.matmul,
+    torch.Tensor.matmul,
+    torch.bmm,
+    torch.Tensor.bmm,
+    torch.mm,
+    torch.Tensor.mm,
+)
+def _matmul(a: object, b: object) -> Jet:
+    return ar.matmul(a, b)
+
+
+@register_rule(operator.pow, torch.pow, torch.Tensor.pow)
+def _pow(base: object, exponent: object) -> Jet:
+    if not ar.is_jet(exponent):
+        if isinstance(exponent, Tensor):
+            if exponent.numel() != 1:
+                return ar.exp(ar.mul(ar.log(base), exponent))
+            exponent = exponent.item()
+        return ar.power(base, float(exponent))
+    # c ** x = exp(x log c); x ** y = exp(y log x)
+    log_base = ar.log(base) if ar.is_jet(base) else torch.log(torch.as_tensor(base))
+    return ar.exp(ar.mul(exponent, log_base))
+
+
+# ============================================================================ smooth elementwise
+def _smooth(table: Callable[..., list[Tensor]]) -> Callable[..., Jet]:
+    def rule(x: Jet, *args, **kwargs) -> Jet:
+        return ar.elementwise(x, table(x.primal, x.order, *args, **kwargs))
+
+    return rule
+
+
+for _targets, _table in [
+    ((torch.tanh, torch.Tensor.tanh, F.tanh), tables.tanh),
+    ((torch.sigmoid, torch.Tensor.sigmoid, F.sigmoid, torch.special.expit), tables.sigmoid),
+    ((torch.exp, torch.Tensor.exp), tables.exp),
+    ((torch.log, torch.Tensor.log), tables.log),
+    ((torch.sin, torch.Tensor.sin), tables.sin),
+    ((torch.cos, torch.Tensor.cos), tables.cos),
+]:
+    register_rule(*_targets)(_smooth(_table))
+
+
+@register_rule(torch.sqrt, torch.Tensor.sqrt)
+def _sqrt(x: Jet) -> Jet:
+    return ar.power(x, 0.5)
+
+
+@register_rule(torch.rsqrt, torch.Tensor.rsqrt)
+def _rsqrt(x: Jet) -> Jet:
+    return ar.power(x, -0.5)
+
+
+@register_rule(torch.reciprocal, torch.Tensor.reciprocal)
+def _reciprocal(x: Jet) -> Jet:
+    return ar.reciprocal(x)
+
+
+@register_rule(F.softplus)
+def _softplus(x: Jet, beta: float = 1.0, threshold: float = 20.0) -> Jet:
+    return ar.softplus(x, beta, threshold)
+
+
+@register_rule(F.elu)
+def _elu(x: Jet, alpha: float = 1.0, inplace: bool = False) -> Jet:
+    return ar.elementwise(x, tables.elu(x.primal, x.order, alpha))
+
+
+@register_rule(F.selu, torch.selu)
+def _selu(x: Jet, inplace: bool = False) -> Jet:
+    # SELU = scale * ELU(alpha); the constants are PyTorch's.
+    alpha, scale = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+    return ar.elementwise(x, tables.elu(x.primal, x.order, alpha, scale), F.selu(x.primal))
+
+
+@register_rule(F.gelu)
+def _gelu(x: Jet, approximate: str = "none") -> Jet:
+    if approximate == "tanh":
+        from hope_attr._compositions import gelu_tanh
+
+        return gelu_tanh(x)
+    return ar.elementwise(x, tables.gelu(x.primal, x.order), F.gelu(x.primal))
+
+
+@register_rule(
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Softplus,
+    nn.ELU,
+    nn.SELU,
+    nn.GELU,
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.Hardtanh,
+    nn.SiLU,
+    nn.Mish,
+    nn.Softmax,
+    nn.LogSoftmax,
+)
+def _activation_module(module: nn.Module, x: Jet) -> Jet:
+    # Activation modules are thin wrappers of a functional; dispatch to its rule.
+    if isinstance(module, nn.Tanh):
+        return ar.tanh(x)
+    if isinstance(module, nn.Sigmoid):
+        return ar.sigmoid(x)
+    if isinstance(module, nn.Softplus):
+        return ar.softplus(x, module.beta, module.threshold)
+    if isinstance(module, nn.SELU):
+        return _selu(x)
+    if isinstance(module, nn.ELU):
+        return _elu(x, module.alpha)
+    if isinstance(module, nn.GELU):
+        return _gelu(x, module.approximate)
+    if isinstance(module, nn.ReLU):
+        return _relu(x)
+    if isinstance(module, nn.LeakyReLU):
+        return _leaky_relu(x, module.negative_slope)
+    if isinstance(module, nn.Hardtanh):  # includes ReLU6
+        return _hardtanh(x, module.min_val, module.max_val)
+    from hope_attr import _compositions as comp
+
+    if isinstance(module, nn.SiLU):
+        return comp.silu(x)
+    if isinstance(module, nn.Mish):
+        return comp.mish(x)
+    if isinstance(module, nn.Softmax):
+        return comp.softmax(x, module.dim)
+    return comp.log_softmax(x, module.dim)
+
+
+# ============================================================================ piecewise linear
+@register_rule(F.relu, torch.relu, torch.Tensor.relu)
+def _relu(x: Jet, inplace: bool = False) -> Jet:
+    return ar.scale(x, (x.primal > 0).to(x.primal.dtype), F.relu(x.primal))
+
+
+@register_rule(F.leaky_relu)
+def _leaky_relu(x: Jet, negative_slope: float = 0.01, inplace: bool = False) -> Jet:
+    slope = torch.where(x.primal > 0, 1.0, negative_slope).to(x.primal.dtype)
+    return ar.scale(x, slope, F.leaky_relu(x.primal, negative_slope))
+
+
+@register_rule(F.hardtanh)
+def _hardtanh(x: Jet, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> Jet:
+    inside = (x.primal > min_val) & (x.primal < max_val)
+    return ar.scale(x, inside.to(x.primal.dtype), F.hardtanh(x.primal, min_val, max_val))
+
+
+@register_rule(F.relu6)
+def _relu6(x: Jet, inplace: bool = False) -> Jet:
+    return _hardtanh(x, 0.0, 6.0)
+
+
+@register_rule(torch.abs, torch.Tensor.abs, operator.abs)
+def _abs(x: Jet) -> Jet:
+    return ar.scale(x, torch.sign(x.primal), torch.abs(x.primal))
+
+
+def _max_pool_rule(pool: Callable[..., tuple[Tensor, Tensor]], spatial: int):
+    """Max pooling selects one entry per window: the one that is largest at the primal."""
+
+    def rule(x: Jet, *args, **kwargs) -> Jet | tuple[Jet, Tensor]:
+        wants_indices = kwargs.pop("return_indices", False)
+        primal, indices = pool(x.primal, *args, return_indices=True, **kwargs)
+        series = _expanded(x).flatten(-spatial)
+        index = indices.flatten(-spatial)
+        index = index.expand(*series.shape[:2], *index.shape)
+        gathered = series.gather(-1, index).reshape(*series.shape[:2], *primal.shape)
+        out = Jet(primal, gathered, x.order)
+        return (out, indices) if wants_indices else out
+
+    return rule
+
+
+for _pool, _spatial in [
+    (F.max_pool1d, 1),
+    (F.max_pool2d, 2),
+    (F.max_pool3d, 3),
+    (F.adaptive_max_pool1d, 1),
+    (F.adaptive_max_pool2d, 2),
+    (F.adaptive_max_pool3d, 3),
+]:
+    register_rule(_pool)(_max_pool_rule(_pool, _spatial))
+
+
+_MAX_POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+
+
+@register_rule(*_MAX_POOL)
+def _max_pool_module(module: nn.modules.pooling._MaxPoolNd, x: Jet) -> Jet:
+    spatial = next(d for d, cls in enumerate(_MAX_POOL, 1) if isinstance(module, cls))
+    fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[spatial]
+    return _max_pool_rule(fn, spatial)(
+        x,
+        module.kernel_size,
+        module.stride,
+        module.padding,
+        module.dilation,
+        ceil_mode=module.ceil_mode,
+        return_indices=module.return_indices,
+    )
+
+
+_ADAPTIVE_MAX = (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+
+
+@register_rule(*_ADAPTIVE_MAX)
+def _adaptive_max_pool_module(module: nn.Module, x: Jet) -> Jet:
+    spatial = (
+        len(module.output_size)
+        if isinstance(module.output_size, tuple)
+        else {nn.AdaptiveMaxPool1d: 1, nn.AdaptiveMaxPool2d: 2, nn.AdaptiveMaxPool3d: 3}[
+            next(c for c in type(module).__mro__ if c in _ADAPTIVE_MAX)
+        ]
+    )
+    fn = {1: F.adaptive_max_pool1d, 2: F.adaptive_max_pool2d, 3: F.adaptive_max_pool3d}[spatial]
+    return _max_pool_rule(fn, spatial)(x, module.output_size, return_indices=module.return_indices)

@@ -1,0 +1,130 @@
+"""The one registry of Taylor rules, and the errors it raises.
+
+A rule tells the interpreter how an operation acts on jets (convention: :mod:`hope_attr._jet`).
+
+* A **module rule** is registered for an ``nn.Module`` type and called as
+  ``rule(module, *args, **kwargs)``. It matches subclasses (lookup walks the MRO), and a module
+  with a rule is not traced into: it is one step of the interpreted graph.
+* A **function rule** is registered for a function (``torch.tanh``, ``F.relu``,
+  ``operator.add``) or a tensor method (``torch.Tensor.view``) and called with that function's
+  own arguments.
+
+Arguments that depend on the model input arrive as :class:`~hope_attr.Jet`; everything else
+arrives unchanged. Operations none of whose arguments are jets run as usual and need no rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from torch import nn
+
+RuleFn = TypeVar("RuleFn", bound=Callable[..., Any])
+
+_MODULE_RULES: dict[type, Callable[..., Any]] = {}
+_FUNCTION_RULES: dict[object, Callable[..., Any]] = {}
+
+_HOW_TO_ADD = (
+    "Register a Taylor rule with @hope_attr.register_rule({target}) (see docs/adding_a_rule.md), "
+    "or express the operation with supported ones."
+)
+
+
+class UnsupportedOperationError(NotImplementedError):
+    """The model uses an operation that has no Taylor rule."""
+
+
+class TrainingModeError(RuntimeError):
+    """A module that behaves differently in training mode was found in training mode."""
+
+
+def register_rule(*targets: object, override: bool = False) -> Callable[[RuleFn], RuleFn]:
+    """Register a Taylor rule for module types, functions or tensor methods.
+
+    Args:
+        *targets: ``nn.Module`` subclasses, functions (``torch.tanh``, ``F.gelu``,
+            ``operator.mul``) or tensor methods (``torch.Tensor.view``).
+        override: replace an existing rule instead of raising.
+
+    Returns:
+        A decorator that registers the rule and returns it unchanged.
+
+    Raises:
+        ValueError: a target already has a rule and ``override`` is False, or no target is given.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> import hope_attr
+        >>> from hope_attr import Jet
+        >>> class Cube(nn.Module):
+        ...     def forward(self, x):
+        ...         return x ** 3
+        >>> @hope_attr.register_rule(Cube)
+        ... def cube_rule(module: Cube, x: Jet) -> Jet:
+        ...     return x * x * x
+        >>> d = hope_attr.unmixed_derivatives(Cube(), torch.tensor([[2.0]]), order=3)
+        >>> d[:, 0, 0, 0].tolist()  # 3x^2, 6x, 6
+        [12.0, 12.0, 6.0]
+        >>> hope_attr.unregister_rule(Cube)
+    """
+    if not targets:
+        raise ValueError("register_rule needs at least one module type, function or method")
+
+    def decorator(rule: RuleFn) -> RuleFn:
+        for target in targets:
+            table = _MODULE_RULES if _is_module_type(target) else _FUNCTION_RULES
+            if target in table and not override:
+                raise ValueError(
+                    f"{_describe(target)} already has a Taylor rule "
+                    f"({table[target].__qualname__}); pass override=True to replace it."
+                )
+            table[target] = rule
+        return rule
+
+    return decorator
+
+
+def unregister_rule(*targets: object) -> None:
+    """Remove the rules of ``targets`` (e.g. a rule registered in a test)."""
+    for target in targets:
+        table = _MODULE_RULES if _is_module_type(target) else _FUNCTION_RULES
+        table.pop(target, None)
+
+
+def module_rule(module_type: type) -> Callable[..., Any] | None:
+    """The rule of the closest registered class along the MRO, or None."""
+    for cls in module_type.__mro__:
+        if cls in _MODULE_RULES:
+            return _MODULE_RULES[cls]
+    return None
+
+
+def function_rule(target: object) -> Callable[..., Any] | None:
+    return _FUNCTION_RULES.get(target)
+
+
+def unsupported(kind: str, target: object, where: str) -> UnsupportedOperationError:
+    return UnsupportedOperationError(
+        f"hope_attr has no Taylor rule for {kind} {_describe(target)} {where}. "
+        + _HOW_TO_ADD.format(target=_describe_for_code(target))
+    )
+
+
+def _is_module_type(target: object) -> bool:
+    return isinstance(target, type) and issubclass(target, nn.Module)
+
+
+def _describe(target: object) -> str:
+    if isinstance(target, type):
+        return f"{target.__module__}.{target.__qualname__}"
+    if getattr(target, "__objclass__", None) is not None:  # a tensor method descriptor
+        return f"torch.Tensor.{target.__name__}"
+    name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None)
+    module = getattr(target, "__module__", None)
+    return f"{module}.{name}" if module and name else repr(target)
+
+
+def _describe_for_code(target: object) -> str:
+    return target.__qualname__ if isinstance(target, type) else _describe(target)
