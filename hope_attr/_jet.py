@@ -181,7 +181,8 @@ def cauchy_product(
     for i in range(1, min(ma, m - 1) + 1):
         count = min(mb, m - i)
         accumulate(i, op(a[i - 1], b[:count]))
-    return torch.stack(terms)  # type: ignore[arg-type]
+    # Terms may broadcast differently over the batch axis (a seed's series has batch 1).
+    return torch.stack(torch.broadcast_tensors(*terms))
 
 
 def compose_series(table: list[Tensor], u: Tensor, order: int) -> Tensor:

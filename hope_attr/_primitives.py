@@ -223,15 +223,16 @@ for _targets, _fn in [
     register_rule(*_targets)(_reshaping(_fn))
 
 for _targets, _fn in [
-    ((torch.permute, torch.Tensor.permute), torch.permute),
-    ((torch.transpose, torch.Tensor.transpose), torch.transpose),
-    ((torch.squeeze, torch.Tensor.squeeze), torch.squeeze),
-    ((torch.unsqueeze, torch.Tensor.unsqueeze), torch.unsqueeze),
+    ((torch.permute, torch.Tensor.permute), torch.Tensor.permute),
+    ((torch.transpose, torch.Tensor.transpose), torch.Tensor.transpose),
+    ((torch.squeeze, torch.Tensor.squeeze), torch.Tensor.squeeze),
+    ((torch.unsqueeze, torch.Tensor.unsqueeze), torch.Tensor.unsqueeze),
+    # Tensor methods accept both call forms: x.permute(0, 2, 1) and torch.permute(x, (0, 2, 1)).
     ((torch.Tensor.expand,), torch.Tensor.expand),
     ((torch.Tensor.repeat,), torch.Tensor.repeat),
-    ((torch.flip, torch.Tensor.flip), torch.flip),
-    ((torch.roll, torch.Tensor.roll), torch.roll),
-    ((torch.narrow, torch.Tensor.narrow), torch.narrow),
+    ((torch.flip, torch.Tensor.flip), torch.Tensor.flip),
+    ((torch.roll, torch.Tensor.roll), torch.Tensor.roll),
+    ((torch.narrow, torch.Tensor.narrow), torch.Tensor.narrow),
     ((operator.getitem,), operator.getitem),
     ((torch.cat, torch.concat, torch.concatenate), torch.cat),
     ((torch.stack,), torch.stack),
@@ -491,7 +492,7 @@ def _relu(x: Jet, inplace: bool = False) -> Jet:
 
 @register_rule(F.leaky_relu)
 def _leaky_relu(x: Jet, negative_slope: float = 0.01, inplace: bool = False) -> Jet:
-    slope = torch.where(x.primal > 0, 1.0, negative_slope).to(x.primal.dtype)
+    slope = torch.full_like(x.primal, negative_slope).masked_fill_(x.primal > 0, 1.0)
     return ar.scale(x, slope, F.leaky_relu(x.primal, negative_slope))
 
 
