@@ -12,9 +12,10 @@ from torch import Tensor
 from hope_attr import _compositions, _interpreter, _primitives  # noqa: F401  (register the built-in rules)
 from hope_attr._jet import InputSeed, Jet
 
-# Memory the series of one activation may take; the default chunk of directions is sized so that
-# the largest activation's series (with the temporaries of a nonlinearity, ~4 copies) fits in it.
-_SERIES_BUDGET_BYTES = 256 * 2**20
+# Memory the series of one activation may take. The default chunk of directions is sized so that
+# the largest activation's series (with the temporaries of a nonlinearity, ~4 copies) fits in it;
+# smaller chunks stay closer to the CPU caches, which matters more than fewer, larger calls.
+_SERIES_BUDGET_BYTES = 64 * 2**20
 _TEMPORARY_COPIES = 4
 
 
@@ -59,7 +60,7 @@ def unmixed_derivatives(
         additional_forward_args: extra arguments passed after the inputs (not differentiated);
             a single value or a tuple, as in Captum.
         internal_batch_size: how many feature directions are propagated at once. Memory grows
-            linearly with it; the default keeps the largest activation's series near 256 MiB.
+            linearly with it; the default keeps the largest activation's series near 64 MiB.
 
     Returns:
         A tensor ``(order, B, *O, *I)`` with ``result[k-1, b, o..., i...]`` the ``k``-th

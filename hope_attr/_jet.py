@@ -218,11 +218,11 @@ def compose_series(table: list[Tensor], u: Tensor, order: int) -> Tensor:
         u = torch.cat([u, u.new_zeros((order - m, *u.shape[1:]))])
     # prev[r] holds the order (j - 1 + r) coefficient of u^(j-1); start with j - 1 = 1.
     prev = u
-    out += table[1] * prev
+    out.addcmul_(table[1], prev)
     for j in range(2, order + 1):
         current = torch.zeros_like(prev[1:])  # orders j..n of u^j
         for i in range(1, min(m, order - j + 1) + 1):
-            current[i - 1 :] += u[i - 1] * prev[: order - j + 2 - i]
-        out[j - 1 :] += table[j] * current
+            current[i - 1 :].addcmul_(u[i - 1], prev[: order - j + 2 - i])
+        out[j - 1 :].addcmul_(table[j], current)
         prev = current
     return out
