@@ -54,10 +54,58 @@ def _linear(x: Jet, weight: Tensor, bias: Tensor | None = None) -> Jet:
 
 @register_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def _conv_module(module: nn.modules.conv._ConvNd, x: Jet) -> Jet:
-    # A seed (untouched input) materializes with a batch axis of 1: one image per direction,
-    # shared by every example, instead of one per direction and example.
     primal = module(x.primal)
+    if x.seed is not None and x._series is None and _reads_kernel_slices(module):
+        response = _conv_seed_response(module, x.seed.start, x.seed.stop, x.primal.shape)
+        return x.with_series(primal, response.unsqueeze(0).unsqueeze(2))
     return ar.map_batchwise(x, lambda s: module._conv_forward(s, module.weight, None), primal)
+
+
+def _reads_kernel_slices(module: nn.modules.conv._ConvNd) -> bool:
+    return module.padding_mode == "zeros" and not isinstance(module.padding, str)
+
+
+def _conv_seed_response(
+    module: nn.modules.conv._ConvNd, start: int, stop: int, input_shape: torch.Size
+) -> Tensor:
+    """Convolution of the one-hot images ``e_start..e_stop`` read off the kernel: ``(D, C', *out)``.
+
+    Output ``(o, p)`` sees input position ``p * stride - padding + k * dilation`` through
+    ``weight[o, c, k]``, so the one-hot at ``(c, r)`` contributes ``weight[o, c, k]`` where
+    ``k = (r + padding - p * stride) / dilation`` is an integer in ``[0, kernel)``, and only to
+    output channels of ``c``'s group. A gather, instead of a convolution per direction.
+    """
+    weight = module.weight
+    channels, *spatial = input_shape[1:]
+    groups, out_channels = module.groups, weight.shape[0]
+    index = torch.arange(start, stop, device=weight.device)
+    positions = []
+    for size in reversed(spatial):
+        positions.append(index % size)
+        index = index // size
+    positions.reverse()
+    channel = index
+    per_group = channels // groups
+    gather = [slice(None), (channel % per_group).reshape(-1, *([1] * len(spatial)))]
+    valid = (
+        torch.arange(out_channels, device=weight.device) // (out_channels // groups)
+        == (channel // per_group)[:, None]
+    ).reshape(-1, out_channels, *([1] * len(spatial)))
+    for axis, (position, kernel) in enumerate(zip(positions, weight.shape[2:], strict=True)):
+        out_size = (
+            spatial[axis] + 2 * module.padding[axis] - module.dilation[axis] * (kernel - 1) - 1
+        ) // module.stride[axis] + 1
+        outputs = torch.arange(out_size, device=weight.device)
+        offset = position[:, None] + module.padding[axis] - outputs * module.stride[axis]
+        hit = (offset % module.dilation[axis] == 0) & (offset >= 0)
+        hit &= offset < kernel * module.dilation[axis]
+        tap = (offset // module.dilation[axis]).clamp(0, kernel - 1)
+        shape = [-1] + [1] * len(spatial)
+        shape[axis + 1] = out_size
+        gather.append(tap.reshape(shape))
+        valid = valid & hit.reshape(shape).unsqueeze(1)
+    response = weight[tuple(gather)].movedim(0, 1)  # (D, C', *out)
+    return response * valid
 
 
 def _conv_function(conv: Callable[..., Tensor]) -> Callable[..., Jet]:

@@ -240,3 +240,23 @@ def test_operator_targets_are_registered() -> None:
         operator.getitem,
     ):
         assert hope_attr._registry.function_rule(op) is not None
+
+
+@pytest.mark.parametrize(
+    ("conv", "shape"),
+    [
+        (nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2), (4, 7, 6)),
+        (nn.Conv1d(2, 3, 4, stride=3, padding=1), (2, 11)),
+        (nn.Conv3d(1, 2, 2, stride=(1, 2, 1), padding=1), (1, 3, 4, 3)),
+    ],
+)
+def test_first_conv_reads_kernel_slices(conv: nn.Module, shape: tuple[int, ...]) -> None:
+    # The seed's response is gathered from the kernel; it must equal convolving one-hot images.
+    from hope_attr._primitives import _conv_seed_response
+
+    conv = conv.double()
+    features = torch.Size(shape).numel()
+    one_hots = torch.eye(features, dtype=torch.float64).reshape(features, *shape)
+    expected = conv._conv_forward(one_hots, conv.weight, None)
+    actual = _conv_seed_response(conv, 2, features - 1, torch.Size((1, *shape)))
+    torch.testing.assert_close(actual, expected[2 : features - 1], rtol=0, atol=0)
