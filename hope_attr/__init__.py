@@ -3,6 +3,7 @@
 The jet convention (normalized Taylor coefficients) is stated once in :mod:`hope_attr._jet`.
 """
 
+from hope_attr._attribution import HOPEAttribution
 from hope_attr._derivatives import unmixed_derivatives
 from hope_attr._jet import Jet
 from hope_attr._registry import (
@@ -15,6 +16,7 @@ from hope_attr._registry import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "HOPEAttribution",
     "Jet",
     "TrainingModeError",
     "UnsupportedOperationError",

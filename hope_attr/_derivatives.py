@@ -83,45 +83,104 @@ def unmixed_derivatives(
         torch.Size([3, 1, 1, 2])
     """
     is_tuple = isinstance(inputs, tuple)
-    inputs_tuple: tuple[Tensor, ...] = inputs if is_tuple else (inputs,)
-    extra = _format_additional_args(additional_forward_args)
-    _check_arguments(forward_func, inputs_tuple, order, internal_batch_size)
-    graph_module = _interpreter.trace(forward_func, (*inputs_tuple, *extra))
-    _interpreter.check_eval_mode(graph_module)
+    expansion = Expansion(forward_func, inputs, order, additional_forward_args, internal_batch_size)
+    factorials = torch.tensor(
+        [math.factorial(k) for k in range(1, order + 1)],
+        dtype=expansion.output.dtype,
+        device=expansion.output.device,
+    )
+    results = [
+        coefficients * factorials.reshape(order, *([1] * (coefficients.dim() - 1)))
+        for coefficients in expansion.unmixed_coefficients()
+    ]
+    return tuple(results) if is_tuple else results[0]
 
-    with torch.no_grad():
+
+class Expansion:
+    """A traced, validated forward function at an expansion point, ready to push jets through.
+
+    Internal to the package: :func:`unmixed_derivatives` and the attribution methods build on it.
+    Results are normalized Taylor coefficients (see :mod:`hope_attr._jet`).
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Tensor],
+        inputs: Tensor | tuple[Tensor, ...],
+        order: int,
+        additional_forward_args: Any = None,
+        internal_batch_size: int | None = None,
+    ) -> None:
+        self.inputs: tuple[Tensor, ...] = inputs if isinstance(inputs, tuple) else (inputs,)
+        self.extra = _format_additional_args(additional_forward_args)
+        _check_arguments(forward_func, self.inputs, order, internal_batch_size)
+        self.order = order
+        self.graph = _interpreter.trace(forward_func, (*self.inputs, *self.extra))
+        _interpreter.check_eval_mode(self.graph)
         largest = [0]
 
         def observe(value: object) -> None:
             if isinstance(value, Tensor):
                 largest[0] = max(largest[0], value.numel())
 
-        output = _interpreter.run(graph_module, (*inputs_tuple, *extra), observe)
-        _check_output(output, inputs_tuple[0].shape[0])
+        with torch.no_grad():
+            output = _interpreter.run(self.graph, (*self.inputs, *self.extra), observe)
+        _check_output(output, self.inputs[0].shape[0])
+        self.output: Tensor = output
         if internal_batch_size is None:
-            itemsize = inputs_tuple[0].element_size()
+            itemsize = self.inputs[0].element_size()
             per_direction = order * largest[0] * itemsize * _TEMPORARY_COPIES
             internal_batch_size = max(1, _SERIES_BUDGET_BYTES // max(per_direction, 1))
-        factorials = torch.tensor(
-            [math.factorial(k) for k in range(1, order + 1)],
-            dtype=output.dtype,
-            device=output.device,
-        ).reshape(order, *([1] * (output.dim() + 1)))
+        self.chunk_size = internal_batch_size
 
+    def num_chunks(self, num_directions: int) -> int:
+        return -(-num_directions // self.chunk_size)
+
+    def unmixed_coefficients(self, on_chunk: Callable[[], None] | None = None) -> list[Tensor]:
+        """Per input, ``(n, B, *O, *I)``: coefficient ``k`` of ``out(x + t e_i)``."""
         results = []
-        for position, x in enumerate(inputs_tuple):
+        for position, x in enumerate(self.inputs):
             num_features = x[0].numel()
-            result = output.new_zeros((order, *output.shape, num_features))
-            for start in range(0, num_features, internal_batch_size):
-                stop = min(num_features, start + internal_batch_size)
-                args = list(inputs_tuple)
-                args[position] = Jet(x, None, order, InputSeed(start, stop))
-                value = _interpreter.run(graph_module, (*args, *extra))
-                if isinstance(value, Jet):
-                    # (n, D, B, *O) coefficients -> (n, B, *O, D) derivatives
-                    result[..., start:stop] = (value.full_series() * factorials).movedim(1, -1)
-            results.append(result.reshape(order, *output.shape, *x.shape[1:]))
-    return tuple(results) if is_tuple else results[0]
+            result = self.output.new_zeros((self.order, *self.output.shape, num_features))
+            for start in range(0, num_features, self.chunk_size):
+                stop = min(num_features, start + self.chunk_size)
+                args = list(self.inputs)
+                args[position] = Jet(x, None, self.order, InputSeed(start, stop))
+                # (n, D, B, *O) -> (n, B, *O, D)
+                result[..., start:stop] = self._propagate(args, stop - start).movedim(1, -1)
+                if on_chunk is not None:
+                    on_chunk()
+            results.append(result.reshape(self.order, *self.output.shape, *x.shape[1:]))
+        return results
+
+    def directional_coefficients(
+        self, directions: tuple[Tensor, ...], on_chunk: Callable[[], None] | None = None
+    ) -> Tensor:
+        """``(n, D, B, *O)``: coefficient ``k`` of ``out(x + t v_d)``.
+
+        ``directions[j]`` has shape ``(D, B, *I_j)``: component ``j`` of every direction, which
+        may differ per example (a direction moves all inputs at once).
+        """
+        num_directions = directions[0].shape[0]
+        chunks = []
+        for start in range(0, num_directions, self.chunk_size):
+            stop = min(num_directions, start + self.chunk_size)
+            args = [
+                Jet(x, v[start:stop].unsqueeze(0), self.order)
+                for x, v in zip(self.inputs, directions, strict=True)
+            ]
+            chunks.append(self._propagate(args, stop - start))
+            if on_chunk is not None:
+                on_chunk()
+        return torch.cat(chunks, dim=1)
+
+    def _propagate(self, args: list[object], num_directions: int) -> Tensor:
+        with torch.no_grad():
+            value = _interpreter.run(self.graph, (*args, *self.extra))
+        if isinstance(value, Jet):
+            return value.full_series()
+        # The output does not depend on the inputs: every coefficient is zero.
+        return self.output.new_zeros((self.order, num_directions, *self.output.shape))
 
 
 def _format_additional_args(additional_forward_args: Any) -> tuple[Any, ...]:

@@ -1,0 +1,429 @@
+"""HOPEAttribution: Captum's FeatureAblation, predicted by exact high-order Taylor expansions.
+
+For each feature ``i`` (or ``feature_mask`` group), Captum's FeatureAblation measures
+``f_t(x) - f_t(x with the feature set to its baseline)``. Moving the feature from ``x`` to ``b``
+is the direction ``v = (b - x) e_i``, so with the Taylor coefficients ``c_k`` of
+``t -> f_t(x + t v)`` the ablation is ``-(c_1 + ... + c_n)`` up to the remainder of order
+``n + 1``: the HOPE paper's ``sum_k d^k y / k! dx^k`` with ``dx = b - x``, in FeatureAblation's
+sign. One jet per feature (or group) serves every output class at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from captum._utils.progress import NullProgress, progress
+from captum.attr import Attribution
+from captum.log import log_usage
+from torch import Tensor
+
+from hope_attr._derivatives import Expansion
+
+TargetType = Any  # Captum's: None, int, tuple, list of int/tuple, or tensor
+_METHODS = ("exact", "diagonal")
+
+
+class HOPEAttribution(Attribution):
+    """High-order Taylor attribution that predicts Captum's ``FeatureAblation``.
+
+    Args:
+        forward_func: the model or function to explain, ``(B, *I) -> (B, *O)``; see
+            :func:`hope_attr.unmixed_derivatives` for what it may contain.
+        order: the Taylor order ``n >= 1``. Order 1 is ``(x - b) * gradient``.
+        method: ``"exact"`` (Taylor-mode jets, exact to rounding) or ``"diagonal"`` (the HOPE
+            paper's one-sweep backward rule: exact only at order 1 or for networks with one
+            hidden layer, see :mod:`hope_attr._diagonal`).
+
+    Example:
+        >>> import torch, hope_attr
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Tanh()).eval()
+        >>> x = torch.rand(4, 3)
+        >>> attribution = hope_attr.HOPEAttribution(model, order=4).attribute(x, target=1)
+        >>> attribution.shape
+        torch.Size([4, 3])
+    """
+
+    def __init__(
+        self, forward_func: Callable[..., Tensor], order: int = 4, method: str = "exact"
+    ) -> None:
+        super().__init__(forward_func)
+        if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+            raise ValueError(f"order must be an int >= 1, got {order!r}")
+        if method not in _METHODS:
+            raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+        self.order = order
+        self.method = method
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return True
+
+    def has_convergence_delta(self) -> bool:
+        return True
+
+    @log_usage(part_of_slo=True)
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        baselines: Any = None,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        feature_mask: Tensor | tuple[Tensor, ...] | None = None,
+        return_orders: bool = False,
+        internal_batch_size: int | None = None,
+        show_progress: bool = False,
+        return_convergence_delta: bool = False,
+    ) -> Any:
+        """Predict FeatureAblation's attributions from the order-``n`` expansion at ``inputs``.
+
+        Args:
+            inputs: a tensor ``(B, *I)`` or a tuple of them; the expansion point.
+            baselines: what a feature is set to, as in Captum: ``None`` (zero), a number, a
+                tensor shaped like the input or with batch 1, or a tuple of those per input.
+            target: the output to explain, as in Captum (int, tuple for outputs with more
+                than 2 axes, or a list/tensor with one per example); ``None`` for scalar
+                outputs. For every output at once use :meth:`attribute_all_targets`.
+            additional_forward_args: passed to ``forward_func`` after the inputs.
+            feature_mask: integer group ids ``0..G-1`` broadcastable to each input (a tuple
+                for tuple inputs; ids shared across inputs form one group). A group is moved
+                to its baseline as one direction, exactly as FeatureAblation ablates it.
+            return_orders: also return the per-order terms ``(order, *input.shape)`` (one per
+                input), which sum to the attributions.
+            internal_batch_size: directions propagated at once (memory).
+            show_progress: a progress bar over chunks of directions.
+            return_convergence_delta: also return Captum's completeness delta per example,
+                ``sum over features/groups of attributions - (f(x) - f(baselines))``: what the
+                unmixed expansion leaves out (interactions plus truncation).
+
+        Returns:
+            ``attributions`` shaped like ``inputs``; with ``return_orders`` then
+            ``(attributions, orders)``; with ``return_convergence_delta`` the delta comes last.
+        """
+        is_tuple = isinstance(inputs, tuple)
+        inputs_tuple = inputs if is_tuple else (inputs,)
+        expansion = Expansion(
+            self.forward_func,
+            inputs_tuple,
+            self.order,
+            additional_forward_args,
+            internal_batch_size,
+        )
+        baselines_tuple = _format_baselines(baselines, inputs_tuple)
+        masks = _format_feature_mask(feature_mask, inputs_tuple)
+        terms = self._terms(expansion, baselines_tuple, masks, show_progress)
+        selected = tuple(_select_target(t, target, expansion.output.shape[1:]) for t in terms)
+        attributions = tuple(t.sum(0) for t in selected)
+
+        results: list[Any] = [attributions if is_tuple else attributions[0]]
+        if return_orders:
+            results.append(selected if is_tuple else selected[0])
+        if return_convergence_delta:
+            results.append(
+                self.compute_convergence_delta(
+                    attributions,
+                    baselines_tuple,
+                    inputs_tuple,
+                    target,
+                    additional_forward_args,
+                    masks,
+                )
+            )
+        return results[0] if len(results) == 1 else tuple(results)
+
+    def attribute_all_targets(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        baselines: Any = None,
+        additional_forward_args: Any = None,
+        feature_mask: Tensor | tuple[Tensor, ...] | None = None,
+        return_orders: bool = False,
+        internal_batch_size: int | None = None,
+        show_progress: bool = False,
+    ) -> Any:
+        """The attributions of every output at the cost of one call: ``(B, *O, *I)``.
+
+        ``result[:, c]`` equals ``attribute(inputs, target=c, ...)`` (the jets carry every
+        output anyway). With ``return_orders`` also the terms ``(order, B, *O, *I)``.
+
+        Example:
+            >>> import torch, hope_attr
+            >>> model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh()).eval()
+            >>> hope_attr.HOPEAttribution(model).attribute_all_targets(torch.rand(2, 3)).shape
+            torch.Size([2, 5, 3])
+        """
+        is_tuple = isinstance(inputs, tuple)
+        inputs_tuple = inputs if is_tuple else (inputs,)
+        expansion = Expansion(
+            self.forward_func,
+            inputs_tuple,
+            self.order,
+            additional_forward_args,
+            internal_batch_size,
+        )
+        terms = self._terms(
+            expansion,
+            _format_baselines(baselines, inputs_tuple),
+            _format_feature_mask(feature_mask, inputs_tuple),
+            show_progress,
+        )
+        attributions = tuple(t.sum(0) for t in terms)
+        result: Any = attributions if is_tuple else attributions[0]
+        if return_orders:
+            return result, (terms if is_tuple else terms[0])
+        return result
+
+    def paper_heat_map(
+        self,
+        inputs: Tensor,
+        dx: float | Tensor = 1.0,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        return_orders: bool = False,
+    ) -> Any:
+        """The HOPE paper's heat map (its Eq. 77): ``sum_k d^k y / dx_i^k / k! * dx^k``.
+
+        The predicted change of the output when each pixel alone moves by ``dx`` (the paper
+        uses ``dx = 1``): ``-attribute(inputs, baselines=inputs + dx)``.
+        """
+        out = self.attribute(
+            inputs,
+            baselines=inputs + dx,
+            target=target,
+            additional_forward_args=additional_forward_args,
+            return_orders=return_orders,
+        )
+        if return_orders:
+            return -out[0], -out[1]
+        return -out
+
+    def compute_convergence_delta(
+        self,
+        attributions: Tensor | tuple[Tensor, ...],
+        start_point: Any,
+        end_point: Tensor | tuple[Tensor, ...],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        feature_mask: Any = None,
+    ) -> Tensor:
+        """``sum(attributions) - (f(end_point) - f(start_point))`` per example.
+
+        Attributions of a ``feature_mask`` group are counted once per group (FeatureAblation
+        repeats the group's value on each of its features).
+        """
+        ends = end_point if isinstance(end_point, tuple) else (end_point,)
+        attributions = attributions if isinstance(attributions, tuple) else (attributions,)
+        starts = _format_baselines(start_point, ends)
+        masks = _format_feature_mask(feature_mask, ends)
+        extra = additional_forward_args
+        extra = () if extra is None else (extra if isinstance(extra, tuple) else (extra,))
+        with torch.no_grad():
+            f_end = _select_value(self.forward_func(*ends, *extra), target)
+            f_start = _select_value(self.forward_func(*starts, *extra), target)
+        total = torch.zeros_like(f_end)
+        if masks is None:
+            for attribution in attributions:
+                total = total + attribution.reshape(attribution.shape[0], -1).sum(1)
+        else:
+            total = total + _sum_once_per_group(attributions, masks)
+        return total - (f_end - f_start)
+
+    def attribute_future(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("attribute_future is not implemented for HOPEAttribution")
+
+    # ------------------------------------------------------------------ internals
+    def _terms(
+        self,
+        expansion: Expansion,
+        baselines: tuple[Tensor, ...],
+        masks: tuple[Tensor, ...] | None,
+        show_progress: bool,
+    ) -> tuple[Tensor, ...]:
+        """Per input, the signed order-k terms ``(n, B, *O, *I)`` in FeatureAblation's sign."""
+        steps = [b - x for x, b in zip(expansion.inputs, baselines, strict=True)]
+        bar = _progress_bar(show_progress, self, expansion, steps, masks)
+        try:
+            if masks is None:
+                if self.method == "diagonal":
+                    from hope_attr._diagonal import diagonal_coefficients
+
+                    coefficients = diagonal_coefficients(expansion)
+                else:
+                    coefficients = expansion.unmixed_coefficients(bar.update)
+                return tuple(
+                    -c * _powers(step, self.order, c.dim() - step.dim() - 1)
+                    for c, step in zip(coefficients, steps, strict=True)
+                )
+            if self.method == "diagonal":
+                raise ValueError(
+                    "method='diagonal' propagates one feature per direction; it cannot move a "
+                    "feature_mask group together. Use method='exact' with feature_mask."
+                )
+            return _group_terms(expansion, steps, masks, bar.update)
+        finally:
+            bar.close()
+
+
+def _powers(step: Tensor, order: int, output_dims: int) -> Tensor:
+    """``(n, B, 1.., *I)``: ``step^k`` for ``k = 1..n``, aligned with ``(n, B, *O, *I)``."""
+    powers = torch.stack([step**k for k in range(1, order + 1)])
+    return powers.reshape(order, step.shape[0], *([1] * output_dims), *step.shape[1:])
+
+
+def _group_terms(
+    expansion: Expansion,
+    steps: list[Tensor],
+    masks: tuple[Tensor, ...],
+    on_chunk: Callable[[], None],
+) -> tuple[Tensor, ...]:
+    num_groups = int(max(m.max().item() for m in masks)) + 1
+    directions = tuple(
+        torch.nn.functional.one_hot(mask, num_groups).movedim(-1, 0).to(step.dtype) * step
+        for mask, step in zip(masks, steps, strict=True)
+    )  # (G, B, *I) each: group g moves all its features to their baselines at once
+    coefficients = expansion.directional_coefficients(directions, on_chunk)  # (n, G, B, *O)
+    per_group = -coefficients.movedim(1, -1)  # (n, B, *O, G)
+    terms = []
+    for mask in masks:
+        index = mask.reshape(mask.shape[0], *([1] * (per_group.dim() - 3)), -1)
+        index = index.expand(per_group.shape[0], *per_group.shape[1:-1], -1)
+        gathered = per_group.gather(-1, index)
+        terms.append(gathered.reshape(*per_group.shape[:-1], *mask.shape[1:]))
+    return tuple(terms)
+
+
+def _progress_bar(
+    show: bool,
+    method: Attribution,
+    expansion: Expansion,
+    steps: list[Tensor],
+    masks: tuple[Tensor, ...] | None,
+) -> Any:
+    if not show:
+        return NullProgress()
+    if masks is not None:
+        total = expansion.num_chunks(int(max(m.max().item() for m in masks)) + 1)
+    else:
+        total = sum(expansion.num_chunks(s[0].numel()) for s in steps)
+    return progress(desc=f"{method.get_name()} attribution", total=total)
+
+
+def _format_baselines(baselines: Any, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    if baselines is None:
+        baselines = tuple(0.0 for _ in inputs)
+    elif not isinstance(baselines, tuple):
+        baselines = (baselines,)
+    if len(baselines) != len(inputs):
+        raise ValueError(
+            f"got {len(baselines)} baselines for {len(inputs)} inputs; pass one per input"
+        )
+    formatted = []
+    for index, (baseline, x) in enumerate(zip(baselines, inputs, strict=True)):
+        if isinstance(baseline, (int, float)):
+            formatted.append(torch.full_like(x, float(baseline)))
+            continue
+        if not isinstance(baseline, Tensor):
+            raise TypeError(
+                f"baselines[{index}] must be a number or a tensor, got {type(baseline).__name__}"
+            )
+        try:
+            formatted.append(baseline.to(x.dtype).expand_as(x))
+        except RuntimeError as error:
+            raise ValueError(
+                f"baselines[{index}] has shape {tuple(baseline.shape)}, which does not broadcast "
+                f"to the input's {tuple(x.shape)}: use the input's shape, batch size 1, or a "
+                "number"
+            ) from error
+    return tuple(formatted)
+
+
+def _format_feature_mask(
+    feature_mask: Any, inputs: tuple[Tensor, ...]
+) -> tuple[Tensor, ...] | None:
+    if feature_mask is None:
+        return None
+    masks = feature_mask if isinstance(feature_mask, tuple) else (feature_mask,)
+    if len(masks) != len(inputs):
+        raise ValueError(f"got {len(masks)} feature masks for {len(inputs)} inputs")
+    formatted = []
+    for index, (mask, x) in enumerate(zip(masks, inputs, strict=True)):
+        if not isinstance(mask, Tensor) or mask.is_floating_point() or mask.is_complex():
+            raise TypeError(f"feature_mask[{index}] must be an integer tensor of group ids")
+        try:
+            formatted.append(mask.to(torch.long).expand_as(x))
+        except RuntimeError as error:
+            raise ValueError(
+                f"feature_mask[{index}] has shape {tuple(mask.shape)}, which does not broadcast "
+                f"to the input's {tuple(x.shape)}"
+            ) from error
+    ids = torch.unique(torch.cat([m.reshape(-1) for m in formatted]))
+    if ids.min() < 0 or not torch.equal(ids, torch.arange(len(ids), device=ids.device)):
+        missing = sorted(set(range(int(ids.max()) + 1)) - set(ids.tolist()))[:5]
+        raise ValueError(
+            "feature_mask ids must be exactly 0..G-1 with every id used "
+            f"(found {len(ids)} ids up to {int(ids.max())}; missing e.g. {missing}). "
+            "Renumber the groups, e.g. with torch.unique(mask, return_inverse=True)."
+        )
+    return tuple(formatted)
+
+
+def _select_target(values: Tensor, target: TargetType, output_shape: torch.Size) -> Tensor:
+    """``(L, B, *O, *rest) -> (L, B, *rest)``, picking each example's target output."""
+    batch = values.shape[1]
+    rest = values.shape[2 + len(output_shape) :]
+    if target is None:
+        if math.prod(output_shape) != 1:
+            raise ValueError(
+                f"forward_func returns {tuple(output_shape)} outputs per example: pass target= "
+                "(an index, or one per example), or use attribute_all_targets"
+            )
+        return values.reshape(values.shape[0], batch, *rest)
+    per_example = _targets_per_example(target, batch, len(output_shape))
+    for entry in per_example:
+        for axis, (index, size) in enumerate(zip(entry, output_shape, strict=True)):
+            if not -size <= index < size:
+                raise ValueError(
+                    f"target {target!r} is out of range: output axis {axis + 1} has {size} entries"
+                )
+    index = torch.tensor(per_example, device=values.device)  # (B, len(O))
+    batch_index = torch.arange(batch, device=values.device)
+    return values[(slice(None), batch_index, *index.unbind(1))]
+
+
+def _targets_per_example(target: TargetType, batch: int, output_dims: int) -> list[tuple]:
+    if isinstance(target, Tensor):
+        target = target.item() if target.numel() == 1 else target.tolist()
+    if isinstance(target, int):
+        entries = [(target,)] * batch
+    elif isinstance(target, tuple):
+        entries = [target] * batch
+    elif isinstance(target, list):
+        if len(target) != batch:
+            raise ValueError(f"target has {len(target)} entries for a batch of {batch}")
+        entries = [t if isinstance(t, tuple) else (t,) for t in target]
+    else:
+        raise TypeError(f"target must be an int, tuple, list or tensor, got {type(target)}")
+    for entry in entries:
+        if len(entry) != output_dims:
+            raise ValueError(
+                f"target {entry} indexes {len(entry)} output axes, but the output has "
+                f"{output_dims} besides the batch axis"
+            )
+    return [tuple(int(i) for i in entry) for entry in entries]
+
+
+def _select_value(output: Tensor, target: TargetType) -> Tensor:
+    return _select_target(output.unsqueeze(0), target, output.shape[1:])[0].reshape(-1)
+
+
+def _sum_once_per_group(attributions: tuple[Tensor, ...], masks: tuple[Tensor, ...]) -> Tensor:
+    """Sum each group's (repeated) attribution once per example."""
+    batch = attributions[0].shape[0]
+    num_groups = int(max(m.max().item() for m in masks)) + 1
+    values = attributions[0].new_zeros(batch, num_groups)
+    for attribution, mask in zip(attributions, masks, strict=True):
+        # Every feature of a group holds the group's value: scatter (not add) it.
+        values.scatter_(1, mask.reshape(batch, -1), attribution.reshape(batch, -1))
+    return values.sum(1)

@@ -1,0 +1,195 @@
+"""HOPEAttribution against Captum itself: FeatureAblation, InputXGradient, and Captum's tooling."""
+
+from __future__ import annotations
+
+import matplotlib
+import pytest
+import torch
+from captum.attr import FeatureAblation, InputXGradient, NoiseTunnel, visualization
+from captum.metrics import infidelity, sensitivity_max
+from torch import nn
+
+import hope_attr
+from hope_attr import HOPEAttribution
+
+matplotlib.use("Agg")
+
+
+def _smooth_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return (
+        nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 6), nn.Sigmoid(), nn.Linear(6, 3))
+        .double()
+        .eval()
+    )
+
+
+@pytest.fixture
+def point() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    x = 0.5 * torch.randn(4, 5, dtype=torch.float64, generator=generator)
+    # |b - x| small enough to sit inside the radius of convergence of this net.
+    return x, x + 0.3 * torch.randn(4, 5, dtype=torch.float64, generator=generator)
+
+
+def _relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual - expected).abs().max() / expected.abs().max()).item()
+
+
+def test_converges_to_feature_ablation(point) -> None:
+    model = _smooth_mlp()
+    x, b = point
+    expected = FeatureAblation(model).attribute(x, baselines=b, target=1)
+    errors = [
+        _relative(HOPEAttribution(model, order=n).attribute(x, baselines=b, target=1), expected)
+        for n in (1, 4, 8, 16)
+    ]
+    assert errors == sorted(errors, reverse=True), errors  # more orders, closer to Captum
+    assert errors[-1] < 1e-6
+
+
+def test_feature_mask_groups_match_feature_ablation(point) -> None:
+    model = _smooth_mlp()
+    x, b = point
+    mask = torch.tensor([[0, 0, 1, 2, 2]])
+    target = [0, 1, 2, 0]
+    expected = FeatureAblation(model).attribute(x, baselines=b, target=target, feature_mask=mask)
+    actual = HOPEAttribution(model, order=16).attribute(
+        x, baselines=b, target=target, feature_mask=mask
+    )
+    assert _relative(actual, expected) < 1e-6
+
+
+def test_tuple_inputs_with_and_without_cross_input_groups(point) -> None:
+    model = _smooth_mlp()
+
+    def forward(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return model(torch.cat([a, c], dim=1))
+
+    x, b = point
+    inputs, baselines = (x[:, :2], x[:, 2:]), (b[:, :2], b[:, 2:])
+    for mask in (None, (torch.tensor([[0, 1]]), torch.tensor([[1, 2, 0]]))):
+        expected = FeatureAblation(forward).attribute(
+            inputs, baselines=baselines, target=1, feature_mask=mask
+        )
+        actual = HOPEAttribution(forward, order=16).attribute(
+            inputs, baselines=baselines, target=1, feature_mask=mask
+        )
+        assert isinstance(actual, tuple) and len(actual) == 2
+        for a, e in zip(actual, expected, strict=True):
+            assert a.shape == e.shape
+            assert _relative(a, e) < 1e-6
+
+
+def test_order_one_is_input_x_gradient(point) -> None:
+    model = _smooth_mlp()
+    x, _ = point
+    expected = InputXGradient(model).attribute(x.clone().requires_grad_(True), target=2)
+    actual = HOPEAttribution(model, order=1).attribute(x, target=2)
+    torch.testing.assert_close(actual, expected.detach(), rtol=1e-12, atol=1e-14)
+
+
+def test_orders_sum_to_attribution_and_all_targets_match(point) -> None:
+    model = _smooth_mlp()
+    x, b = point
+    method = HOPEAttribution(model, order=5)
+    attribution, orders = method.attribute(x, baselines=b, target=2, return_orders=True)
+    assert orders.shape == (5, *x.shape)
+    torch.testing.assert_close(orders.sum(0), attribution)
+    everything = method.attribute_all_targets(x, baselines=b)
+    assert everything.shape == (4, 3, 5)
+    for c in range(3):
+        torch.testing.assert_close(everything[:, c], method.attribute(x, baselines=b, target=c))
+
+
+def test_convergence_delta_is_completeness_gap(point) -> None:
+    model = _smooth_mlp()
+    x, b = point
+    attribution, delta = HOPEAttribution(model, order=8).attribute(
+        x, baselines=b, target=0, return_convergence_delta=True
+    )
+    with torch.no_grad():
+        gap = model(x)[:, 0] - model(b)[:, 0]
+    torch.testing.assert_close(delta, attribution.sum(1) - gap)
+    # An additive model has no interactions: completeness holds up to truncation.
+    additive = lambda z: (torch.sin(z) + z**2).sum(1, keepdim=True)  # noqa: E731
+    _, delta = HOPEAttribution(additive, order=12).attribute(
+        x, baselines=b, return_convergence_delta=True
+    )
+    assert delta.abs().max() < 1e-9
+
+
+def test_paper_heat_map_is_predicted_change(point) -> None:
+    model = _smooth_mlp()
+    x, _ = point
+    # The paper's Eq. 77 with dx = 1: sum_k d^k y / k! * 1^k, from the derivatives directly.
+    derivatives = hope_attr.unmixed_derivatives(model, x, 6)[:, :, 1]
+    factorials = torch.tensor([1, 2, 6, 24, 120, 720], dtype=torch.float64)
+    expected = (derivatives / factorials.reshape(6, 1, 1)).sum(0)
+    actual = HOPEAttribution(model, order=6).paper_heat_map(x, target=1)
+    torch.testing.assert_close(actual, expected)
+
+
+def test_noise_tunnel_metrics_and_visualizer_accept_the_output() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3)
+    ).eval()
+    images = torch.rand(2, 1, 6, 6)
+    method = HOPEAttribution(model, order=3)
+    for nt_type in ("smoothgrad", "vargrad"):
+        smoothed = NoiseTunnel(method).attribute(
+            images, nt_type=nt_type, nt_samples=3, stdevs=0.05, target=[0, 2], baselines=0.0
+        )
+        assert smoothed.shape == images.shape
+    attributions, delta = NoiseTunnel(method).attribute(
+        images, nt_samples=2, target=1, return_convergence_delta=True, nt_samples_batch_size=2
+    )
+    assert delta.shape == (4,)  # Captum concatenates the deltas of its samples
+
+    def perturb(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        noise = 0.01 * torch.randn_like(inputs)
+        return noise, inputs - noise
+
+    attributions = method.attribute(images, target=1)
+    assert infidelity(model, perturb, images, attributions, target=1).shape == (2,)
+    assert sensitivity_max(method.attribute, images, target=1, n_perturb_samples=2).shape == (2,)
+    heat_map = attributions[0].permute(1, 2, 0).numpy()
+    figure, _ = visualization.visualize_image_attr(
+        heat_map, method="heat_map", sign="all", use_pyplot=False
+    )
+    assert figure is not None
+
+
+def test_bad_arguments_raise_clear_errors(point) -> None:
+    model = _smooth_mlp()
+    x, _ = point
+    method = HOPEAttribution(model, order=2)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        method.attribute(x, baselines=torch.zeros(3, 5, dtype=torch.float64), target=0)
+    with pytest.raises(ValueError, match="out of range"):
+        method.attribute(x, target=3)
+    with pytest.raises(ValueError, match="pass target"):
+        method.attribute(x)
+    with pytest.raises(ValueError, match="0..G-1"):
+        method.attribute(x, target=0, feature_mask=torch.tensor([[0, 0, 2, 2, 3]]))
+    with pytest.raises(ValueError, match="order"):
+        HOPEAttribution(model, order=0)
+    with pytest.raises(ValueError, match="method"):
+        HOPEAttribution(model, method="fast")
+
+
+def test_model_is_unchanged_after_attribution(point) -> None:
+    model = _smooth_mlp()
+    x, b = point
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+
+    def flags() -> tuple[list[bool], list[bool]]:
+        return [p.requires_grad for p in model.parameters()], [m.training for m in model.modules()]
+
+    flags_before = flags()
+    HOPEAttribution(model, order=3).attribute(x, baselines=b, target=0, feature_mask=None)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name])
+    assert flags() == flags_before
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
