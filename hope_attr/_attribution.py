@@ -57,6 +57,11 @@ class HOPEAttribution(Attribution):
         self.order = order
         self.method = method
 
+    @classmethod
+    def get_name(cls) -> str:
+        # Captum splits CamelCase ("H O P E Attribution"); progress bars show this name.
+        return "HOPE"
+
     @property
     def multiplies_by_inputs(self) -> bool:
         return True

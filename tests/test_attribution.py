@@ -193,3 +193,13 @@ def test_model_is_unchanged_after_attribution(point) -> None:
         assert torch.equal(value, before[name])
     assert flags() == flags_before
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_show_progress_draws_a_bar_over_direction_chunks(capsys) -> None:
+    model = _smooth_mlp()
+    x = torch.rand(2, 5, dtype=torch.float64)
+    HOPEAttribution(model, order=2).attribute(
+        x, target=0, show_progress=True, internal_batch_size=2
+    )
+    err = capsys.readouterr().err
+    assert "HOPE attribution" in err and "3/3" in err  # 5 features in chunks of 2
