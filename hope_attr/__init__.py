@@ -6,6 +6,7 @@ The jet convention (normalized Taylor coefficients) is stated once in :mod:`hope
 from hope_attr._attribution import HOPEAttribution
 from hope_attr._derivatives import unmixed_derivatives
 from hope_attr._jet import Jet
+from hope_attr._mixed import mixed_derivatives
 from hope_attr._registry import (
     TrainingModeError,
     UnsupportedOperationError,
@@ -19,6 +20,7 @@ __all__ = [
     "HOPEAttribution",
     "Jet",
     "TrainingModeError",
+    "mixed_derivatives",
     "UnsupportedOperationError",
     "register_rule",
     "unmixed_derivatives",

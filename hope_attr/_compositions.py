@@ -9,7 +9,7 @@ so they do not change its series.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -110,3 +110,29 @@ def group_norm(
 @register_rule(nn.GroupNorm)
 def _group_norm_module(module: nn.GroupNorm, x: Jet) -> Jet:
     return group_norm(x, module.num_groups, module.weight, module.bias, module.eps)
+
+
+def _integral(x: Jet, value: Tensor, derivative: Callable[[Jet], Jet]) -> Jet:
+    """``f(x0 + u)`` for ``f`` given by its value and derivative: ``f_k = [f'(x0 + t)]_{k-1} / k``.
+
+    The table of ``f'`` comes from running ``derivative`` on a unit jet at the primal (one
+    direction, primal-sized), so ``f`` needs no derivative formula of its own.
+    """
+    order = x.order
+    unit = Jet(x.primal, torch.ones_like(x.primal).reshape(1, 1, *x.primal.shape), order)
+    slope = derivative(unit)
+    series = slope.full_series()[:, 0]  # coefficients 1..n of f'(x0 + t)
+    table = [value, slope.primal] + [series[k - 2] / k for k in range(2, order + 1)]
+    return ar.elementwise(x, table, value)
+
+
+@register_rule(torch.erf, torch.Tensor.erf, torch.special.erf)
+def erf(x: Jet) -> Jet:
+    # erf' = 2 / sqrt(pi) * exp(-x^2)
+    return _integral(x, torch.erf(x.primal), lambda u: (2 / math.sqrt(math.pi)) * ar.exp(-(u * u)))
+
+
+@register_rule(torch.atan, torch.Tensor.atan, torch.arctan)
+def atan(x: Jet) -> Jet:
+    # atan' = 1 / (1 + x^2)
+    return _integral(x, torch.atan(x.primal), lambda u: ar.reciprocal(1 + u * u))

@@ -9,6 +9,7 @@ Modules with a registered rule stay single graph steps; all others are traced th
 from __future__ import annotations
 
 import operator
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -179,9 +180,25 @@ def _where(node: fx.Node) -> str:
     else:
         stack = node.meta.get("nn_module_stack") or {}
         place = "called in " + (_display_name(list(stack)[-1]) if stack else "the forward")
-    trace_line = (node.meta.get("stack_trace") or "").strip().splitlines()
-    source = f"; source: {trace_line[-1].strip()}" if trace_line else ""
+    source = f"; source: {_user_frame(node)}" if _user_frame(node) else ""
     return f"({place}, graph node '{node.name}'{source})"
 
 
 __all__ = ["Jet", "check_eval_mode", "run", "trace"]
+
+
+def _user_frame(node: fx.Node) -> str:
+    """The innermost frame of the recorded stack that is the user's code, not torch's."""
+    lines = (node.meta.get("stack_trace") or "").splitlines()
+    frames = [
+        (lines[i].strip(), lines[i + 1].strip() if i + 1 < len(lines) else "")
+        for i, line in enumerate(lines)
+        if line.strip().startswith("File ")
+    ]
+    for location, code in reversed(frames):
+        if (
+            f"{os.sep}torch{os.sep}" not in location
+            and f"{os.sep}hope_attr{os.sep}" not in location
+        ):
+            return f"{location}: {code}"
+    return ""

@@ -145,6 +145,31 @@ class Jet:
     def __neg__(self) -> Jet:
         return self.with_series(-self.primal, -self.series)
 
+    def __pow__(self, exponent: object) -> Jet:
+        return torch.pow(self, exponent)
+
+    def __rpow__(self, base: object) -> Jet:
+        return torch.pow(base, self)
+
+    def __matmul__(self, other: object) -> Jet:
+        return _arith().matmul(self, other)
+
+    def __rmatmul__(self, other: object) -> Jet:
+        return _arith().matmul(other, self)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN206
+        """``torch.tanh(jet)``, ``F.gelu(jet)``, ...: dispatch to the registered Taylor rule.
+
+        This is what lets a user's rule be written with ordinary torch functions.
+        """
+        from hope_attr import _registry
+
+        rule = _registry.function_rule(func)
+        if rule is None:
+            raise _registry.unsupported("function", func, "(called on a Jet)")
+        return rule(*args, **(kwargs or {}))
+
     def __repr__(self) -> str:
         return (
             f"Jet(primal={tuple(self.primal.shape)}, order={self.order}, "
@@ -209,19 +234,15 @@ def compose_series(table: list[Tensor], u: Tensor, order: int) -> Tensor:
                 power = power * u1
         return torch.stack(out)
 
-    out = torch.zeros(
-        (order, *torch.broadcast_shapes(u.shape[1:], table[0].shape)),
-        dtype=u.dtype,
-        device=u.device,
-    )
     if m < order:
         u = torch.cat([u, u.new_zeros((order - m, *u.shape[1:]))])
-    # prev[r] holds the order (j - 1 + r) coefficient of u^(j-1); start with j - 1 = 1.
+    # prev[r] holds the order (j - 1 + r) coefficient of u^(j-1); start with j - 1 = 1. The first
+    # product of each sum initializes its buffer: zero-filling buffers cost as much as the sums.
     prev = u
-    out.addcmul_(table[1], prev)
+    out = table[1] * prev
     for j in range(2, order + 1):
-        current = torch.zeros_like(prev[1:])  # orders j..n of u^j
-        for i in range(1, min(m, order - j + 1) + 1):
+        current = u[0] * prev[: order - j + 1]  # i = 1 term of orders j..n of u^j
+        for i in range(2, min(m, order - j + 1) + 1):
             current[i - 1 :].addcmul_(u[i - 1], prev[: order - j + 2 - i])
         out[j - 1 :].addcmul_(table[j], current)
         prev = current

@@ -221,7 +221,15 @@ def _batch_norm(
     return ar.scale(x, gain, primal)
 
 
-@register_rule(nn.Identity, nn.modules.dropout._DropoutNd)
+@register_rule(
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
 def _identity_module(module: nn.Module, x: Jet, *args, **kwargs) -> Jet:
     if module.training and isinstance(module, nn.modules.dropout._DropoutNd):
         raise TrainingModeError(f"{type(module).__name__} is in training mode; call model.eval().")
@@ -553,6 +561,71 @@ def _hardtanh(x: Jet, min_val: float = -1.0, max_val: float = 1.0, inplace: bool
 @register_rule(F.relu6)
 def _relu6(x: Jet, inplace: bool = False) -> Jet:
     return _hardtanh(x, 0.0, 6.0)
+
+
+@register_rule(torch.clamp, torch.Tensor.clamp, torch.clip, torch.Tensor.clip)
+def _clamp(x: Jet, min: float | None = None, max: float | None = None) -> Jet:  # noqa: A002
+    # Autograd passes the gradient where min <= x <= max (inclusive); so does this slope.
+    inside = torch.ones_like(x.primal, dtype=torch.bool)
+    if min is not None:
+        inside &= x.primal >= min
+    if max is not None:
+        inside &= x.primal <= max
+    return ar.scale(x, inside.to(x.primal.dtype), torch.clamp(x.primal, min, max))
+
+
+@register_rule(torch.where)
+def _where(condition: Tensor, a: object, b: object) -> Jet:
+    """Select per entry; the condition depends on the primal only, so it is a constant."""
+    if ar.is_jet(condition):
+        raise TypeError("torch.where needs a boolean condition, got a differentiable tensor")
+    primal = torch.where(condition, ar.primal_of(a), ar.primal_of(b))
+    jets = [v for v in (a, b) if ar.is_jet(v)]
+    m = max(j.num_stored for j in jets)
+    order, directions = jets[0].order, jets[0].num_directions
+
+    def series(value: object) -> Tensor | float:
+        if not ar.is_jet(value):
+            return 0.0
+        padded = ar._pad_orders(value.series, m)
+        return padded.expand(m, directions, *value.primal.shape)
+
+    return Jet(primal, torch.where(condition, series(a), series(b)), order)
+
+
+@register_rule(torch.maximum, torch.Tensor.maximum, torch.max, torch.Tensor.max)
+def _maximum(a: object, b: object) -> Jet:
+    if not isinstance(b, (Tensor, Jet)):  # torch.max(x, dim): a reduction, not the elementwise max
+        raise ValueError("torch.max over a dimension is not supported; use amax on the primal")
+    return _where(ar.primal_of(a) >= ar.primal_of(b), a, b)
+
+
+@register_rule(torch.minimum, torch.Tensor.minimum, torch.min, torch.Tensor.min)
+def _minimum(a: object, b: object) -> Jet:
+    if not isinstance(b, (Tensor, Jet)):
+        raise ValueError("torch.min over a dimension is not supported")
+    return _where(ar.primal_of(a) <= ar.primal_of(b), a, b)
+
+
+def _comparison(compare: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Comparisons are piecewise constant: evaluate them on the primal."""
+    return lambda a, b: compare(ar.primal_of(a), ar.primal_of(b))
+
+
+for _targets, _compare in [
+    ((operator.gt, torch.gt, torch.Tensor.gt), torch.gt),
+    ((operator.lt, torch.lt, torch.Tensor.lt), torch.lt),
+    ((operator.ge, torch.ge, torch.Tensor.ge), torch.ge),
+    ((operator.le, torch.le, torch.Tensor.le), torch.le),
+    ((operator.eq, torch.eq, torch.Tensor.eq), torch.eq),
+    ((operator.ne, torch.ne, torch.Tensor.ne), torch.ne),
+]:
+    register_rule(*_targets)(_comparison(_compare))
+
+
+@register_rule(torch.square, torch.Tensor.square)
+def _square(x: Jet) -> Jet:
+    return ar.mul(x, x)
 
 
 @register_rule(torch.abs, torch.Tensor.abs, operator.abs)

@@ -15,9 +15,11 @@ arrives unchanged. Operations none of whose arguments are jets run as usual and 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import torch
 from torch import nn
 
 RuleFn = TypeVar("RuleFn", bound=Callable[..., Any])
@@ -42,32 +44,35 @@ class TrainingModeError(RuntimeError):
 def register_rule(*targets: object, override: bool = False) -> Callable[[RuleFn], RuleFn]:
     """Register a Taylor rule for module types, functions or tensor methods.
 
-    Args:
-        *targets: ``nn.Module`` subclasses, functions (``torch.tanh``, ``F.gelu``,
-            ``operator.mul``) or tensor methods (``torch.Tensor.view``).
-        override: replace an existing rule instead of raising.
+        Args:
+            *targets: ``nn.Module`` subclasses, functions (``torch.tanh``, ``F.gelu``,
+                ``operator.mul``) or tensor methods (``torch.Tensor.view``).
+            override: replace an existing rule instead of raising.
 
-    Returns:
-        A decorator that registers the rule and returns it unchanged.
+        Returns:
+            A decorator that registers the rule and returns it unchanged.
 
-    Raises:
-        ValueError: a target already has a rule and ``override`` is False, or no target is given.
+        Raises:
+            ValueError: a target already has a rule (and not ``override``), or no target given.
 
-    Example:
-        >>> import torch
-        >>> from torch import nn
-        >>> import hope_attr
-        >>> from hope_attr import Jet
-        >>> class Cube(nn.Module):
-        ...     def forward(self, x):
-        ...         return x ** 3
-        >>> @hope_attr.register_rule(Cube)
-        ... def cube_rule(module: Cube, x: Jet) -> Jet:
-        ...     return x * x * x
-        >>> d = hope_attr.unmixed_derivatives(Cube(), torch.tensor([[2.0]]), order=3)
-        >>> d[:, 0, 0, 0].tolist()  # 3x^2, 6x, 6
-        [12.0, 12.0, 6.0]
-        >>> hope_attr.unregister_rule(Cube)
+        Example:
+            >>> import torch
+            >>> import operator
+
+    import torch
+    from torch import nn
+            >>> import hope_attr
+            >>> from hope_attr import Jet
+            >>> class Cube(nn.Module):
+            ...     def forward(self, x):
+            ...         return x ** 3
+            >>> @hope_attr.register_rule(Cube)
+            ... def cube_rule(module: Cube, x: Jet) -> Jet:
+            ...     return x * x * x
+            >>> d = hope_attr.unmixed_derivatives(Cube(), torch.tensor([[2.0]]), order=3)
+            >>> d[:, 0, 0, 0].tolist()  # 3x^2, 6x, 6
+            [12.0, 12.0, 6.0]
+            >>> hope_attr.unregister_rule(Cube)
     """
     if not targets:
         raise ValueError("register_rule needs at least one module type, function or method")
@@ -94,10 +99,14 @@ def unregister_rule(*targets: object) -> None:
 
 
 def module_rule(module_type: type) -> Callable[..., Any] | None:
-    """The rule of the closest registered class along the MRO, or None."""
+    """The rule of the closest registered class along the MRO, or None.
+
+    A subclass that overrides ``forward`` computes something else than the class the rule was
+    written for, so it does not inherit the rule (it is traced through instead).
+    """
     for cls in module_type.__mro__:
         if cls in _MODULE_RULES:
-            return _MODULE_RULES[cls]
+            return _MODULE_RULES[cls] if module_type.forward is cls.forward else None
     return None
 
 
@@ -121,6 +130,15 @@ def _describe(target: object) -> str:
         return f"{target.__module__}.{target.__qualname__}"
     if getattr(target, "__objclass__", None) is not None:  # a tensor method descriptor
         return f"torch.Tensor.{target.__name__}"
+    name = getattr(target, "__name__", None)
+    # torch's builtins report odd owners ("_VariableFunctionsClass.atan"): name their public home.
+    for home, prefix in (
+        (torch.nn.functional, "torch.nn.functional"),
+        (torch, "torch"),
+        (operator, "operator"),
+    ):
+        if name and getattr(home, name, None) is target:
+            return f"{prefix}.{name}"
     name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None)
     module = getattr(target, "__module__", None)
     return f"{module}.{name}" if module and name else repr(target)

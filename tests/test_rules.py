@@ -156,6 +156,12 @@ CASES: dict[str, tuple[nn.Module, tuple[int, ...]]] = {
     "Hardtanh": (nn.Sequential(nn.Hardtanh(-0.5, 0.5), nn.Linear(3, 2), nn.Tanh()), (2, 3)),
     "ReLU6": (Fn(lambda x: F.relu6(3 * x + 3).sin()), (2, 3)),
     "abs": (Fn(lambda x: torch.abs(x).exp()), (2, 3)),
+    "clamp": (Fn(lambda x: torch.clamp(x, -0.5, 0.7).exp()), (2, 3)),
+    "where with comparison": (Fn(lambda x: torch.where(x > 0, x.sin(), x * x)), (2, 3)),
+    "maximum": (Fn(lambda x: torch.maximum(x.sin(), x.cos())), (2, 3)),
+    "square": (Fn(lambda x: torch.square(x.sin())), (2, 3)),
+    "erf": (Fn(torch.erf), (2, 3)),
+    "atan": (Fn(lambda x: torch.atan(2 * x)), (2, 3)),
     "MaxPool1d": (nn.Sequential(nn.Tanh(), nn.MaxPool1d(2)), (2, 2, 6)),
     "MaxPool2d": (nn.Sequential(nn.Tanh(), nn.MaxPool2d(2, stride=1, padding=1)), (1, 2, 4, 4)),
     "AdaptiveMaxPool2d": (nn.Sequential(nn.Sigmoid(), nn.AdaptiveMaxPool2d((2, 2))), (1, 2, 5, 5)),
@@ -260,3 +266,32 @@ def test_first_conv_reads_kernel_slices(conv: nn.Module, shape: tuple[int, ...])
     expected = conv._conv_forward(one_hots, conv.weight, None)
     actual = _conv_seed_response(conv, 2, features - 1, torch.Size((1, *shape)))
     torch.testing.assert_close(actual, expected[2 : features - 1], rtol=0, atol=0)
+
+
+def test_subclass_that_overrides_forward_does_not_inherit_the_rule() -> None:
+    class DoubledLinear(nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(x)
+
+    model = nn.Sequential(DoubledLinear(3, 2), nn.Tanh()).double()
+    x = _input((2, 3))
+    actual = hope_attr.unmixed_derivatives(model, x, 3)
+    assert relative_error(actual, unmixed_reference(model, x, 3)) <= TOLERANCE
+
+
+def test_user_rules_can_use_torch_functions_and_operators_on_jets() -> None:
+    class SoftCube(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.tanh(x) ** 3 + x.exp()
+
+    @hope_attr.register_rule(SoftCube)
+    def soft_cube(module: SoftCube, x: hope_attr.Jet) -> hope_attr.Jet:
+        return torch.tanh(x) ** 3 + torch.exp(x)
+
+    try:
+        model = SoftCube()
+        x = _input((2, 3))
+        actual = hope_attr.unmixed_derivatives(model, x, 5)
+        assert relative_error(actual, unmixed_reference(model, x, 5)) <= TOLERANCE
+    finally:
+        hope_attr.unregister_rule(SoftCube)
