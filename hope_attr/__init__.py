@@ -13,13 +13,17 @@ from hope_attr._registry import (
     register_rule,
     unregister_rule,
 )
+from hope_attr.polynomial import TaylorPolynomial, discover, expand
 
 __version__ = "0.1.0"
 
 __all__ = [
     "HOPEAttribution",
     "Jet",
+    "TaylorPolynomial",
     "TrainingModeError",
+    "discover",
+    "expand",
     "mixed_derivatives",
     "UnsupportedOperationError",
     "register_rule",

@@ -1,0 +1,114 @@
+"""Taylor polynomials: exact on polynomials, exact algebra, round trips, and the paper's bounds."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import sympy
+import torch
+from torch import nn
+
+import hope_attr
+from hope_attr import TaylorPolynomial
+
+
+def known_polynomial(x: torch.Tensor) -> torch.Tensor:
+    """``0.5 + x1 + 0.6 x2 x3 - 0.8 x2 x4 + x1 x2 x3 - x3 x5`` (the paper's second example)."""
+    x1, x2, x3, x4, x5 = (x[:, i : i + 1] for i in range(5))
+    return 0.5 + x1 + 0.6 * x2 * x3 - 0.8 * x2 * x4 + x1 * x2 * x3 - x3 * x5
+
+
+KNOWN_TERMS = {
+    "1": 0.5,
+    "x1": 1.0,
+    "x2 x3": 0.6,
+    "x2 x4": -0.8,
+    "x1 x2 x3": 1.0,
+    "x3 x5": -1.0,
+}
+
+
+def test_known_polynomial_is_expanded_exactly_from_any_center() -> None:
+    center = torch.tensor([0.3, -0.7, 1.1, 0.2, -0.4], dtype=torch.float64)
+    poly = hope_attr.expand(known_polynomial, center, order=4)
+    terms = {monomial: value for value, monomial in poly.terms(around_zero=True, digits=14)}
+    assert set(terms) == set(KNOWN_TERMS)
+    for monomial, value in KNOWN_TERMS.items():
+        assert abs(terms[monomial] - value) <= 1e-12
+
+
+def _smooth_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 3)).double().eval()
+
+
+def test_evaluation_recentering_module_and_saving(tmp_path) -> None:
+    model = _smooth_net()
+    x0 = torch.tensor([0.2, -0.3], dtype=torch.float64)
+    poly = hope_attr.expand(model, x0, order=8)
+    x = x0 + 0.05 * torch.randn(7, 2, dtype=torch.float64)
+    with torch.no_grad():
+        assert (poly(x) - model(x)).abs().max() < 1e-8  # remainder ~ |dx|^9
+    moved = poly.recenter(torch.tensor([0.5, 0.1], dtype=torch.float64))
+    torch.testing.assert_close(moved(x), poly(x), rtol=0, atol=1e-13)
+    torch.testing.assert_close(
+        moved.recenter(x0).coefficients, poly.coefficients, rtol=0, atol=1e-12
+    )
+    torch.testing.assert_close(poly.to_module()(x), poly(x), rtol=0, atol=0)
+    path = tmp_path / "poly.json"
+    poly.save(path)
+    loaded = TaylorPolynomial.load(path)
+    torch.testing.assert_close(loaded(x), poly(x), rtol=0, atol=0)
+    (tmp_path / "other.json").write_text('{"format": "something else"}')
+    with pytest.raises(ValueError, match="not a saved TaylorPolynomial"):
+        TaylorPolynomial.load(tmp_path / "other.json")
+
+
+def test_explicit_formulas() -> None:
+    f = lambda x: torch.exp(x[:, :1]) * x[:, 1:]  # noqa: E731
+    poly = hope_attr.expand(f, torch.zeros(2, dtype=torch.float64), order=3, names=["a", "b"])
+    a, b = sympy.symbols("a b")
+    difference = sympy.Poly(sympy.expand(poly.to_sympy() - (b + a * b + a**2 * b / 2)), a, b)
+    assert all(abs(c) < 1e-12 for c in difference.coeffs())
+    assert "a^{2} b" in poly.to_latex()
+    centered = hope_attr.expand(f, torch.tensor([1.0, 0.0], dtype=torch.float64), order=3)
+    # Written in powers of (x - x0): e (x2) + e (x1 - 1) x2 + ...
+    assert "x1 - 1" in str(centered.to_sympy())
+
+
+def test_remainder_bound_holds_on_a_one_dimensional_network() -> None:
+    torch.manual_seed(1)
+    model = (
+        nn.Sequential(nn.Linear(1, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 1))
+        .double()
+        .eval()
+    )
+    x = torch.linspace(-6, 6, 301, dtype=torch.float64)[:, None]
+    with torch.no_grad():
+        truth = model(x)
+    for order in range(1, 17):
+        poly = hope_attr.expand(model, torch.zeros(1, dtype=torch.float64), order)
+        bound = poly.remainder_bound(x, radius=6.0, points_per_axis=601)
+        lower, upper = poly.bounds(x, radius=6.0, points_per_axis=601)
+        error = (poly(x) - truth).abs()
+        rounding = 1e-12 * (1 + poly(x).abs())  # evaluating P itself rounds
+        assert (bound + rounding >= error).all(), f"order {order}"
+        assert (lower <= truth + rounding).all() and (truth <= upper + rounding).all()
+
+
+def test_convergence_ratios_closed_form() -> None:
+    # d^k exp(2x) = 2^k e^(2x): ratios 2^(k-1).
+    poly = hope_attr.expand(lambda x: torch.exp(2 * x), torch.zeros(1, dtype=torch.float64), 6)
+    expected = torch.tensor([2.0**k for k in range(6)], dtype=torch.float64)
+    torch.testing.assert_close(poly.convergence_ratios(), expected)
+
+
+def test_discovery_recovers_the_terms_of_a_known_function() -> None:
+    center = torch.zeros(5, dtype=torch.float64)
+    found = hope_attr.discover(known_polynomial, center, radius=1.0, num_points=10, order=3)
+    rows = found.terms(threshold=1e-6, around_zero=True, digits=10)
+    assert {monomial for _, _, monomial in rows} == set(KNOWN_TERMS)
+    for mean, spread, monomial in rows:
+        assert math.isclose(mean, KNOWN_TERMS[monomial], abs_tol=1e-9)
+        assert spread < 1e-9  # a polynomial re-centers to itself from every point
