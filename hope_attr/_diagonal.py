@@ -80,6 +80,7 @@ _RESHAPES = {
 _PASS_THROUGH = (nn.Identity, nn.modules.dropout._DropoutNd, nn.Flatten, nn.Unflatten)
 
 
+@torch.no_grad()
 def diagonal_coefficients(expansion: Expansion) -> list[Tensor]:
     """Like ``Expansion.unmixed_coefficients`` (``(n, B, *O, *I)``), by the paper's rule."""
     if len(expansion.inputs) != 1:

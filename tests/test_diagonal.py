@@ -101,6 +101,7 @@ def test_attribution_methods_agree_where_the_rule_is_exact() -> None:
         x, baselines=x + 0.5, target=1
     )
     torch.testing.assert_close(diagonal, exact, rtol=1e-9, atol=1e-12)
+    assert not diagonal.requires_grad  # no autograd graph through the weights' powers
 
 
 def test_unsupported_structures_say_use_exact() -> None:
