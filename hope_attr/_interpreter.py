@@ -35,6 +35,14 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return _registry.module_rule(type(m)) is not None
 
+    def create_arg(self, a: Any) -> Any:
+        # A forward function may read parameters that belong to no traced module (a lambda over
+        # `lin.weight`): give them a name on our own root, never the user's.
+        if isinstance(a, nn.Parameter) and not any(a is p for p in self.root.parameters()):
+            self.root.register_parameter(f"parameter{self._external}", a)
+            self._external += 1
+        return super().create_arg(a)
+
     def path_of_module(self, mod: nn.Module) -> str:
         # A forward function may call modules that are not attributes of anything we trace (a
         # lambda closing over a model): give them a name on our own root, never the user's.
@@ -74,9 +82,10 @@ def trace(forward_func: Callable[..., Any], args: Sequence[object]) -> fx.GraphM
     except Exception as error:  # fx raises several types; say what to do about all of them
         raise _registry.UnsupportedOperationError(
             f"hope_attr could not trace the model with torch.fx ({type(error).__name__}: {error}). "
-            "Data-dependent control flow cannot be traced: register a Taylor rule for the module "
-            "that contains it with @hope_attr.register_rule(ThatModule) so it is treated as one "
-            "step (see docs/adding_a_rule.md)."
+            "The usual cause is Python control flow on tensor values (if/for on a tensor) in a "
+            "forward: register a Taylor rule for the module that contains it with "
+            "@hope_attr.register_rule(ThatModule), so it is treated as one step (see "
+            "docs/adding_a_rule.md)."
         ) from error
     return fx.GraphModule(tracer.root, graph)
 

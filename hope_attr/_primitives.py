@@ -323,10 +323,23 @@ for _targets, _fn in [
 
 
 def _primal_query(method: Callable[..., object]) -> Callable[..., object]:
-    return lambda x, *args: method(x.primal, *args)
+    return lambda x, *args, **kwargs: method(x.primal, *args, **kwargs)
 
 
-for _method in (torch.Tensor.size, torch.Tensor.dim, torch.Tensor.numel):
+for _method in (
+    torch.Tensor.size,
+    torch.Tensor.dim,
+    torch.Tensor.numel,
+    torch.ones_like,
+    torch.zeros_like,
+    torch.full_like,
+    torch.empty_like,
+    torch.Tensor.new_zeros,
+    torch.Tensor.new_ones,
+    torch.Tensor.new_full,
+    torch.Tensor.new_empty,
+):
+    # Shapes, and tensors built from a shape, do not depend on the input's values: constants.
     register_rule(_method)(_primal_query(_method))
 
 

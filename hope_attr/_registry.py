@@ -78,14 +78,16 @@ def register_rule(*targets: object, override: bool = False) -> Callable[[RuleFn]
         raise ValueError("register_rule needs at least one module type, function or method")
 
     def decorator(rule: RuleFn) -> RuleFn:
+        # Check every target before registering any, so a failed call registers nothing.
         for target in targets:
-            table = _MODULE_RULES if _is_module_type(target) else _FUNCTION_RULES
+            table = _table_for(target)
             if target in table and not override:
                 raise ValueError(
                     f"{_describe(target)} already has a Taylor rule "
                     f"({table[target].__qualname__}); pass override=True to replace it."
                 )
-            table[target] = rule
+        for target in targets:
+            _table_for(target)[target] = rule
         return rule
 
     return decorator
@@ -94,8 +96,7 @@ def register_rule(*targets: object, override: bool = False) -> Callable[[RuleFn]
 def unregister_rule(*targets: object) -> None:
     """Remove the rules of ``targets`` (e.g. a rule registered in a test)."""
     for target in targets:
-        table = _MODULE_RULES if _is_module_type(target) else _FUNCTION_RULES
-        table.pop(target, None)
+        _table_for(target).pop(target, None)
 
 
 def module_rule(module_type: type) -> Callable[..., Any] | None:
@@ -121,8 +122,9 @@ def unsupported(kind: str, target: object, where: str) -> UnsupportedOperationEr
     )
 
 
-def _is_module_type(target: object) -> bool:
-    return isinstance(target, type) and issubclass(target, nn.Module)
+def _table_for(target: object) -> dict:
+    is_module_type = isinstance(target, type) and issubclass(target, nn.Module)
+    return _MODULE_RULES if is_module_type else _FUNCTION_RULES
 
 
 def _describe(target: object) -> str:
@@ -132,13 +134,18 @@ def _describe(target: object) -> str:
         return f"torch.Tensor.{target.__name__}"
     name = getattr(target, "__name__", None)
     # torch's builtins report odd owners ("_VariableFunctionsClass.atan"): name their public home.
-    for home, prefix in (
+    homes = (
         (torch.nn.functional, "torch.nn.functional"),
         (torch, "torch"),
+        (torch.special, "torch.special"),
+        (torch.linalg, "torch.linalg"),
+        (torch.fft, "torch.fft"),
         (operator, "operator"),
-    ):
-        if name and getattr(home, name, None) is target:
-            return f"{prefix}.{name}"
+    )
+    for home, prefix in homes:
+        for candidate in (name, (name or "").removeprefix("special_")):
+            if candidate and getattr(home, candidate, None) is target:
+                return f"{prefix}.{candidate}"
     name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None)
     module = getattr(target, "__module__", None)
     return f"{module}.{name}" if module and name else repr(target)
