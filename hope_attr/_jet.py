@@ -34,9 +34,8 @@ __all__ = ["Jet", "cauchy_product", "compose_series"]
 class InputSeed:
     """The identity seed of one model input: direction ``d`` moves flat feature ``start + d``.
 
-    Kept symbolic so that the first linear layer can read off weight columns (and the first
-    convolution can convolve one image per direction instead of one per direction and example)
-    instead of multiplying dense one-hot tensors.
+    Kept symbolic so that the first linear layer reads off weight columns and the first
+    convolution gathers kernel entries, instead of multiplying dense one-hot tensors.
     """
 
     start: int
@@ -157,6 +156,31 @@ class Jet:
     def __rmatmul__(self, other: object) -> Jet:
         return _arith().matmul(other, self)
 
+    def __abs__(self) -> Jet:
+        return torch.abs(self)
+
+    def __gt__(self, other: object) -> Tensor:  # comparisons are constants: primal only
+        return self.primal > _primal(other)
+
+    def __lt__(self, other: object) -> Tensor:
+        return self.primal < _primal(other)
+
+    def __ge__(self, other: object) -> Tensor:
+        return self.primal >= _primal(other)
+
+    def __le__(self, other: object) -> Tensor:
+        return self.primal <= _primal(other)
+
+    def __getattr__(self, name: str) -> object:
+        """Tensor methods (``x.tanh()``, ``x.view(...)``) dispatch to their registered rules."""
+        from hope_attr import _registry
+
+        method = getattr(torch.Tensor, name, None)
+        rule = _registry.function_rule(method) if method is not None else None
+        if rule is None:
+            raise AttributeError(f"Jet has no attribute or Taylor rule for Tensor.{name}")
+        return lambda *args, **kwargs: rule(self, *args, **kwargs)
+
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN206
         """``torch.tanh(jet)``, ``F.gelu(jet)``, ...: dispatch to the registered Taylor rule.
@@ -175,6 +199,10 @@ class Jet:
             f"Jet(primal={tuple(self.primal.shape)}, order={self.order}, "
             f"stored={self.num_stored}, directions={self.num_directions})"
         )
+
+
+def _primal(value: object) -> object:
+    return value.primal if isinstance(value, Jet) else value
 
 
 def _arith():  # late import: the arithmetic module builds on Jet

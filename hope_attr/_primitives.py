@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from hope_attr import _arithmetic as ar
 from hope_attr import _taylor_tables as tables
 from hope_attr._jet import Jet
-from hope_attr._registry import TrainingModeError, register_rule
+from hope_attr._registry import TrainingModeError, UnsupportedOperationError, register_rule
 
 
 def _series_dims(dim: int | tuple[int, ...] | list[int], ndim: int) -> tuple[int, ...]:
@@ -606,18 +606,29 @@ def _where(condition: Tensor, a: object, b: object) -> Jet:
     return Jet(primal, torch.where(condition, series(a), series(b)), order)
 
 
-@register_rule(torch.maximum, torch.Tensor.maximum, torch.max, torch.Tensor.max)
-def _maximum(a: object, b: object) -> Jet:
-    if not isinstance(b, (Tensor, Jet)):  # torch.max(x, dim): a reduction, not the elementwise max
-        raise ValueError("torch.max over a dimension is not supported; use amax on the primal")
-    return _where(ar.primal_of(a) >= ar.primal_of(b), a, b)
+def _selection(pick_first: Callable[[Tensor, Tensor], Tensor], name: str):
+    """Elementwise max/min: the branch taken at the primal; at a tie, half of each argument,
+    which is the slope PyTorch's autograd uses there."""
+
+    def rule(a: object, b: object = None, *args: object, **kwargs: object) -> Jet:
+        if not isinstance(b, (Tensor, Jet)) or args or kwargs:
+            raise UnsupportedOperationError(
+                f"torch.{name} over a dimension (a reduction) has no Taylor rule; the elementwise "
+                f"torch.{name}imum(a, b) has one"
+            )
+        pa, pb = ar.primal_of(a), ar.primal_of(b)
+        tie = ar.mul(ar.linear_combination(a, b), 0.5)
+        return _where(pa == pb, tie, _where(pick_first(pa, pb), a, b))
+
+    return rule
 
 
-@register_rule(torch.minimum, torch.Tensor.minimum, torch.min, torch.Tensor.min)
-def _minimum(a: object, b: object) -> Jet:
-    if not isinstance(b, (Tensor, Jet)):
-        raise ValueError("torch.min over a dimension is not supported")
-    return _where(ar.primal_of(a) <= ar.primal_of(b), a, b)
+register_rule(torch.maximum, torch.Tensor.maximum, torch.max, torch.Tensor.max)(
+    _selection(torch.gt, "max")
+)
+register_rule(torch.minimum, torch.Tensor.minimum, torch.min, torch.Tensor.min)(
+    _selection(torch.lt, "min")
+)
 
 
 def _comparison(compare: Callable[..., Tensor]) -> Callable[..., Tensor]:

@@ -44,35 +44,32 @@ class TrainingModeError(RuntimeError):
 def register_rule(*targets: object, override: bool = False) -> Callable[[RuleFn], RuleFn]:
     """Register a Taylor rule for module types, functions or tensor methods.
 
-        Args:
-            *targets: ``nn.Module`` subclasses, functions (``torch.tanh``, ``F.gelu``,
-                ``operator.mul``) or tensor methods (``torch.Tensor.view``).
-            override: replace an existing rule instead of raising.
+    Args:
+        *targets: ``nn.Module`` subclasses, functions (``torch.tanh``, ``F.gelu``,
+            ``operator.mul``) or tensor methods (``torch.Tensor.view``).
+        override: replace an existing rule instead of raising.
 
-        Returns:
-            A decorator that registers the rule and returns it unchanged.
+    Returns:
+        A decorator that registers the rule and returns it unchanged.
 
-        Raises:
-            ValueError: a target already has a rule (and not ``override``), or no target given.
+    Raises:
+        ValueError: a target already has a rule (and not ``override``), or no target given.
 
-        Example:
-            >>> import torch
-            >>> import operator
-
-    import torch
-    from torch import nn
-            >>> import hope_attr
-            >>> from hope_attr import Jet
-            >>> class Cube(nn.Module):
-            ...     def forward(self, x):
-            ...         return x ** 3
-            >>> @hope_attr.register_rule(Cube)
-            ... def cube_rule(module: Cube, x: Jet) -> Jet:
-            ...     return x * x * x
-            >>> d = hope_attr.unmixed_derivatives(Cube(), torch.tensor([[2.0]]), order=3)
-            >>> d[:, 0, 0, 0].tolist()  # 3x^2, 6x, 6
-            [12.0, 12.0, 6.0]
-            >>> hope_attr.unregister_rule(Cube)
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> import hope_attr
+        >>> from hope_attr import Jet
+        >>> class Cube(nn.Module):
+        ...     def forward(self, x):
+        ...         return x ** 3
+        >>> @hope_attr.register_rule(Cube)
+        ... def cube_rule(module: Cube, x: Jet) -> Jet:
+        ...     return x * x * x
+        >>> d = hope_attr.unmixed_derivatives(Cube(), torch.tensor([[2.0]]), order=3)
+        >>> d[:, 0, 0, 0].tolist()  # 3x^2, 6x, 6
+        [12.0, 12.0, 6.0]
+        >>> hope_attr.unregister_rule(Cube)
     """
     if not targets:
         raise ValueError("register_rule needs at least one module type, function or method")

@@ -233,6 +233,14 @@ def test_piecewise_linear_slope_matches_autograd(name: str) -> None:
     torch.testing.assert_close(actual, grad, rtol=1e-12, atol=1e-14)
 
 
+def test_maximum_at_a_tie_takes_autograds_half_slopes() -> None:
+    f = lambda x: torch.maximum(x[:, :1], 0.5 * x[:, 1:])  # noqa: E731
+    x = torch.tensor([[1.0, 2.0]], dtype=torch.float64, requires_grad=True)
+    (expected,) = torch.autograd.grad(f(x).sum(), x)
+    actual = hope_attr.unmixed_derivatives(f, x.detach(), 1)[0, :, 0]
+    torch.testing.assert_close(actual, expected)
+
+
 def test_operator_targets_are_registered() -> None:
     # Python operators reach the rules through fx as operator.* functions.
     for op in (
@@ -282,11 +290,12 @@ def test_subclass_that_overrides_forward_does_not_inherit_the_rule() -> None:
 def test_user_rules_can_use_torch_functions_and_operators_on_jets() -> None:
     class SoftCube(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.tanh(x) ** 3 + x.exp()
+            return torch.tanh(x) ** 3 + x.exp() + torch.where(x > 0, abs(x), x.sin())
 
     @hope_attr.register_rule(SoftCube)
     def soft_cube(module: SoftCube, x: hope_attr.Jet) -> hope_attr.Jet:
-        return torch.tanh(x) ** 3 + torch.exp(x)
+        # torch functions, operators, tensor methods and comparisons all work on jets.
+        return torch.tanh(x) ** 3 + torch.exp(x) + torch.where(x > 0, abs(x), x.sin())
 
     try:
         model = SoftCube()
