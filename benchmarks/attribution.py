@@ -1,0 +1,582 @@
+"""Benchmark harness: attribution methods side by side on the same images.
+
+For every method of a registry (HOPE at several orders, exact and the paper's diagonal rule, and
+Captum's gradient, perturbation and LRP methods), on the same ``N`` images and targets:
+
+* ``s/image``: the median wall time of one call on one image (a warm-up call first, excluded;
+  every method runs in this process under the same ``torch`` thread setting);
+* agreement with single-pixel Captum ``FeatureAblation`` (baseline 0, the reference): the mean
+  Spearman correlation of the signed maps, and the overlap of the top 10 % pixels by
+  ``|attribution|`` (the pixels a feature selection would keep);
+* faithfulness: deletion and insertion AUC (the target's softmax probability while pixels are set
+  to the baseline, or copied onto it, in the order of the signed attributions; lower deletion,
+  higher insertion is better), ``captum.metrics.infidelity`` (normalized; perturbations remove a
+  random 20 % of the pixels) and ``captum.metrics.sensitivity_max``;
+* ``|delta|``: the mean absolute completeness delta for methods that have one: ``sum(attr) -
+  (f(x) - f(baseline))`` for HOPE, IntegratedGradients, DeepLift and GradientShap, and the
+  relevance conservation ``sum(R) - f(x)`` for LRP.
+
+Example (a toy linear model, on which HOPE and FeatureAblation agree exactly)::
+
+    >>> import torch
+    >>> from benchmarks.attribution import Budget, run_benchmark, markdown_table, hope_method
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    >>> x = torch.rand(2, 1, 4, 4)
+    >>> result = run_benchmark(model, x, [0, 1], [hope_method(2)], budget=Budget.tiny())
+    >>> round(result.rows[0].spearman, 6)
+    1.0
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from captum.attr import (
+    LRP,
+    Attribution,
+    DeepLift,
+    FeatureAblation,
+    GradientShap,
+    InputXGradient,
+    IntegratedGradients,
+    KernelShap,
+    Lime,
+    NoiseTunnel,
+    Occlusion,
+    Saliency,
+    ShapleyValueSampling,
+)
+from captum.attr._utils.lrp_rules import EpsilonRule
+from captum.metrics import infidelity, infidelity_perturb_func_decorator, sensitivity_max
+from matplotlib.figure import Figure
+from scipy.stats import rankdata
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from hope_attr import HOPEAttribution
+
+BASELINE = 0.0  # every method ablates towards (or integrates from) the black image
+REMOVED_SHARE = 0.2  # infidelity's perturbations set this share of the pixels to the baseline
+REFERENCE = "FeatureAblation"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Sample counts and sizes of the methods and metrics (a run's cost knobs)."""
+
+    ig_steps: int = 32
+    noise_samples: int = 10
+    noise_stdev: float = 0.1
+    gradient_shap_samples: int = 10
+    shapley_permutations: int = 4
+    lime_samples: int = 100
+    superpixel: int = 4
+    occlusion_window: int = 4
+    occlusion_stride: int = 2
+    perturbations_per_eval: int = 64
+    infidelity_samples: int = 8
+    sensitivity_samples: int = 3
+    curve_steps: int = 20
+
+    @classmethod
+    def tiny(cls) -> Budget:
+        """A smoke-test budget: every method runs, few samples each."""
+        return cls(
+            ig_steps=4,
+            noise_samples=2,
+            gradient_shap_samples=2,
+            shapley_permutations=1,
+            lime_samples=16,
+            infidelity_samples=2,
+            sensitivity_samples=1,
+            curve_steps=5,
+        )
+
+
+Options = Callable[[Tensor, Budget], dict[str, Any]]
+
+
+def _no_options(inputs: Tensor, budget: Budget) -> dict[str, Any]:
+    return {}
+
+
+def _baseline(inputs: Tensor, budget: Budget) -> dict[str, Any]:
+    return {"baselines": BASELINE}
+
+
+def _always(model: nn.Module) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the registry: how to build the explainer and call its ``attribute``.
+
+    Attributes:
+        name: the label in tables and figures.
+        make: builds the Captum attribution object for a model.
+        options: the keyword arguments of ``attribute`` besides ``inputs`` and ``target``.
+        applies: whether the method is meant for a model (LRP: ReLU networks only).
+    """
+
+    name: str
+    make: Callable[[nn.Module], Attribution]
+    options: Options = _no_options
+    applies: Callable[[nn.Module], bool] = _always
+
+
+def superpixel_mask(shape: Sequence[int], size: int) -> Tensor:
+    """Feature ids ``(1, 1, H, W)`` of ``size x size`` blocks (shared by all channels)."""
+    height, width = shape[-2], shape[-1]
+    rows = torch.arange(height) // size
+    columns = torch.arange(width) // size
+    ids = rows[:, None] * math.ceil(width / size) + columns[None, :]
+    return ids.reshape(1, 1, height, width)
+
+
+def _superpixels(samples: Callable[[Budget], int]) -> Options:
+    def options(inputs: Tensor, budget: Budget) -> dict[str, Any]:
+        return {
+            "baselines": BASELINE,
+            "feature_mask": superpixel_mask(inputs.shape, budget.superpixel),
+            "n_samples": samples(budget),
+        }
+
+    return options
+
+
+def _integrated_gradients(inputs: Tensor, budget: Budget) -> dict[str, Any]:
+    return {"baselines": BASELINE, "n_steps": budget.ig_steps}
+
+
+def _gradient_shap(inputs: Tensor, budget: Budget) -> dict[str, Any]:
+    return {
+        "baselines": torch.full_like(inputs[:1], BASELINE),
+        "n_samples": budget.gradient_shap_samples,
+        "stdevs": budget.noise_stdev,
+    }
+
+
+def _smoothgrad(inputs: Tensor, budget: Budget) -> dict[str, Any]:
+    return {
+        "nt_type": "smoothgrad",
+        "nt_samples": budget.noise_samples,
+        "stdevs": budget.noise_stdev,
+    }
+
+
+def _feature_ablation(inputs: Tensor, budget: Budget) -> dict[str, Any]:
+    return {"baselines": BASELINE, "perturbations_per_eval": budget.perturbations_per_eval}
+
+
+def _occlusion(inputs: Tensor, budget: Budget) -> dict[str, Any]:
+    channels = inputs.shape[1]
+    window, stride = budget.occlusion_window, budget.occlusion_stride
+    return {
+        "sliding_window_shapes": (channels, window, window),
+        "strides": (channels, stride, stride),
+        "baselines": BASELINE,
+        "perturbations_per_eval": budget.perturbations_per_eval,
+    }
+
+
+class _CopiedModelLRP(LRP):
+    """Captum's LRP on a copy of the model, with epsilon rules for ``nn.Flatten``.
+
+    Captum writes ``rule`` attributes onto the modules it is given, has no default rule for
+    ``nn.Flatten`` (epsilon-LRP of a reshape passes relevance through) and deletes every rule,
+    user-set ones included, after each call: the rules are attached again before each call.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(copy.deepcopy(model))
+
+    def attribute(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        for module in self.model.modules():
+            if isinstance(module, nn.Flatten):
+                module.rule = EpsilonRule()
+        return super().attribute(inputs, *args, **kwargs)
+
+
+def is_relu_network(model: nn.Module) -> bool:
+    """True when every activation module of ``model`` is a ReLU."""
+    activations = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.ELU, nn.Softplus, nn.LeakyReLU)
+    found = [type(m) for m in model.modules() if isinstance(m, activations)]
+    return bool(found) and all(kind is nn.ReLU for kind in found)
+
+
+CAPTUM_METHODS: tuple[Method, ...] = (
+    Method("Saliency", Saliency),
+    Method("InputXGradient", InputXGradient),
+    Method("IntegratedGradients", IntegratedGradients, _integrated_gradients),
+    Method("DeepLift", DeepLift, _baseline),
+    Method("GradientShap", GradientShap, _gradient_shap),
+    Method("NoiseTunnel(Saliency)", lambda model: NoiseTunnel(Saliency(model)), _smoothgrad),
+    Method(REFERENCE, FeatureAblation, _feature_ablation),
+    Method("Occlusion", Occlusion, _occlusion),
+    Method(
+        "ShapleyValueSampling",
+        ShapleyValueSampling,
+        _superpixels(lambda budget: budget.shapley_permutations),
+    ),
+    Method("Lime", Lime, _superpixels(lambda budget: budget.lime_samples)),
+    Method("KernelShap", KernelShap, _superpixels(lambda budget: budget.lime_samples)),
+    Method("LRP", _CopiedModelLRP, applies=is_relu_network),
+)
+"""Captum's methods, each with the settings this benchmark uses (baseline 0 where one exists)."""
+
+
+def hope_method(order: int, kind: str = "exact") -> Method:
+    """HOPE at ``order`` with ``kind`` ``"exact"`` or ``"diagonal"`` (the paper's rule)."""
+    return Method(
+        f"HOPE {kind} n={order}",
+        lambda model: HOPEAttribution(model, order=order, method=kind),
+        _baseline,
+    )
+
+
+def hope_paper_method(order: int = 4, dx: float = 1.0, kind: str = "diagonal") -> Method:
+    """HOPE's heat map as the paper draws it (its Eq. 77): every pixel moved by ``+dx``.
+
+    In FeatureAblation's sign (``f(x) - f(x + dx e_i)``, the paper's map negated); the default
+    ``kind`` is the paper's own derivative rule.
+    """
+
+    def options(inputs: Tensor, budget: Budget) -> dict[str, Any]:
+        return {"baselines": inputs + dx}
+
+    return Method(
+        f"HOPE paper map dx={dx:g} ({kind} n={order})",
+        lambda model: HOPEAttribution(model, order=order, method=kind),
+        options,
+    )
+
+
+def hope_methods(
+    orders: Sequence[int] = (1, 2, 4, 8), kinds: Sequence[str] = ("exact", "diagonal")
+) -> list[Method]:
+    """HOPE at every order of ``orders`` for every kind of ``kinds``."""
+    return [hope_method(order, kind) for kind in kinds for order in orders]
+
+
+def all_methods() -> list[Method]:
+    """The benchmark's default registry: HOPE (orders 1, 2, 4, 8; both kinds) and Captum's."""
+    return [*hope_methods(), *CAPTUM_METHODS]
+
+
+def method_by_name(name: str, methods: Sequence[Method] | None = None) -> Method:
+    """Look a method up by its table name."""
+    for method in methods if methods is not None else all_methods():
+        if method.name == name:
+            return method
+    raise KeyError(f"no method named {name!r}")
+
+
+@dataclass
+class Explainer:
+    """A method bound to a model: ``explainer(inputs, target)`` returns the attributions."""
+
+    method: Method
+    model: nn.Module
+    budget: Budget = field(default_factory=Budget)
+
+    def __post_init__(self) -> None:
+        self.attribution = self.method.make(self.model)
+
+    def __call__(self, inputs: Tensor, target: Any = None, **overrides: Any) -> Tensor:
+        # Captum's metrics pass inputs as a 1-tuple; the options only need the tensor's shape.
+        first = inputs[0] if isinstance(inputs, tuple) else inputs
+        options = {**self.method.options(first, self.budget), **overrides}
+        return self.attribution.attribute(inputs, target=target, **options)
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return bool(self.attribution.multiplies_by_inputs)
+
+    def convergence_delta(self, inputs: Tensor, target: Any) -> Tensor | None:
+        """The method's own completeness delta per example, or ``None`` if it has none.
+
+        Sampling methods (GradientShap) give one delta per sample: their mean is taken.
+        """
+        if not self.attribution.has_convergence_delta():
+            return None
+        _, delta = self(inputs, target, return_convergence_delta=True)
+        return delta.detach().reshape(inputs.shape[0], -1).mean(1)
+
+
+def attribute(
+    method: Method, model: nn.Module, inputs: Tensor, target: Any, budget: Budget | None = None
+) -> Tensor:
+    """One method's attributions of ``target`` at ``inputs`` (a detached tensor)."""
+    return Explainer(method, model, budget or Budget())(inputs, target).detach()
+
+
+# --------------------------------------------------------------------------- metrics
+def _flat(values: Tensor) -> np.ndarray:
+    return values.detach().reshape(values.shape[0], -1).double().cpu().numpy()
+
+
+def spearman(a: Tensor, b: Tensor) -> Tensor:
+    """Spearman rank correlation per example (ties get average ranks; constant maps give 0)."""
+    ranks_a = rankdata(_flat(a), axis=1)
+    ranks_b = rankdata(_flat(b), axis=1)
+    ranks_a -= ranks_a.mean(1, keepdims=True)
+    ranks_b -= ranks_b.mean(1, keepdims=True)
+    norms = np.linalg.norm(ranks_a, axis=1) * np.linalg.norm(ranks_b, axis=1)
+    products = (ranks_a * ranks_b).sum(1)
+    return torch.from_numpy(
+        np.divide(products, norms, out=np.zeros_like(products), where=norms > 0)
+    )
+
+
+def _top_mask(values: Tensor, k: int) -> Tensor:
+    flat = values.detach().reshape(values.shape[0], -1).abs()
+    return torch.zeros_like(flat, dtype=torch.bool).scatter_(1, flat.topk(k).indices, True)
+
+
+def top_overlap(a: Tensor, b: Tensor, fraction: float = 0.1) -> Tensor:
+    """Per example, the share of the top ``fraction`` features by ``|a|`` also top by ``|b|``."""
+    k = max(1, math.ceil(fraction * a[0].numel()))
+    return (_top_mask(a, k) & _top_mask(b, k)).sum(1).double() / k
+
+
+def feature_ranks(attributions: Tensor) -> Tensor:
+    """Rank of every feature per example, 0 for the largest (signed) attribution."""
+    flat = attributions.detach().reshape(attributions.shape[0], -1)
+    order = flat.argsort(dim=1, descending=True, stable=True)
+    return torch.empty_like(order).scatter_(1, order, torch.arange(flat.shape[1]).expand_as(order))
+
+
+def removal_curves(
+    model: nn.Module,
+    inputs: Tensor,
+    target: Sequence[int],
+    attributions: Tensor,
+    steps: int = 20,
+    insertion: bool = False,
+) -> Tensor:
+    """The target's softmax probability ``(B, steps + 1)`` as features move in attribution order.
+
+    Deletion (default) starts from the input and sets the highest-ranked features to the
+    baseline first; insertion starts from the baseline and copies the highest-ranked first.
+    """
+    ranks = feature_ranks(attributions).reshape(inputs.shape)
+    count = ranks[0].numel()
+    moved = [ranks < round(count * step / steps) for step in range(steps + 1)]
+    moved_mask = torch.stack(moved, dim=1)  # (B, steps + 1, *I)
+    x = inputs.unsqueeze(1)
+    baseline = torch.full_like(x, BASELINE)
+    images = (
+        torch.where(moved_mask, x, baseline) if insertion else torch.where(moved_mask, baseline, x)
+    )
+    with torch.no_grad():
+        logits = model(images.reshape(-1, *inputs.shape[1:]))
+    probabilities = logits.softmax(-1).reshape(inputs.shape[0], steps + 1, -1)
+    index = torch.as_tensor(list(target)).reshape(-1, 1, 1).expand(-1, steps + 1, 1)
+    return probabilities.gather(2, index)[..., 0]
+
+
+def area_under_curve(curves: Tensor) -> Tensor:
+    """Trapezoid area of curves sampled on an even grid of ``[0, 1]``, per row."""
+    return torch.trapezoid(curves, dx=1.0 / (curves.shape[1] - 1), dim=1)
+
+
+def _removal_perturbation(multiply_by_inputs: bool) -> Callable[..., Any]:
+    @infidelity_perturb_func_decorator(multiply_by_inputs)
+    def remove_random_pixels(inputs: Tensor, baselines: Tensor) -> Tensor:
+        removed = torch.rand_like(inputs) < REMOVED_SHARE
+        return torch.where(removed, baselines.expand_as(inputs), inputs)
+
+    return remove_random_pixels
+
+
+# --------------------------------------------------------------------------- the benchmark
+@dataclass(frozen=True)
+class Row:
+    """One method's results, averaged over the benchmark's images."""
+
+    method: str
+    seconds_per_image: float
+    spearman: float
+    top_overlap: float
+    deletion_auc: float
+    insertion_auc: float
+    infidelity: float
+    sensitivity: float
+    delta: float | None
+
+
+@dataclass
+class BenchmarkResult:
+    """The rows, every method's attributions ``(N, *I)`` and the run's settings."""
+
+    rows: list[Row]
+    attributions: dict[str, Tensor]
+    threads: int
+    images: int
+    budget: Budget
+
+
+def median_seconds(function: Callable[[], Any], repeats: int = 3) -> float:
+    """Median wall time of ``repeats`` calls of ``function``, after one warm-up call."""
+    function()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+def _timed_attributions(
+    explainer: Explainer, inputs: Tensor, target: list[int]
+) -> tuple[Tensor, float]:
+    """Attributions one image at a time, and the median seconds per call (warm-up excluded)."""
+    explainer(inputs[:1], target[:1])
+    seconds, maps = [], []
+    for index in range(inputs.shape[0]):
+        start = time.perf_counter()
+        result = explainer(inputs[index : index + 1], target[index : index + 1])
+        seconds.append(time.perf_counter() - start)
+        maps.append(result.detach())
+    return torch.cat(maps), statistics.median(seconds)
+
+
+def evaluate_method(
+    explainer: Explainer,
+    inputs: Tensor,
+    target: list[int],
+    reference: Tensor,
+    seed: int = 0,
+) -> tuple[Row, Tensor]:
+    """Time ``explainer`` on ``inputs`` and score it against the ``reference`` maps."""
+    torch.manual_seed(seed)  # the sampling methods draw the same noise in every run
+    maps, seconds = _timed_attributions(explainer, inputs, target)
+    budget, model = explainer.budget, explainer.model
+    deletion = removal_curves(model, inputs, target, maps, budget.curve_steps)
+    insertion = removal_curves(model, inputs, target, maps, budget.curve_steps, insertion=True)
+    infidelities = infidelity(
+        model,
+        _removal_perturbation(explainer.multiplies_by_inputs),
+        inputs,
+        maps,
+        baselines=torch.full_like(inputs, BASELINE),
+        target=target,
+        n_perturb_samples=budget.infidelity_samples,
+        normalize=True,
+    )
+    sensitivities = sensitivity_max(
+        explainer,
+        inputs,
+        target=target,
+        n_perturb_samples=budget.sensitivity_samples,
+    )
+    delta = explainer.convergence_delta(inputs, target)
+    row = Row(
+        method=explainer.method.name,
+        seconds_per_image=seconds,
+        spearman=spearman(maps, reference).mean().item(),
+        top_overlap=top_overlap(maps, reference).mean().item(),
+        deletion_auc=area_under_curve(deletion).mean().item(),
+        insertion_auc=area_under_curve(insertion).mean().item(),
+        infidelity=infidelities.mean().item(),
+        sensitivity=sensitivities.mean().item(),
+        delta=None if delta is None else delta.abs().mean().item(),
+    )
+    return row, maps
+
+
+def run_benchmark(
+    model: nn.Module,
+    inputs: Tensor,
+    target: Sequence[int],
+    methods: Sequence[Method] | None = None,
+    budget: Budget | None = None,
+    progress: bool = True,
+) -> BenchmarkResult:
+    """Benchmark ``methods`` (default :func:`all_methods`) on ``inputs`` and their targets.
+
+    Methods whose ``applies`` rejects the model are skipped. The reference, single-pixel
+    ``FeatureAblation`` with baseline 0, is computed first, in one batch.
+    """
+    budget = budget or Budget()
+    target = [int(t) for t in target]
+    chosen = [m for m in (methods if methods is not None else all_methods()) if m.applies(model)]
+    reference_method = method_by_name(REFERENCE, CAPTUM_METHODS)
+    reference = Explainer(reference_method, model, budget)(inputs, target).detach()
+    rows, attributions = [], {}
+    for method in tqdm(chosen, desc="benchmark", disable=not progress):
+        row, maps = evaluate_method(Explainer(method, model, budget), inputs, target, reference)
+        rows.append(row)
+        attributions[method.name] = maps
+    return BenchmarkResult(rows, attributions, torch.get_num_threads(), inputs.shape[0], budget)
+
+
+# --------------------------------------------------------------------------- output
+_COLUMNS = (
+    ("method", "method", "{}"),
+    ("ms/image", "seconds_per_image", "ms"),
+    ("Spearman vs FA", "spearman", "{:.3f}"),
+    ("top-10% overlap", "top_overlap", "{:.2f}"),
+    ("deletion AUC (lower better)", "deletion_auc", "{:.3f}"),
+    ("insertion AUC (higher better)", "insertion_auc", "{:.3f}"),
+    ("infidelity", "infidelity", "{:.3g}"),
+    ("sensitivity max", "sensitivity", "{:.3g}"),
+    ("mean abs delta", "delta", "{:.3g}"),
+)
+
+
+def _cell(value: Any, form: str) -> str:
+    if value is None:
+        return "-"
+    if form == "ms":
+        return f"{1000 * value:.1f}"
+    return form.format(value)
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    """The rows as a markdown table (times in milliseconds)."""
+    header = "| " + " | ".join(title for title, _, _ in _COLUMNS) + " |"
+    rule = "|" + "|".join("---" for _ in _COLUMNS) + "|"
+    lines = [header, rule]
+    for row in rows:
+        cells = [_cell(getattr(row, name), form) for _, name, form in _COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_time_vs_agreement(rows: Sequence[Row], title: str = "") -> Figure:
+    """Median time per image against disagreement with FA, ``1 - Spearman`` (both log scale).
+
+    The log of ``1 - Spearman`` separates methods that all agree closely (0.97 vs 0.9999).
+    """
+    figure = Figure(figsize=(8, 5.5))
+    axis = figure.subplots()
+    offsets = [(4, 2), (4, -9), (4, 9), (4, -16)]  # cycled, so neighbouring labels differ
+    for index, row in enumerate(rows):
+        point = (1000 * row.seconds_per_image, max(1.0 - row.spearman, 1e-6))
+        color = "tab:red" if row.method.startswith("HOPE") else "tab:blue"
+        axis.scatter(*point, color=color, s=18)
+        axis.annotate(
+            row.method,
+            point,
+            xytext=offsets[index % len(offsets)],
+            textcoords="offset points",
+            fontsize=6,
+        )
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("median ms per image (log)")
+    axis.set_ylabel(f"1 - Spearman vs single-pixel {REFERENCE} (log; 0 drawn at 1e-6)")
+    axis.set_title(title or "time vs agreement", fontsize=9)
+    axis.grid(alpha=0.3, which="both")
+    figure.tight_layout()
+    return figure
