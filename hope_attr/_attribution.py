@@ -109,13 +109,7 @@ class HOPEAttribution(Attribution):
         """
         is_tuple = isinstance(inputs, tuple)
         inputs_tuple = inputs if is_tuple else (inputs,)
-        expansion = Expansion(
-            self.forward_func,
-            inputs_tuple,
-            self.order,
-            additional_forward_args,
-            internal_batch_size,
-        )
+        expansion = self._expansion(inputs_tuple, additional_forward_args, internal_batch_size)
         baselines_tuple = _format_baselines(baselines, inputs_tuple)
         masks = _format_feature_mask(feature_mask, inputs_tuple)
         terms = self._terms(expansion, baselines_tuple, masks, show_progress)
@@ -161,13 +155,7 @@ class HOPEAttribution(Attribution):
         """
         is_tuple = isinstance(inputs, tuple)
         inputs_tuple = inputs if is_tuple else (inputs,)
-        expansion = Expansion(
-            self.forward_func,
-            inputs_tuple,
-            self.order,
-            additional_forward_args,
-            internal_batch_size,
-        )
+        expansion = self._expansion(inputs_tuple, additional_forward_args, internal_batch_size)
         terms = self._terms(
             expansion,
             _format_baselines(baselines, inputs_tuple),
@@ -239,6 +227,11 @@ class HOPEAttribution(Attribution):
         raise NotImplementedError("attribute_future is not implemented for HOPEAttribution")
 
     # ------------------------------------------------------------------ internals
+    def _expansion(
+        self, inputs: tuple[Tensor, ...], additional_forward_args: Any, chunk: int | None
+    ) -> Expansion:
+        return Expansion(self.forward_func, inputs, self.order, additional_forward_args, chunk)
+
     def _terms(
         self,
         expansion: Expansion,

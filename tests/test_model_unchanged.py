@@ -9,7 +9,7 @@ match the oracle.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,14 +26,7 @@ TOLERANCE = 1e-9
 DTYPE = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    # Tiny tensors: intra-op threads only add overhead, and spin-waiting makes a busy 2-core
-    # machine several times slower. Restored after this module.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 _HOOK_DICTS = (

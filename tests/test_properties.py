@@ -9,7 +9,7 @@ Weights come from ``torch.manual_seed`` of a drawn integer, so a failing example
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -26,14 +26,7 @@ DTYPE = torch.float64
 SEEDS = st.integers(min_value=0, max_value=2**31 - 1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    # Tiny tensors: intra-op threads only add overhead, and spin-waiting makes a busy 2-core
-    # machine several times slower. Restored after this module.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class Sin(nn.Module):
