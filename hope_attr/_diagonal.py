@@ -32,20 +32,8 @@ from torch import Tensor, nn
 from hope_attr import _interpreter, _registry
 from hope_attr._derivatives import Expansion
 from hope_attr._jet import Jet
+from hope_attr._primitives import ELEMENTWISE_ACTIVATIONS
 
-_ELEMENTWISE_MODULES = (
-    nn.Tanh,
-    nn.Sigmoid,
-    nn.Softplus,
-    nn.ELU,
-    nn.SELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.ReLU,
-    nn.LeakyReLU,
-    nn.Hardtanh,
-)
 _ELEMENTWISE_FUNCTIONS = {
     torch.tanh,
     torch.sigmoid,
@@ -157,7 +145,7 @@ def _backward_rule(
             return _max_pool_backward(module, primal_in)
         if isinstance(module, _PASS_THROUGH):
             return _reshape_backward
-        if isinstance(module, _ELEMENTWISE_MODULES):
+        if isinstance(module, ELEMENTWISE_ACTIVATIONS):
             return _elementwise_backward(
                 lambda jet: _registry.module_rule(type(module))(module, jet)
             )

@@ -507,7 +507,8 @@ def _gelu(x: Jet, approximate: str = "none") -> Jet:
     return ar.elementwise(x, tables.gelu(x.primal, x.order), F.gelu(x.primal))
 
 
-@register_rule(
+# Elementwise activation modules: thin wrappers of a functional (the paper's rule reuses this list).
+ELEMENTWISE_ACTIVATIONS = (
     nn.Tanh,
     nn.Sigmoid,
     nn.Softplus,
@@ -519,9 +520,10 @@ def _gelu(x: Jet, approximate: str = "none") -> Jet:
     nn.Hardtanh,
     nn.SiLU,
     nn.Mish,
-    nn.Softmax,
-    nn.LogSoftmax,
 )
+
+
+@register_rule(*ELEMENTWISE_ACTIVATIONS, nn.Softmax, nn.LogSoftmax)
 def _activation_module(module: nn.Module, x: Jet) -> Jet:
     # Activation modules are thin wrappers of a functional; dispatch to its rule.
     if isinstance(module, nn.Tanh):
