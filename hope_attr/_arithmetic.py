@@ -143,13 +143,33 @@ def matmul(a: object, b: object) -> Jet:
 # --------------------------------------------------------------------------- elementwise
 def elementwise(jet: Jet, table: Sequence[Tensor], primal: Tensor | None = None) -> Jet:
     """Compose a smooth elementwise function, given its table ``g^(j)(x0)/j!``, ``j = 0..n``."""
+    primal = table[0] if primal is None else primal
+    if _keeps_window(jet, primal):
+        # Only the table entries under each direction's window matter.
+        window = jet.window
+        table = [table[0], *(window.gather(_broadcast_to(t, primal)) for t in table[1:])]
+        series = compose_series(list(table), jet._series, jet.order)
+        return Jet(primal, series, jet.order, window=window)
     series = compose_series(list(table), jet.series, jet.order)
-    return Jet(table[0] if primal is None else primal, series, jet.order)
+    return Jet(primal, series, jet.order)
 
 
 def scale(jet: Jet, slope: Tensor, primal: Tensor) -> Jet:
     """A function that is linear near the primal (the branch of a piecewise-linear function)."""
+    if _keeps_window(jet, primal):
+        slope = jet.window.gather(_broadcast_to(slope, primal))
+        return Jet(primal, jet._series * slope, jet.order, window=jet.window)
     return Jet(primal, jet.series * slope, jet.order)
+
+
+def _keeps_window(jet: Jet, primal: Tensor) -> bool:
+    return jet.window is not None and primal.shape == jet.primal.shape
+
+
+def _broadcast_to(value: Tensor | float, primal: Tensor) -> Tensor:
+    if isinstance(value, Tensor):
+        return value.expand_as(primal)
+    return torch.full_like(primal, value)
 
 
 def reciprocal(jet: Jet) -> Jet:

@@ -10,6 +10,9 @@ A :class:`Jet` describes ``t -> f(x + t * v)`` for a batch of directions ``v`` a
   for ``k = 1..m``, shape ``(m, D, B, *S)``: order first, then one slot per direction ``D``, then
   the model's own layout. Orders ``m < k <= order`` are exactly zero and are not stored (a linear
   layer applied to the input seed produces only ``m = 1``; the first nonlinearity fills all orders).
+* Through a network's first convolution, activation and pooling, one-pixel directions may store
+  ``series`` as receptive-field windows (:mod:`hope_attr._windows`); reading ``jet.series``
+  returns the dense layout above.
 
 Normalized coefficients ``f^(k)/k!`` keep magnitudes tame at high order (``k!`` is 3.6e6 at k = 10)
 so float32 stays accurate; they are converted to derivatives ``f^(k)`` only at the public API
@@ -23,9 +26,13 @@ smooth elementwise ``g`` composes through the table ``g^(j)(x)/j!`` evaluated on
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from hope_attr._windows import Window
 
 __all__ = ["Jet", "cauchy_product", "compose_series"]
 
@@ -67,7 +74,7 @@ class Jet:
         seed: set only on an untouched model input (see :class:`InputSeed`).
     """
 
-    __slots__ = ("primal", "_series", "order", "seed")
+    __slots__ = ("primal", "_series", "order", "seed", "window")
 
     def __init__(
         self,
@@ -75,6 +82,7 @@ class Jet:
         series: Tensor | None,
         order: int,
         seed: InputSeed | None = None,
+        window: Window | None = None,
     ) -> None:
         if series is None and seed is None:
             raise ValueError("a Jet needs a series or a seed")
@@ -82,13 +90,21 @@ class Jet:
         self._series = series
         self.order = order
         self.seed = seed
+        self.window = window
 
     @property
     def series(self) -> Tensor:
-        """The stored coefficients ``(m, D, B|1, *S)``; a seed is materialized on first use."""
+        """The stored coefficients ``(m, D, B|1, *S)``.
+
+        A seed is materialized, and windows (:mod:`hope_attr._windows`) are scattered into the
+        dense layout, on first use.
+        """
         if self._series is None:
             assert self.seed is not None
             self._series = self.seed.one_hot(self.primal)
+        if self.window is not None:
+            self._series = self.window.scatter(self._series)
+            self.window = None
         return self._series
 
     @property
@@ -197,7 +213,8 @@ class Jet:
     def __repr__(self) -> str:
         return (
             f"Jet(primal={tuple(self.primal.shape)}, order={self.order}, "
-            f"stored={self.num_stored}, directions={self.num_directions})"
+            f"stored={self.num_stored}, directions={self.num_directions}"
+            f"{', windowed' if self.window is not None else ''})"
         )
 
 

@@ -11,6 +11,7 @@ the expansion is valid only up to the nearest kink.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable
 
@@ -22,6 +23,7 @@ from hope_attr import _arithmetic as ar
 from hope_attr import _taylor_tables as tables
 from hope_attr._jet import Jet
 from hope_attr._registry import TrainingModeError, UnsupportedOperationError, register_rule
+from hope_attr._windows import Window
 
 
 def _series_dims(dim: int | tuple[int, ...] | list[int], ndim: int) -> tuple[int, ...]:
@@ -56,6 +58,9 @@ def _linear(x: Jet, weight: Tensor, bias: Tensor | None = None) -> Jet:
 def _conv_module(module: nn.modules.conv._ConvNd, x: Jet) -> Jet:
     primal = module(x.primal)
     if x.seed is not None and x._series is None and _reads_kernel_slices(module):
+        window = _seed_window(module, x.seed.start, x.seed.stop, x.primal.shape, primal.shape)
+        if window is not None:
+            return _conv_seed_window(module, x, window, primal)
         response = _conv_seed_response(module, x.seed.start, x.seed.stop, x.primal.shape)
         return x.with_series(primal, response.unsqueeze(0).unsqueeze(2))
     return ar.map_batchwise(x, lambda s: module._conv_forward(s, module.weight, None), primal)
@@ -63,6 +68,55 @@ def _conv_module(module: nn.modules.conv._ConvNd, x: Jet) -> Jet:
 
 def _reads_kernel_slices(module: nn.modules.conv._ConvNd) -> bool:
     return module.padding_mode == "zeros" and not isinstance(module.padding, str)
+
+
+def _seed_window(
+    module: nn.modules.conv._ConvNd,
+    start: int,
+    stop: int,
+    input_shape: torch.Size,
+    output_shape: torch.Size,
+) -> Window | None:
+    """Where the outputs that input position ``p`` reaches sit, if that is a worthwhile window.
+
+    With stride 1 and dilation 1, output ``o`` reads input ``o - padding + tap``, so ``p`` reaches
+    outputs ``p + padding - (kernel - 1) .. p + padding``: a kernel-sized window.
+    """
+    if module.groups != 1 or any(s != 1 for s in module.stride):
+        return None
+    if any(d != 1 for d in module.dilation):
+        return None
+    spatial = input_shape[2:]
+    index = torch.arange(start, stop, device=module.weight.device)
+    positions = []
+    for size in reversed(spatial):
+        positions.append(index % size)
+        index = index // size
+    positions.reverse()
+    kernel = module.weight.shape[2:]
+    offsets = torch.stack(
+        [p + pad - (k - 1) for p, pad, k in zip(positions, module.padding, kernel, strict=True)],
+        dim=1,
+    )
+    window = Window(offsets, tuple(kernel), tuple(output_shape[2:]))
+    return window if window.is_worthwhile() else None
+
+
+def _conv_seed_window(
+    module: nn.modules.conv._ConvNd, x: Jet, window: Window, primal: Tensor
+) -> Jet:
+    """The first convolution of an input's seed, as windows: entry ``e`` of the window of input
+    ``(c, p)`` is output ``p + padding - (kernel - 1) + e``, read through tap ``kernel - 1 - e``,
+    so the window is channel ``c`` of the flipped kernel (zeroed where it leaves the map)."""
+    assert x.seed is not None
+    num_positions = math.prod(x.primal.shape[2:])
+    channel = torch.arange(x.seed.start, x.seed.stop, device=primal.device) // num_positions
+    spatial_dims = tuple(range(2, module.weight.dim()))
+    flipped = module.weight.flip(spatial_dims)  # (C', C, *kernel)
+    windows = flipped[:, channel].movedim(1, 0)  # (D, C', *kernel)
+    _, inside = window.layout()
+    windows = windows * inside.reshape(inside.shape[0], 1, *window.size)
+    return Jet(primal, windows.unsqueeze(0).unsqueeze(2), x.order, window=window)
 
 
 def _conv_seed_response(
@@ -157,7 +211,29 @@ def _conv_transpose_module(module: nn.modules.conv._ConvTransposeNd, x: Jet) -> 
     nn.AdaptiveAvgPool3d,
 )
 def _linear_module_without_bias(module: nn.Module, x: Jet) -> Jet:
-    return ar.map_batchwise(x, module, module(x.primal))
+    primal = module(x.primal)
+    if x.window is not None and isinstance(module, nn.modules.pooling._AvgPoolNd):
+        stride = _block_pooling_stride(module, x.primal.dim() - 2)
+        if stride is not None:
+            series, window = x.window.average_pool(x._series, stride)
+            return Jet(primal, series, x.order, window=window)
+    return ar.map_batchwise(x, module, primal)
+
+
+def _block_pooling_stride(module: nn.Module, num_spatial: int) -> tuple[int, ...] | None:
+    """The stride of an average pooling that averages disjoint blocks (kernel == stride, no
+    padding, floor mode, plain mean), else ``None``."""
+
+    def per_axis(value: int | tuple[int, ...]) -> tuple[int, ...]:
+        return (value,) * num_spatial if isinstance(value, int) else tuple(value)
+
+    kernel = per_axis(module.kernel_size)
+    stride = per_axis(module.stride if module.stride is not None else module.kernel_size)
+    if kernel != stride or any(per_axis(module.padding)) or module.ceil_mode:
+        return None
+    if getattr(module, "divisor_override", None) is not None:
+        return None
+    return stride
 
 
 def _batchwise_function(fn: Callable[..., Tensor]) -> Callable[..., Jet]:

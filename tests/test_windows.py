@@ -1,0 +1,139 @@
+"""Receptive-field windows (hope_attr/_windows.py) against the nested-jvp oracle.
+
+The windowed path must give exactly what the dense rules give, at the map's edges (padding,
+windows hanging over the border, partial pooling blocks) and across chunks of directions.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import hope_attr
+from hope_attr import _windows
+from tests.oracle import relative_error, unmixed_reference
+
+ORDER = 5
+TOLERANCE = 1e-9
+
+STEMS: dict[str, tuple[nn.Module, tuple[int, ...]]] = {
+    "conv-tanh-pool-conv-tanh-pool": (
+        nn.Sequential(
+            nn.Conv2d(1, 4, 5),
+            nn.Tanh(),
+            nn.AvgPool2d(2),
+            nn.Conv2d(4, 3, 3),
+            nn.Tanh(),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(12, 3),
+        ),
+        (2, 1, 16, 16),
+    ),  # fmt: skip
+    "padding, 2 channels, pool 3 with a partial block": (
+        nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1),
+            nn.Sigmoid(),
+            nn.AvgPool2d(3),
+            nn.Tanh(),
+            nn.Flatten(),
+            nn.Linear(100, 2),
+        ),
+        (2, 2, 16, 16),
+    ),  # fmt: skip
+    "rectangular kernel, ReLU slope, anisotropic pool": (
+        nn.Sequential(
+            nn.Conv2d(1, 3, (3, 5), padding=(2, 1)),
+            nn.ReLU(),
+            nn.AvgPool2d((2, 3)),
+            nn.Softplus(),
+            nn.Flatten(),
+            nn.Linear(3 * 7 * 3, 2),
+        ),
+        (1, 1, 12, 13),
+    ),  # fmt: skip
+    "Conv1d-GELU-AvgPool1d": (
+        nn.Sequential(
+            nn.Conv1d(2, 3, 4),
+            nn.GELU(),
+            nn.AvgPool1d(2),
+            nn.Tanh(),
+            nn.Flatten(),
+            nn.Linear(24, 2),
+        ),
+        (2, 2, 20),
+    ),  # fmt: skip
+    "Conv3d-tanh-AvgPool3d": (
+        nn.Sequential(
+            nn.Conv3d(1, 2, 3), nn.Tanh(), nn.AvgPool3d(2), nn.Flatten(), nn.Linear(54, 2)
+        ),
+        (1, 1, 8, 8, 8),
+    ),
+    "functional pooling and a residual on the window": (
+        lambda x: torch.nn.functional.avg_pool2d(torch.tanh(_CONV(x)) + _CONV(x), 2).sum((2, 3)),
+        (2, 1, 12, 12),
+    ),
+}
+_CONV = nn.Conv2d(1, 2, 3).double()
+
+
+@pytest.fixture
+def window_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts how often windows are pooled and scattered, to prove the windowed path ran."""
+    calls = {"average_pool": 0, "scatter": 0}
+    for name in calls:
+        original = getattr(_windows.Window, name)
+
+        def spy(self, *args, _name=name, _original=original):
+            calls[_name] += 1
+            return _original(self, *args)
+
+        monkeypatch.setattr(_windows.Window, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("name", list(STEMS))
+def test_windowed_stem_matches_nested_jvp(name: str, window_calls: dict[str, int]) -> None:
+    torch.manual_seed(0)
+    model, shape = STEMS[name]
+    if isinstance(model, nn.Module):
+        model = model.double().eval()
+    x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    # 37 directions per chunk: chunks start mid-row and mid-channel.
+    actual = hope_attr.unmixed_derivatives(model, x, ORDER, internal_batch_size=37)
+    expected = unmixed_reference(model, x, ORDER)
+    assert relative_error(actual, expected) <= TOLERANCE
+    assert window_calls["scatter"] > 0
+    if "residual" not in name:
+        assert window_calls["average_pool"] > 0
+
+
+def test_window_is_skipped_when_it_covers_most_of_the_map(window_calls: dict[str, int]) -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten()).double()
+    x = torch.randn(1, 1, 4, 4, dtype=torch.float64)
+    actual = hope_attr.unmixed_derivatives(model, x, 3)
+    assert relative_error(actual, unmixed_reference(model, x, 3)) <= TOLERANCE
+    assert window_calls["scatter"] == 0
+
+
+def test_gather_and_scatter_agree_with_dense_indexing() -> None:
+    offsets = torch.tensor([[-1, 2], [3, -2], [0, 0]])
+    window = _windows.Window(offsets, (2, 3), (4, 5))
+    values = torch.arange(2 * 4 * 5, dtype=torch.float64).reshape(1, 2, 4, 5)
+    gathered = window.gather(values)
+    series = torch.randn(2, 3, 1, 2, 2, 3, dtype=torch.float64)
+    dense = window.scatter(series)
+    for d, (row, col) in enumerate(offsets.tolist()):
+        for i in range(2):
+            for j in range(3):
+                r, c = row + i, col + j
+                if 0 <= r < 4 and 0 <= c < 5:
+                    assert torch.equal(gathered[d, 0, :, i, j], values[0, :, r, c])
+                    assert torch.equal(dense[:, d, 0, :, r, c], series[:, d, 0, :, i, j])
+                else:
+                    assert torch.all(gathered[d, 0, :, i, j] == 0)
+        # Every dense entry not covered by the window is zero.
+        covered = torch.zeros(4, 5, dtype=torch.bool)
+        covered[max(row, 0) : row + 2, max(col, 0) : col + 3] = True
+        assert torch.all(dense[:, d, :, :, ~covered] == 0)
