@@ -59,8 +59,12 @@ def plot_order_grid(
             ``(order, class, C, H, W)``.
         column_titles: one per column (default ``"class c"``).
         original_image: ``(C, H, W)``, needed by Captum's blended methods.
-        method, sign, outlier_perc: passed to ``captum.attr.visualization.visualize_image_attr``.
+        method: passed to ``captum.attr.visualization.visualize_image_attr``
+            (``"heat_map"``, ``"blended_heat_map"``, ...).
+        sign: passed to ``visualize_image_attr`` (``"all"``, ``"positive"``, ...).
         cell_size: inches per cell.
+        outlier_perc: passed to ``visualize_image_attr``: the percentage of largest values
+            clipped before scaling the colours.
 
     Returns:
         The matplotlib figure (not shown; save it with ``figure.savefig``).
