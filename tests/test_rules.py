@@ -137,6 +137,10 @@ CASES: dict[str, tuple[nn.Module, tuple[int, ...]]] = {
     "cos": (Fn(torch.cos), (2, 3)),
     "Tanh": (nn.Tanh(), (2, 3)),
     "Sigmoid": (nn.Sigmoid(), (2, 3)),
+    # A second smooth layer sees a full series: tanh, sigmoid and exp then take their ODE path.
+    "tanh of a full series": (Fn(lambda x: torch.tanh(x.sin())), (2, 3)),
+    "sigmoid of a full series": (Fn(lambda x: torch.sigmoid(x.sin())), (2, 3)),
+    "exp of a full series": (Fn(lambda x: torch.exp(x.sin())), (2, 3)),
     "Softplus": (nn.Softplus(beta=2.0), (2, 3)),
     "ELU": (nn.ELU(alpha=0.7), (2, 3)),
     "SELU": (nn.SELU(), (2, 3)),
