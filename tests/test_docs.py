@@ -1,23 +1,34 @@
-"""Every ```python block of README.md and docs/*.md runs without raising.
+"""The documentation: every example runs, and the site's configuration is consistent.
 
-Each block runs in a fresh namespace, in the repository root, with matplotlib's Agg backend.
-A block preceded by the line ``<!-- no-test -->`` is skipped (for blocks that need data or a long
-time). Rules registered by a block are removed afterwards, so a failing block cannot leak into
-the next one.
+* Every ```python block of README.md and docs/*.md runs without raising. Each block runs in a
+  fresh namespace, in the repository root, with matplotlib's Agg backend. A block preceded by the
+  line ``<!-- no-test -->`` is skipped (for blocks that need data or a long time). Rules
+  registered by a block are removed afterwards, so a failing block cannot leak into the next one.
+* Every ``<!-- hope-attr: ARGS -->`` command of docs/*.md (the site shows its output, see
+  ``docs/hooks/run_examples.py``) runs and exits with status 0.
+* mkdocs.yml lists every page and notebook, and only existing ones; included files exist; the
+  API reference covers ``hope_attr.__all__``; CI runs the README's test command.
+
+These are the fast checks; ``mkdocs build --strict`` (part of the test command) also executes
+the notebooks and validates every link.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
+import yaml
 
+import hope_attr
 from hope_attr import _registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,3 +180,126 @@ def test_parser_reads_marks_and_ignores_other_fences() -> None:
         (2, 8, "raise SystemExit\n", True),
         (3, 19, "b = 2\n", False),
     ]
+
+
+# --------------------------------------------------------------------------- the site's examples
+def _hook() -> ModuleType:
+    """docs/hooks/run_examples.py, the MkDocs hook that runs the examples whose output is shown."""
+    path = ROOT / "docs" / "hooks" / "run_examples.py"
+    spec = importlib.util.spec_from_file_location("run_examples", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _commands() -> list[tuple[str, str]]:
+    """``(page, ARGS)`` of every ``<!-- hope-attr: ARGS -->`` line in docs/*.md."""
+    mark = re.compile(r"^<!-- hope-attr:\s*(?P<args>.+?)\s*-->$", re.MULTILINE)
+    return [
+        (page.name, match["args"])
+        for page in sorted((ROOT / "docs").glob("*.md"))
+        for match in mark.finditer(page.read_text(encoding="utf-8"))
+    ]
+
+
+@pytest.mark.parametrize("page, args", _commands(), ids=[f"{p}:{a}" for p, a in _commands()])
+def test_cli_command_shown_on_the_site_runs(page: str, args: str, isolated: None) -> None:
+    output = _hook().run_command(args)
+    assert output, f"hope-attr {args} ({page}) printed nothing"
+    if args.split()[-1] == "--help":
+        assert output.startswith("usage: hope-attr")
+
+
+def test_hook_renders_commands_and_block_outputs() -> None:
+    page = "\n".join(
+        [
+            "Text.",
+            "<!-- hope-attr: --help -->",
+            "<!-- show-output -->",
+            "",
+            "```python",
+            "print(6 * 7)",
+            "```",
+        ]
+    )
+    rendered = _hook().render(page, "test.md").split("\n")
+    assert rendered[1:3] == ["```console", "$ hope-attr --help"]
+    assert rendered[3].startswith("usage: hope-attr")
+    assert rendered[-3:] == ['```text title="Output"', "42", "```"]
+
+
+def test_hook_fails_the_build_on_a_failing_example() -> None:
+    from mkdocs.exceptions import PluginError
+
+    hook = _hook()
+    with pytest.raises(PluginError, match="ZeroDivisionError"):
+        hook.render("<!-- show-output -->\n```python\nprint(1 / 0)\n```", "test.md")
+    with pytest.raises(PluginError, match="exited with status 2"):
+        hook.render("<!-- hope-attr: expand --no-such-option -->", "test.md")
+
+
+# ------------------------------------------------------------------------ the site's structure
+def _config() -> dict:
+    return yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+
+
+def _nav_files(nav: object) -> list[str]:
+    if isinstance(nav, str):
+        return [nav]
+    if isinstance(nav, list):
+        return [f for item in nav for f in _nav_files(item)]
+    if isinstance(nav, dict):
+        return [f for value in nav.values() for f in _nav_files(value)]
+    return []
+
+
+def test_nav_lists_every_page_and_notebook_and_nothing_else() -> None:
+    docs = ROOT / "docs"
+    nav = _nav_files(_config()["nav"])
+    missing = [f for f in nav if not (docs / f).is_file()]
+    assert not missing, f"mkdocs.yml lists pages that do not exist: {missing}"
+    pages = {p.relative_to(docs).as_posix() for p in docs.glob("*.md")}
+    notebooks = {p.relative_to(docs).as_posix() for p in docs.glob("notebooks/*.ipynb")}
+    # A notebook missing from the nav would still be executed, but could not be found.
+    left_out = sorted((pages | notebooks) - set(nav))
+    assert not left_out, f"add these to the nav of mkdocs.yml: {left_out}"
+
+
+def test_included_files_exist() -> None:
+    include = re.compile(r'^-{1,2}8<-{1,2}\s+"(?P<path>[^"]+)"', re.MULTILINE)
+    found = []
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        for match in include.finditer(page.read_text(encoding="utf-8")):
+            found.append(match["path"])
+            assert (ROOT / match["path"]).is_file(), f"{page.name} includes {match['path']}"
+    assert "benchmarks/results/derivatives.md" in found
+
+
+def test_api_reference_covers_the_public_names() -> None:
+    reference = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^::: hope_attr\.(\w+)$", reference, re.MULTILINE))
+    missing = sorted(set(hope_attr.__all__) - documented)
+    assert not missing, f"docs/api.md lacks '::: hope_attr.NAME' for {missing}"
+
+
+def test_notebooks_are_executed_by_the_build_and_fail_it() -> None:
+    plugins = {
+        name: options
+        for plugin in _config()["plugins"]
+        for name, options in (plugin.items() if isinstance(plugin, dict) else [(plugin, {})])
+    }
+    jupyter = plugins["mkdocs-jupyter"]
+    assert jupyter["execute"] is True and jupyter["allow_errors"] is False
+    assert jupyter.get("cache") is False  # the cache ignores changes to hope_attr
+    assert _config()["strict"] is True
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    commands = re.findall(r"^```bash\n(.*?)\n```", readme, re.MULTILINE | re.DOTALL)
+    test_command = [c for c in commands if "python -m pytest" in c]
+    assert len(test_command) == 1, "README.md should have one ```bash block with the tests"
+    assert "mkdocs build --strict" in test_command[0]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert test_command[0] in ci, ".ci/run must run the README's test command verbatim"
