@@ -11,6 +11,7 @@ from torch import Tensor
 
 from hope_attr import _compositions, _interpreter, _primitives  # noqa: F401  (register the built-in rules)
 from hope_attr._jet import InputSeed, Jet
+from hope_attr._registry import UnsupportedOperationError
 
 # Memory the series of one activation may take. The default chunk of directions is sized so that
 # the largest activation's series (with the temporaries of a nonlinearity, ~4 copies) fits in it;
@@ -115,6 +116,7 @@ class Expansion:
         self.extra = _format_additional_args(additional_forward_args)
         _check_arguments(forward_func, self.inputs, order, internal_batch_size)
         self.order = order
+        self.forward_func = forward_func
         self.graph = _interpreter.trace(forward_func, (*self.inputs, *self.extra))
         _interpreter.check_eval_mode(self.graph)
         largest = [0]
@@ -175,8 +177,17 @@ class Expansion:
         return torch.cat(chunks, dim=1)
 
     def _propagate(self, args: list[object], num_directions: int) -> Tensor:
-        with torch.no_grad():
-            value = _interpreter.run(self.graph, (*args, *self.extra))
+        try:
+            with torch.no_grad():
+                value = _interpreter.run(self.graph, (*args, *self.extra))
+        except UnsupportedOperationError:
+            # Trace again, now recording source lines, so that the error can say where the
+            # operation sits in the user's code.
+            traced = _interpreter.trace(
+                self.forward_func, (*self.inputs, *self.extra), record_stack_traces=True
+            )
+            with torch.no_grad():
+                value = _interpreter.run(traced, (*args, *self.extra))
         if isinstance(value, Jet):
             return value.full_series()
         # The output does not depend on the inputs: every coefficient is zero.

@@ -131,7 +131,11 @@ def _forward_chain(expansion: Expansion) -> list[tuple[Backward, Tensor]]:
 
 
 def _backward_rule(
-    graph_module: fx.GraphModule, node: fx.Node, args: tuple, kwargs: dict, primal_in: Tensor
+    graph_module: _interpreter.TracedGraph,
+    node: fx.Node,
+    args: tuple,
+    kwargs: dict,
+    primal_in: Tensor,
 ) -> Backward:
     if node.op == "call_module":
         module = graph_module.get_submodule(node.target)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import operator
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -26,10 +26,28 @@ from hope_attr._jet import Jet
 _TRAIN_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
 
 
+class TracedGraph:
+    """A traced forward: the ``fx`` graph and the private root module its nodes refer to.
+
+    Lighter than ``fx.GraphModule``, which would generate and compile Python code that the
+    interpreter never runs.
+    """
+
+    def __init__(self, graph: fx.Graph, root: nn.Module) -> None:
+        self.graph = graph
+        self.root = root
+
+    def get_submodule(self, target: str) -> nn.Module:
+        return self.root.get_submodule(target)
+
+    def named_modules(self) -> Iterator[tuple[str, nn.Module]]:
+        return self.root.named_modules()
+
+
 class _Tracer(fx.Tracer):
-    def __init__(self) -> None:
+    def __init__(self, record_stack_traces: bool) -> None:
         super().__init__()
-        self.record_stack_traces = True
+        self.record_stack_traces = record_stack_traces
         self._external = 0
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
@@ -58,8 +76,14 @@ class _Tracer(fx.Tracer):
             return name
 
 
-def trace(forward_func: Callable[..., Any], args: Sequence[object]) -> fx.GraphModule:
-    """Trace ``forward_func(*args)``; non-tensor arguments are baked in as constants."""
+def trace(
+    forward_func: Callable[..., Any], args: Sequence[object], record_stack_traces: bool = False
+) -> TracedGraph:
+    """Trace ``forward_func(*args)``; non-tensor arguments are baked in as constants.
+
+    ``record_stack_traces`` keeps each node's user source line for error messages; it costs
+    about as much as the rest of the trace, so it is asked for only once an error occurred.
+    """
     names = [f"arg{i}" for i in range(len(args))]
     call = "self.model" if isinstance(forward_func, nn.Module) else "self.fn"
     # fx reads the placeholders off the code object of the class's `forward`, so it needs exactly
@@ -76,7 +100,7 @@ def trace(forward_func: Callable[..., Any], args: Sequence[object]) -> fx.GraphM
             root.add_module("model", owner)  # so that its submodules have names
         object.__setattr__(root, "fn", forward_func)
     concrete = {n: a for n, a in zip(names, args, strict=True) if not isinstance(a, Tensor)}
-    tracer = _Tracer()
+    tracer = _Tracer(record_stack_traces)
     try:
         graph = tracer.trace(root, concrete_args=concrete or None)
     except Exception as error:  # fx raises several types; say what to do about all of them
@@ -87,10 +111,10 @@ def trace(forward_func: Callable[..., Any], args: Sequence[object]) -> fx.GraphM
             "@hope_attr.register_rule(ThatModule), so it is treated as one step (see "
             "docs/adding_a_rule.md)."
         ) from error
-    return fx.GraphModule(tracer.root, graph)
+    return TracedGraph(graph, tracer.root)
 
 
-def check_eval_mode(graph_module: fx.GraphModule) -> None:
+def check_eval_mode(graph_module: TracedGraph) -> None:
     for name, module in graph_module.named_modules():
         if module.training and isinstance(module, _TRAIN_DEPENDENT):
             raise _registry.TrainingModeError(
@@ -101,7 +125,7 @@ def check_eval_mode(graph_module: fx.GraphModule) -> None:
 
 
 def run(
-    graph_module: fx.GraphModule,
+    graph_module: TracedGraph,
     args: Sequence[object],
     observe: Callable[[object], None] | None = None,
 ) -> object:
@@ -137,7 +161,7 @@ def run(
     raise RuntimeError("graph has no output node")
 
 
-def _call(graph_module: fx.GraphModule, node: fx.Node, args: tuple, kwargs: dict) -> object:
+def _call(graph_module: TracedGraph, node: fx.Node, args: tuple, kwargs: dict) -> object:
     if node.op == "call_module":
         module = graph_module.get_submodule(node.target)
         if not contains_jet(args, kwargs):
@@ -169,8 +193,8 @@ def _load(value: object, env: dict[fx.Node, object]) -> Any:
     return _replace(value, lambda v: env[v] if isinstance(v, fx.Node) else v)
 
 
-def _fetch_attr(graph_module: fx.GraphModule, target: str) -> object:
-    value: object = graph_module
+def _fetch_attr(graph_module: TracedGraph, target: str) -> object:
+    value: object = graph_module.root
     for part in target.split("."):
         value = getattr(value, part)
     return value
@@ -193,7 +217,7 @@ def _where(node: fx.Node) -> str:
     return f"({place}, graph node '{node.name}'{source})"
 
 
-__all__ = ["Jet", "check_eval_mode", "run", "trace"]
+__all__ = ["Jet", "TracedGraph", "check_eval_mode", "run", "trace"]
 
 
 def _user_frame(node: fx.Node) -> str:
