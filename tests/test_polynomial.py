@@ -112,3 +112,35 @@ def test_discovery_recovers_the_terms_of_a_known_function() -> None:
     for mean, spread, monomial in rows:
         assert math.isclose(mean, KNOWN_TERMS[monomial], abs_tol=1e-9)
         assert spread < 1e-9  # a polynomial re-centers to itself from every point
+
+
+@pytest.mark.parametrize(
+    "exponents",
+    [
+        [[0, 0], [1, 0], [0, 1], [2, 0], [1, 1], [0, 2], [3, 0], [2, 1]],  # closed, by degree
+        [[1, 1], [0, 0], [0, 1], [1, 0], [2, 1], [2, 0]],  # closed, in any order
+        [[0, 0], [2, 1], [0, 3]],  # not closed: falls back to powers
+    ],
+)
+def test_evaluation_of_any_set_of_monomials(exponents: list[list[int]]) -> None:
+    torch.manual_seed(3)
+    center = torch.tensor([0.3, -0.2], dtype=torch.float64)
+    coefficients = torch.randn(len(exponents), 2, dtype=torch.float64)
+    poly = TaylorPolynomial(center, torch.tensor(exponents), coefficients)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    expected = torch.tensor(
+        [
+            [
+                sum(
+                    c[o] * (row[0] - 0.3) ** a * (row[1] + 0.2) ** b
+                    for c, (a, b) in zip(coefficients.tolist(), exponents, strict=True)
+                )
+                for o in range(2)
+            ]
+            for row in x.tolist()
+        ],
+        dtype=torch.float64,
+    )
+    torch.testing.assert_close(poly(x), expected, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(poly.to_module()(x), expected, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(poly.to_module().float()(x.float()), expected.float())
