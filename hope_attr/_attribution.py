@@ -180,6 +180,23 @@ class HOPEAttribution(Attribution):
 
         The predicted change of the output when each pixel alone moves by ``dx`` (the paper
         uses ``dx = 1``): ``-attribute(inputs, baselines=inputs + dx)``.
+
+        Args:
+            inputs: a tensor ``(B, *I)``; the expansion point.
+            dx: the step of each feature, a number or a tensor that broadcasts to ``inputs``.
+            target: the output to explain, as in :meth:`attribute`.
+            additional_forward_args: passed to ``forward_func`` after the inputs.
+            return_orders: also return the per-order terms ``(order, *inputs.shape)``.
+
+        Returns:
+            The map, shaped like ``inputs``; with ``return_orders`` then ``(map, orders)``.
+
+        Example:
+            >>> import torch, hope_attr
+            >>> model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Tanh()).eval()
+            >>> hope = hope_attr.HOPEAttribution(model, order=3)
+            >>> hope.paper_heat_map(torch.zeros(1, 3), dx=1.0, target=0).shape
+            torch.Size([1, 3])
         """
         out = self.attribute(
             inputs,
@@ -205,6 +222,17 @@ class HOPEAttribution(Attribution):
 
         Attributions of a ``feature_mask`` group are counted once per group (FeatureAblation
         repeats the group's value on each of its features).
+
+        Args:
+            attributions: what :meth:`attribute` returned (a tensor or a tuple).
+            start_point: the baselines, in any form :meth:`attribute` accepts.
+            end_point: the inputs.
+            target: the output the attributions explain.
+            additional_forward_args: passed to ``forward_func`` after the inputs.
+            feature_mask: the mask the attributions were computed with, if any.
+
+        Returns:
+            One delta per example, ``(B,)``.
         """
         ends = end_point if isinstance(end_point, tuple) else (end_point,)
         attributions = attributions if isinstance(attributions, tuple) else (attributions,)
