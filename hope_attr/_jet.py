@@ -270,14 +270,15 @@ def compose_series(table: list[Tensor], u: Tensor, order: int) -> Tensor:
     m = u.shape[0]
     u1 = u[0]
     if m == 1:
-        # u(t) = u1 t, so u^j = u1^j t^j.
-        out = []
+        # u(t) = u1 t, so u^j = u1^j t^j. Write into one buffer: stacking would copy it again.
+        shape = torch.broadcast_shapes(u1.shape, *(t.shape for t in table[1:] if t.dim()))
+        out = u1.new_empty((order, *shape))
         power = u1
         for j in range(1, order + 1):
-            out.append(table[j] * power)
+            torch.mul(table[j], power, out=out[j - 1])
             if j < order:
                 power = power * u1
-        return torch.stack(out)
+        return out
 
     if m < order:
         u = torch.cat([u, u.new_zeros((order - m, *u.shape[1:]))])
@@ -313,17 +314,12 @@ def riccati_series(
     shape = torch.broadcast_shapes(u.shape[1:], y0.shape)
     y = u.new_empty((order, *shape))
     v = u.new_empty((order - 1, *shape)) if order > 1 else None
-    weighted = u * torch.arange(1, m + 1, dtype=u.dtype, device=u.device).reshape(
-        -1, *([1] * (u.dim() - 1))
-    )  # j u_j
     for k in range(1, order + 1):
         yk = y[k - 1]
-        # j = k - (k - j): v_0 is the primal's slope, v_1.. live in `v`.
-        torch.mul(weighted[k - 1], slope0, out=yk) if k <= m else yk.zero_()
+        # The j = k term holds v_0, the primal's slope; v_1.. live in `v`.
+        torch.mul(u[k - 1], slope0, out=yk) if k <= m else yk.zero_()
         for j in range(1, min(k - 1, m) + 1):
-            yk.addcmul_(weighted[j - 1], v[k - j - 1])
-        if k > 1:
-            yk.div_(k)
+            yk.addcmul_(u[j - 1], v[k - j - 1], value=j / k)
         if k == order:
             break
         # v_k = linear y_k + quadratic (2 y_0 y_k + sum_{i=1}^{k-1} y_i y_{k-i}).

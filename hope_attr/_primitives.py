@@ -23,7 +23,7 @@ from hope_attr import _arithmetic as ar
 from hope_attr import _taylor_tables as tables
 from hope_attr._jet import Jet
 from hope_attr._registry import TrainingModeError, UnsupportedOperationError, register_rule
-from hope_attr._windows import Window
+from hope_attr._windows import Window, block_mean
 
 
 def _series_dims(dim: int | tuple[int, ...] | list[int], ndim: int) -> tuple[int, ...]:
@@ -212,11 +212,13 @@ def _conv_transpose_module(module: nn.modules.conv._ConvTransposeNd, x: Jet) -> 
 )
 def _linear_module_without_bias(module: nn.Module, x: Jet) -> Jet:
     primal = module(x.primal)
-    if x.window is not None and isinstance(module, nn.modules.pooling._AvgPoolNd):
+    if isinstance(module, nn.modules.pooling._AvgPoolNd):
         stride = _block_pooling_stride(module, x.primal.dim() - 2)
-        if stride is not None:
+        if stride is not None and x.window is not None:
             series, window = x.window.average_pool(x._series, stride)
             return Jet(primal, series, x.order, window=window)
+        if stride is not None:
+            return x.with_series(primal, block_mean(_expanded(x), stride))
     return ar.map_batchwise(x, module, primal)
 
 

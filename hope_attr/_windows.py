@@ -18,13 +18,14 @@ entry that falls outside the map is zero.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Window"]
+__all__ = ["Window", "block_mean"]
 
 
 class Window:
@@ -105,7 +106,7 @@ class Window:
             index = torch.arange(step * pooled, device=shift.device) + (step - 1) - shift[:, None]
             index = index.reshape(1, -1, *([1] * (moved.dim() - 3)), step * pooled)
             aligned = torch.gather(padded, -1, index.expand(*moved.shape[:-1], step * pooled))
-            series = aligned.unflatten(-1, (pooled, step)).mean(-1).movedim(-1, dim)
+            series = block_mean(aligned, (step,)).movedim(-1, dim)
             offsets[:, axis] = start
             sizes[axis] = pooled
             full[axis] = self.full[axis] // step
@@ -114,3 +115,22 @@ class Window:
         _, inside = window.layout()
         mask = inside.reshape(1, inside.shape[0], 1, 1, *window.size)
         return series * mask, window
+
+
+def block_mean(values: Tensor, block: tuple[int, ...]) -> Tensor:
+    """Mean over disjoint ``block``-sized blocks of the trailing axes (a partial last block is
+    dropped, as pooling's floor mode does).
+
+    A sum of strided views: faster on CPU than ``avg_pool`` on the many small maps of a series.
+    """
+    first = values.dim() - len(block)
+    sizes = [values.shape[first + axis] // step for axis, step in enumerate(block)]
+    total = None
+    for phase in itertools.product(*(range(step) for step in block)):
+        index = [slice(None)] * first + [
+            slice(p, p + step * size, step)
+            for p, step, size in zip(phase, block, sizes, strict=True)
+        ]
+        view = values[tuple(index)]
+        total = view.clone() if total is None else total.add_(view)
+    return total.mul_(1.0 / math.prod(block))

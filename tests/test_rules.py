@@ -78,6 +78,8 @@ CASES: dict[str, tuple[nn.Module, tuple[int, ...]]] = {
     ),
     "AvgPool1d": (nn.AvgPool1d(2), (2, 2, 6)),
     "AvgPool2d": (nn.AvgPool2d(3, stride=2, padding=1), (1, 2, 6, 6)),
+    "AvgPool2d blocks, partial last block": (nn.AvgPool2d((2, 3)), (1, 2, 5, 7)),
+    "F.avg_pool3d": (Fn(lambda x: F.avg_pool3d(x.sin(), 2)), (1, 2, 4, 5, 4)),
     "AdaptiveAvgPool2d": (nn.AdaptiveAvgPool2d((2, 3)), (2, 2, 5, 7)),
     "F.avg_pool2d": (Fn(lambda x: F.avg_pool2d(x, 2)), (1, 2, 4, 4)),
     "BatchNorm1d (eval)": (_batch_norm(3, nn.BatchNorm1d), (2, 3)),
