@@ -144,3 +144,16 @@ def test_evaluation_of_any_set_of_monomials(exponents: list[list[int]]) -> None:
     torch.testing.assert_close(poly(x), expected, rtol=1e-13, atol=1e-13)
     torch.testing.assert_close(poly.to_module()(x), expected, rtol=1e-13, atol=1e-13)
     torch.testing.assert_close(poly.to_module().float()(x.float()), expected.float())
+
+
+@pytest.mark.parametrize("exponents", [[[0], [1], [2], [3]], [[2], [0], [3], [1]], [[0], [3]]])
+def test_univariate_evaluation(exponents: list[list[int]]) -> None:
+    coefficients = torch.tensor([[0.5, -1.0], [2.0, 0.25], [-3.0, 1.5], [0.75, 4.0]])
+    coefficients = coefficients[: len(exponents)].double()
+    poly = TaylorPolynomial(
+        torch.tensor([0.4], dtype=torch.float64), torch.tensor(exponents), coefficients
+    )
+    x = torch.linspace(-2, 2, 9, dtype=torch.float64)[:, None]
+    expected = sum(c * (x - 0.4) ** e[0] for c, e in zip(coefficients, exponents, strict=True))
+    torch.testing.assert_close(poly(x), expected, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(poly.to_module()(x), expected, rtol=1e-13, atol=1e-13)
