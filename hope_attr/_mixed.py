@@ -7,16 +7,22 @@ homogeneous polynomial ``sum_{|a| = k} f_a j^a`` in ``j``, where ``f_a = d^a f /
 normalized coefficient of the monomial ``(x - x0)^a``. Pushing jets of order ``n`` along all
 ``C(p + n - 1, n)`` directions with ``|j| = n`` determines every ``f_a`` with ``|a| <= n``: for
 ``k = n`` the system is square and invertible (GUW 2000), for ``k < n`` it is consistent and
-overdetermined. Each system's pseudo-inverse is computed once, in float64, from small integers.
+overdetermined. So one set of jets serves every order; each order's pseudo-inverse is computed
+once, in float64, from small integers.
 
 Cost: ``C(p + n - 1, n)`` directions of order-``n`` jets; e.g. 35 for ``p = 5, n = 3`` and 66 for
 ``p = 3, n = 10`` -- polynomial in ``p`` and ``n``, never ``p^n``.
+
+Many points at once are cut into blocks of points, each pushing all its directions in one go:
+the nonlinearities' Taylor tables (which depend only on the point) are then computed once per
+point, and a block's series stay near the CPU caches (see ``_BLOCK_BYTES``).
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from itertools import combinations_with_replacement
 from typing import Any
@@ -24,10 +30,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hope_attr import _interpreter
 from hope_attr._derivatives import Expansion
 
 # Above this many directions, a full expansion is most likely a mistake (p too large).
 _MAX_DIRECTIONS = 200_000
+# Bytes of the largest activation's series for one block of points (all its directions and
+# orders). Near the size of a CPU's L2 cache, the ~10 elementwise passes of a nonlinearity over it
+# stay in cache, while much smaller blocks pay the interpreter's fixed cost per block (a fraction
+# of a millisecond) too often. The alternative, all points at once in chunks of a few directions,
+# recomputes the primal and its Taylor tables for every chunk: on the practitioner's case
+# (p = 5, n = 3) it took over twice as long. `benchmarks/mixed.py` sweeps this budget.
+_BLOCK_BYTES = 4 * 2**20
+# When one point's directions alone exceed the block budget, they go in chunks of this many bytes
+# (temporaries of a nonlinearity included, ~4 copies: about the engine's own 64 MiB budget).
+_CHUNK_BYTES = 16 * 2**20
 
 
 @lru_cache(maxsize=64)
@@ -43,20 +60,83 @@ def multi_indices(num_variables: int, degree: int) -> tuple[tuple[int, ...], ...
 
 
 def normalized_coefficients(
-    expansion: Expansion, on_chunk: Callable[[], None] | None = None
+    expansion: Expansion,
+    on_chunk: Callable[[], None] | None = None,
+    directions_per_chunk: int | None = None,
 ) -> list[Tensor]:
-    """Per order ``k``: ``f_a = d^a f / a!`` for every ``|a| = k``, shape ``(B, *O, M_k)``."""
+    """Per order ``k``: ``f_a = d^a f / a!`` for every ``|a| = k``, shape ``(B, *O, M_k)``.
+
+    ``directions_per_chunk`` bounds how many directions are propagated at once (default: all of
+    a block's, within ``_CHUNK_BYTES``).
+    """
     x = expansion.inputs[0]
     num_variables, order = x.shape[1], expansion.order
+    # (D, 1, p): the same directions at every point, broadcast over the batch.
     directions = torch.tensor(multi_indices(num_variables, order), dtype=x.dtype, device=x.device)
-    along = expansion.directional_coefficients(
-        (directions[:, None, :].expand(-1, x.shape[0], -1),), on_chunk
-    )  # (n, D, B, *O)
-    result = []
-    for k in range(1, order + 1):
-        solve = _solver(num_variables, order, k).to(device=x.device, dtype=x.dtype)  # (M_k, D)
-        result.append(torch.tensordot(along[k - 1], solve, dims=([0], [1])))  # (B, *O, M_k)
+    directions = directions[:, None, :]
+    num_directions = directions.shape[0]
+    output = expansion.output
+    solvers = [
+        _solver(num_variables, order, k).to(device=output.device, dtype=output.dtype)
+        for k in range(1, order + 1)
+    ]  # (M_k, D) each
+    result = [output.new_empty((*output.shape, len(solve))) for solve in solvers]
+    for start, stop, part in _blocks(expansion, num_directions, directions_per_chunk):
+        along = part.directional_coefficients((directions,), on_chunk)  # (n, D, b, *O)
+        for k, solve in enumerate(solvers, start=1):
+            result[k - 1][start:stop] = torch.tensordot(along[k - 1], solve, dims=([0], [1]))
     return result
+
+
+def _blocks(
+    expansion: Expansion, num_directions: int, directions_per_chunk: int | None
+) -> Iterator[tuple[int, int, Expansion]]:
+    """``(start, stop, expansion of points start:stop)`` covering the batch.
+
+    A block is the expansion with its per-example state (``inputs``, ``output``) sliced; the
+    traced graph is shared. Extra forward arguments may hold per-example tensors that cannot be
+    told apart from constants, and a function may hard-code its batch size: both keep one block.
+    """
+    batch = expansion.inputs[0].shape[0]
+    largest = _largest_per_example(expansion) if not expansion.extra else None
+    if largest is None:
+        yield 0, batch, expansion
+        return
+    per_direction = expansion.order * largest * expansion.inputs[0].element_size()  # one point
+    if directions_per_chunk is None:
+        fits_block = num_directions * per_direction <= _BLOCK_BYTES
+        directions_per_chunk = (
+            num_directions if fits_block else max(1, _CHUNK_BYTES // per_direction)
+        )
+    directions_per_chunk = min(directions_per_chunk, num_directions)
+    points = max(1, _BLOCK_BYTES // (directions_per_chunk * per_direction))
+    for start in range(0, batch, points):
+        stop = min(batch, start + points)
+        part = copy.copy(expansion)
+        part.inputs = tuple(x[start:stop] for x in expansion.inputs)
+        part.output = expansion.output[start:stop]
+        part.chunk_size = directions_per_chunk
+        yield start, stop, part
+
+
+def _largest_per_example(expansion: Expansion) -> int | None:
+    """Elements of the largest intermediate value for ONE example; ``None`` if the function
+    cannot run on a smaller batch (it hard-codes its batch size)."""
+    largest = [0]
+
+    def observe(value: object) -> None:
+        if isinstance(value, Tensor):
+            largest[0] = max(largest[0], value.numel())
+
+    one = tuple(x[:1] for x in expansion.inputs)
+    try:
+        with torch.no_grad():
+            output = _interpreter.run(expansion.graph, one, observe)
+    except RuntimeError:  # e.g. a closure constant shaped (B, ...) that no longer broadcasts
+        return None
+    if not isinstance(output, Tensor) or output.shape != expansion.output[:1].shape:
+        return None
+    return largest[0]
 
 
 @lru_cache(maxsize=64)
@@ -79,7 +159,9 @@ def mixed_derivatives(
     """Every partial derivative up to ``order`` of every output, at every point of a batch.
 
     Exact to rounding (not the paper's Kronecker rule, which drops cross terms); cost grows like
-    ``C(p + n - 1, n)`` jets of order ``n``. Meant for low-dimensional inputs.
+    ``C(p + n - 1, n)`` jets of order ``n``, one set for all orders. Meant for low-dimensional
+    inputs. Points are processed in blocks sized for the CPU caches; with
+    ``additional_forward_args`` (which may hold per-example tensors) all points form one block.
 
     Args:
         forward_func: model or function ``(B, p) -> (B, *O)`` (see
@@ -87,7 +169,8 @@ def mixed_derivatives(
         inputs: points ``(B, p)``.
         order: highest order ``n >= 1``.
         additional_forward_args: extra arguments after the inputs (not differentiated).
-        internal_batch_size: directions propagated at once.
+        internal_batch_size: directions propagated at once (default: all of a block's, up to a
+            memory budget).
 
     Returns:
         A list whose element ``k - 1`` has shape ``(B, *O, p, ..., p)`` (``k`` trailing ``p``'s):
@@ -117,7 +200,10 @@ def mixed_derivatives(
     expansion = Expansion(forward_func, inputs, order, additional_forward_args, internal_batch_size)
     num_variables = inputs.shape[1]
     tensors = []
-    for k, coefficients in enumerate(normalized_coefficients(expansion), start=1):
+    coefficients_per_order = normalized_coefficients(
+        expansion, directions_per_chunk=internal_batch_size
+    )
+    for k, coefficients in enumerate(coefficients_per_order, start=1):
         scale, index = _tensor_layout(num_variables, k)
         derivatives = coefficients * scale.to(coefficients)  # d^a f = a! f_a
         full = derivatives[..., index.to(coefficients.device)]

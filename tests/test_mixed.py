@@ -8,6 +8,8 @@ from torch import nn
 from torch.func import jacfwd, vmap
 
 import hope_attr
+from hope_attr import _mixed
+from hope_attr._derivatives import Expansion
 
 ORDER = 4
 
@@ -86,3 +88,89 @@ def test_known_polynomial_is_exact_and_vanishes_above_its_degree() -> None:
 def test_rejects_image_shaped_inputs() -> None:
     with pytest.raises(ValueError, match="flat inputs"):
         hope_attr.mixed_derivatives(nn.Flatten(), torch.zeros(1, 1, 4, 4), 2)
+
+
+def _relative_error(actual: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
+    return max(
+        ((a - e).abs().max() / e.abs().max()).item() for a, e in zip(actual, expected, strict=True)
+    )
+
+
+def _mlp(p: int) -> nn.Module:
+    torch.manual_seed(p)
+    layers = [nn.Linear(p, 8), nn.Tanh(), nn.Linear(8, 8), nn.Sigmoid(), nn.Linear(8, 3)]
+    return nn.Sequential(*layers).double().eval()
+
+
+@pytest.mark.parametrize("block_bytes, chunk_bytes", [(1, 1), (1, 10**9), (3000, 1), (3000, 10**9)])
+def test_blocks_of_points_and_chunks_of_directions(monkeypatch, block_bytes, chunk_bytes) -> None:
+    # One point per block or several, all directions at once or one per chunk: same numbers.
+    monkeypatch.setattr(_mixed, "_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(_mixed, "_CHUNK_BYTES", chunk_bytes)
+    model, x = _mlp(3), torch.randn(7, 3, dtype=torch.float64)
+    actual = hope_attr.mixed_derivatives(model, x, 3)
+    assert _relative_error(actual, _nested_jacfwd(model, x, 3)) <= 1e-9
+
+
+def test_many_points_are_cut_into_blocks(monkeypatch) -> None:
+    monkeypatch.setattr(_mixed, "_BLOCK_BYTES", 3000)
+    model, x = _mlp(2), torch.randn(50, 2, dtype=torch.float64)
+    blocks = list(
+        _mixed._blocks(Expansion(model, x, 3), num_directions=4, directions_per_chunk=None)
+    )
+    # 3 orders x 4 directions x 8 doubles (the widest activation) = 768 bytes per point.
+    assert [(start, stop) for start, stop, _ in blocks][:2] == [(0, 3), (3, 6)]
+    assert blocks[-1][1] == 50
+    assert all(part.chunk_size == 4 for _, _, part in blocks)
+    actual = hope_attr.mixed_derivatives(model, x, 3)
+    assert _relative_error(actual, _nested_jacfwd(model, x, 3)) <= 1e-9
+
+
+def test_internal_batch_size_sets_the_directions_per_chunk(monkeypatch) -> None:
+    model, x = _mlp(3), torch.randn(4, 3, dtype=torch.float64)
+    blocks = list(_mixed._blocks(Expansion(model, x, 3), 10, directions_per_chunk=3))
+    assert {part.chunk_size for _, _, part in blocks} == {3}
+    actual = hope_attr.mixed_derivatives(model, x, 3, internal_batch_size=3)
+    assert _relative_error(actual, _nested_jacfwd(model, x, 3)) <= 1e-9
+
+
+def _scaled(weights: torch.Tensor, derivatives: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``weights[b] * d`` for derivative tensors ``(B, *O, p, ..., p)``."""
+    return [weights.reshape(-1, *([1] * (d.dim() - 1))) * d for d in derivatives]
+
+
+def test_function_with_a_batch_sized_constant_runs_in_one_block(monkeypatch) -> None:
+    # f works only on the whole batch: a block of fewer points would not broadcast (or, for one
+    # point, would silently broadcast to the whole batch). It must fall back to one block.
+    monkeypatch.setattr(_mixed, "_BLOCK_BYTES", 1)
+    model, x = _mlp(2), torch.randn(5, 2, dtype=torch.float64)
+    weights = torch.linspace(1.0, 2.0, 5, dtype=torch.float64)[:, None]
+    f = lambda z: model(z) * weights  # noqa: E731
+    assert len(list(_mixed._blocks(Expansion(f, x, 3), 4, None))) == 1
+    expected = _scaled(weights, _nested_jacfwd(model, x, 3))
+    assert _relative_error(hope_attr.mixed_derivatives(f, x, 3), expected) <= 1e-9
+
+
+def test_per_example_additional_arguments(monkeypatch) -> None:
+    monkeypatch.setattr(_mixed, "_BLOCK_BYTES", 1)
+    model, x = _mlp(2), torch.randn(5, 2, dtype=torch.float64)
+    weights = torch.linspace(1.0, 2.0, 5, dtype=torch.float64)[:, None]
+    actual = hope_attr.mixed_derivatives(
+        lambda z, w: model(z) * w, x, 3, additional_forward_args=(weights,)
+    )
+    assert _relative_error(actual, _scaled(weights, _nested_jacfwd(model, x, 3))) <= 1e-9
+
+
+def test_float32_blocks_match_float64() -> None:
+    model, x = _mlp(5), torch.randn(300, 5, dtype=torch.float64)
+    single = hope_attr.mixed_derivatives(model.float(), x.float(), 3)
+    double = hope_attr.mixed_derivatives(model.double(), x, 3)
+    assert _relative_error([s.double() for s in single], double) <= 1e-5
+
+
+def test_output_independent_of_the_inputs_gives_zeros_per_block(monkeypatch) -> None:
+    monkeypatch.setattr(_mixed, "_BLOCK_BYTES", 1)
+    x = torch.randn(6, 2, dtype=torch.float64)
+    derivatives = hope_attr.mixed_derivatives(lambda z: (z > 100).to(z.dtype) + 2.0, x, 2)
+    assert [tuple(d.shape) for d in derivatives] == [(6, 2, 2), (6, 2, 2, 2)]
+    assert all(d.abs().max() == 0 for d in derivatives)
