@@ -223,15 +223,17 @@ def _linear_module_without_bias(module: nn.Module, x: Jet) -> Jet:
 
 
 def _block_pooling_stride(module: nn.Module, num_spatial: int) -> tuple[int, ...] | None:
-    """The stride of an average pooling that averages disjoint blocks (kernel == stride, no
-    padding, floor mode, plain mean), else ``None``."""
+    """The stride of a pooling over disjoint blocks (kernel == stride, no padding or dilation,
+    floor mode, plain mean), else ``None``."""
 
     def per_axis(value: int | tuple[int, ...]) -> tuple[int, ...]:
         return (value,) * num_spatial if isinstance(value, int) else tuple(value)
 
     kernel = per_axis(module.kernel_size)
-    stride = per_axis(module.stride if module.stride is not None else module.kernel_size)
+    stride = per_axis(module.stride if module.stride else module.kernel_size)
     if kernel != stride or any(per_axis(module.padding)) or module.ceil_mode:
+        return None
+    if any(d != 1 for d in per_axis(getattr(module, "dilation", 1))):
         return None
     if getattr(module, "divisor_override", None) is not None:
         return None
@@ -771,6 +773,12 @@ _MAX_POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 def _max_pool_module(module: nn.modules.pooling._MaxPoolNd, x: Jet) -> Jet:
     spatial = next(d for d, cls in enumerate(_MAX_POOL, 1) if isinstance(module, cls))
     fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[spatial]
+    stride = _block_pooling_stride(module, spatial)
+    if x.window is not None and stride is not None:
+        primal, indices = fn(x.primal, module.kernel_size, module.stride, return_indices=True)
+        series, window = x.window.max_pool(x._series, indices, stride)
+        out = Jet(primal, series, x.order, window=window)
+        return (out, indices) if module.return_indices else out
     return _max_pool_rule(fn, spatial)(
         x,
         module.kernel_size,

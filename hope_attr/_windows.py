@@ -92,14 +92,11 @@ class Window:
         Each window is first re-aligned to the pooling grid (a per-direction shift by
         ``offset mod stride``, zeros around), then every ``stride`` block is averaged.
         """
-        offsets = self.offsets.clone()
-        sizes, full = list(self.size), list(self.full)
+        window = self._pooled_window(stride)
         for axis, step in enumerate(stride):
             dim = 4 + axis
-            width = sizes[axis]
-            start = torch.div(self.offsets[:, axis], step, rounding_mode="floor")
-            shift = self.offsets[:, axis] - start * step  # in [0, step)
-            pooled = -(-(width + step - 1) // step)
+            width, pooled = self.size[axis], window.size[axis]
+            shift = self.offsets[:, axis] - window.offsets[:, axis] * step  # in [0, step)
             # Aligned entry e holds old entry e - shift: pad so every index is in range.
             moved = series.movedim(dim, -1)
             padded = F.pad(moved, (step - 1, step * pooled - width))
@@ -107,14 +104,51 @@ class Window:
             index = index.reshape(1, -1, *([1] * (moved.dim() - 3)), step * pooled)
             aligned = torch.gather(padded, -1, index.expand(*moved.shape[:-1], step * pooled))
             series = block_mean(aligned, (step,)).movedim(-1, dim)
-            offsets[:, axis] = start
-            sizes[axis] = pooled
-            full[axis] = self.full[axis] // step
-        window = Window(offsets, tuple(sizes), tuple(full))
         # Blocks past the map's last full block pool partial data: zero them (the invariant).
         _, inside = window.layout()
         mask = inside.reshape(1, inside.shape[0], 1, 1, *window.size)
         return series * mask, window
+
+    def max_pool(
+        self, series: Tensor, indices: Tensor, stride: tuple[int, ...]
+    ) -> tuple[Tensor, Window]:
+        """Max pooling with kernel == stride and no padding, window to window.
+
+        Each output copies the input entry that is largest at the primal: ``indices``
+        ``(B, C, *pooled)`` holds its flat position in the input map (PyTorch's
+        ``return_indices``). An output keeps a direction's value only where that entry lies in
+        the direction's window.
+        """
+        window = self._pooled_window(stride)
+        source = window.gather(indices)  # (D, B, C, *size): flat input positions
+        _, inside = window.layout()
+        valid = inside.reshape(inside.shape[0], 1, 1, *window.size)
+        relative = torch.zeros_like(source)
+        remainder = source
+        coordinates = []
+        for extent in reversed(self.full):
+            coordinates.append(remainder % extent)
+            remainder = remainder // extent
+        coordinates.reverse()
+        for axis, coordinate in enumerate(coordinates):
+            shift = self.offsets[:, axis].reshape(-1, 1, 1, *([1] * len(window.size)))
+            entry = coordinate - shift
+            valid = valid & (entry >= 0) & (entry < self.size[axis])
+            relative = relative * self.size[axis] + entry.clamp(0, self.size[axis] - 1)
+        m, d = series.shape[:2]
+        b, c = source.shape[1:3]
+        flat = series.expand(m, d, b, c, *self.size).flatten(4)
+        index = relative.flatten(3).unsqueeze(0).expand(m, d, b, c, -1)
+        picked = flat.gather(-1, index).reshape(m, d, b, c, *window.size)
+        return picked * valid, window
+
+    def _pooled_window(self, stride: tuple[int, ...]) -> Window:
+        """The windows after a block pooling: a block is touched if any of its entries is."""
+        step = torch.tensor(stride, device=self.offsets.device)
+        offsets = torch.div(self.offsets, step, rounding_mode="floor")
+        size = tuple(-(-(w + s - 1) // s) for w, s in zip(self.size, stride, strict=True))
+        full = tuple(f // s for f, s in zip(self.full, stride, strict=True))
+        return Window(offsets, size, full)
 
 
 def block_mean(values: Tensor, block: tuple[int, ...]) -> Tensor:

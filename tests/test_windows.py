@@ -70,18 +70,38 @@ STEMS: dict[str, tuple[nn.Module, tuple[int, ...]]] = {
         ),
         (1, 1, 8, 8, 8),
     ),
+    "ReLU and max pooling (the tutorial's LRP variant)": (
+        nn.Sequential(
+            nn.Conv2d(1, 3, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Tanh(),
+            nn.Conv2d(3, 2, 3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(12, 2),
+        ),
+        (2, 1, 15, 16),
+    ),  # fmt: skip
+    "MaxPool1d with a partial block, returning indices": (
+        lambda x: nn.functional.softplus(_MAX_POOL_WITH_INDICES(torch.tanh(_CONV1D(x)))[0]).sum(2),
+        (2, 2, 17),
+    ),
     "functional pooling and a residual on the window": (
         lambda x: torch.nn.functional.avg_pool2d(torch.tanh(_CONV(x)) + _CONV(x), 2).sum((2, 3)),
         (2, 1, 12, 12),
     ),
 }
 _CONV = nn.Conv2d(1, 2, 3).double()
+_CONV1D = nn.Conv1d(2, 3, 4).double()
+_MAX_POOL_WITH_INDICES = nn.MaxPool1d(3, return_indices=True)
 
 
 @pytest.fixture
 def window_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Counts how often windows are pooled and scattered, to prove the windowed path ran."""
-    calls = {"average_pool": 0, "scatter": 0}
+    calls = {"average_pool": 0, "max_pool": 0, "scatter": 0}
     for name in calls:
         original = getattr(_windows.Window, name)
 
@@ -106,7 +126,7 @@ def test_windowed_stem_matches_nested_jvp(name: str, window_calls: dict[str, int
     assert relative_error(actual, expected) <= TOLERANCE
     assert window_calls["scatter"] > 0
     if "residual" not in name:
-        assert window_calls["average_pool"] > 0
+        assert window_calls["average_pool"] + window_calls["max_pool"] > 0
 
 
 def test_window_is_skipped_when_it_covers_most_of_the_map(window_calls: dict[str, int]) -> None:
