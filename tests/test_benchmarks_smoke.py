@@ -26,3 +26,19 @@ def test_benchmark_quick_mode_runs(script: str, tmp_path) -> None:
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert (tmp_path / "out.md").read_text().strip()
+
+
+@pytest.mark.slow
+def test_mixed_benchmark_quick_mode_runs(tmp_path) -> None:
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    result = subprocess.run(
+        [sys.executable, "benchmarks/mixed.py", "--quick", "--markdown", str(tmp_path / "out.md")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = (tmp_path / "out.md").read_text()
+    assert "float64 check" in report and "## Targets" in report

@@ -1,0 +1,806 @@
+"""Benchmark: mixed partials by hope_attr, and Taylor polynomials as fast surrogates.
+
+Three measurements, each reported as ratios measured in this one run:
+
+1. **The practitioner's case** (``shared/seeds/002``: a network called tens of thousands of times
+   inside a simulation, which needs every partial derivative up to order 3): a tanh MLP
+   ``5-64-64-64-1`` (3 hidden layers of width 64), all partials of orders 1, 2 and 3 at 10,000
+   points. :func:`hope_attr.mixed_derivatives` against ``torch.func`` compositions, each vmapped
+   over the points: ``jacrev`` once, then ``jacfwd`` twice (the usual recipe), and the other
+   orders of ``jacrev``/``jacfwd``, with the lower orders returned as ``has_aux`` so that one call
+   yields all three tensors, over all points at once or in vmap chunks of 1000 points. The
+   fastest composition is the baseline. The results are compared in the benchmark's dtype, and
+   hope is checked against the two fastest compositions in float64 on a subset of the points
+   (relative error <= 1e-9). A block-size sweep shows how the points-per-block budget of
+   ``hope_attr._mixed`` was chosen, next to the method used before blocking (all points at once,
+   the engine's default chunks of directions).
+2. **The paper's Table 1**: 10-layer tanh MLPs of width 1024 with ``p = 1, 2, 3`` inputs, all mixed
+   partials of orders ``1..n`` for ``n = 1..10`` at one point, against the paper's baseline: nested
+   ``torch.autograd.grad`` over every entry of the previous derivative tensor (``p^(k-1)`` backward
+   passes for order ``k``, as the paper counts ``(p^(n+1) - p) / (p - 1)`` partials). A baseline
+   call is stopped past ``--budget`` seconds (or past ``--memory-limit`` GiB of extra memory);
+   higher orders are then skipped. Stopped calls give lower bounds; any extrapolation is labelled.
+3. **Fast inference** (the paper's Table 3): ``hope_attr.expand(f, 0, 3).to_module()`` against the
+   network ``f`` at batch sizes 1..4096, for a controller-sized MLP (``1-64-64-64-1``, one input
+   like the paper's tank-level controller) and for the practitioner's MLP. Both in eval mode under
+   ``torch.no_grad()``. The polynomial is a local surrogate: the table prints how far it is from
+   the network on the timed inputs (uniform in ``[-1, 1]^p``), since untrained random weights
+   make no claim about its accuracy.
+
+Weights are PyTorch's default initialization under ``torch.manual_seed(0)``, in float32 unless
+``--dtype float64``. Timing: ``torch.set_num_threads(--threads)`` (default 2) for every method, a
+warm-up call, then the median of up to ``--repeats`` calls (fewer once a configuration took 20 s).
+Wall time and process CPU time (all threads) are both printed: on a machine shared with other
+processes the CPU time is the steadier of the two; ratios are given for both. Recommended::
+
+    OMP_WAIT_POLICY=PASSIVE MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 \\
+        python benchmarks/mixed.py --markdown benchmarks/results/mixed.md
+
+``--quick`` runs every code path on a tiny budget (smaller models and batches; under a minute) for
+a smoke test; its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.func import jacfwd, jacrev, vmap
+
+import hope_attr
+from hope_attr import _mixed
+from hope_attr._derivatives import Expansion
+
+SEED = 0
+ENVIRONMENT_VARIABLES = ("OMP_WAIT_POLICY", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
+RECOMMENDED = "OMP_WAIT_POLICY=PASSIVE MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000"
+REPEAT_CAP_S = 20.0  # no further repeats once one configuration's timed calls took this long
+CHECK_TOLERANCE = 1e-9  # float64 agreement required of hope and the baselines
+PRACTITIONER_TARGET = 3.0  # hope at least this many times faster than the fastest torch.func
+TABLE1_TARGET_S = 1.0  # n = 10, p = 3 under this many seconds
+BLOCK_DEFAULT = _mixed._BLOCK_BYTES  # the library's points-per-block budget (bytes)
+
+
+class BudgetExceeded(Exception):
+    """A baseline passed its time or memory budget after ``elapsed`` seconds, with ``progress``
+    (a fraction) of its work done."""
+
+    def __init__(self, progress: float, elapsed: float, reason: str) -> None:
+        super().__init__(reason)
+        self.progress = progress
+        self.elapsed = elapsed
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Settings:
+    quick: bool
+    dtype: torch.dtype
+    threads: int
+    repeats: int
+    budget: float
+    memory_limit_gib: float
+    points: int  # practitioner's case
+    check_points: int
+    table1_width: int
+    table1_inputs: tuple[int, ...]
+    table1_orders: tuple[int, ...]
+    batch_sizes: tuple[int, ...]
+    block_budgets_mib: tuple[float, ...]
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    common = dict(
+        dtype=getattr(torch, args.dtype),
+        threads=args.threads,
+        memory_limit_gib=args.memory_limit,
+    )
+    if args.quick:
+        return Settings(
+            quick=True,
+            repeats=args.repeats or 1,
+            budget=min(args.budget, 5.0),
+            points=500,
+            check_points=20,
+            table1_width=64,
+            table1_inputs=(1, 3),
+            table1_orders=(1, 3),
+            batch_sizes=(1, 64),
+            block_budgets_mib=(1.0,),
+            **common,
+        )
+    return Settings(
+        quick=False,
+        repeats=args.repeats or 5,
+        budget=args.budget,
+        points=10_000,
+        check_points=200,
+        table1_width=1024,
+        table1_inputs=(1, 2, 3),
+        table1_orders=tuple(range(1, 11)),
+        batch_sizes=(1, 4, 16, 64, 256, 1024, 4096),
+        block_budgets_mib=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
+        **common,
+    )
+
+
+# =============================================================================== timing
+@dataclass
+class Timing:
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    stopped_after: float | None = None  # seconds of wall time, when a budget stopped the call
+    progress: float = 0.0
+    reason: str = ""
+
+    @property
+    def completed(self) -> bool:
+        return bool(self.wall)
+
+    @property
+    def median_wall(self) -> float:
+        return statistics.median(self.wall)
+
+    @property
+    def median_cpu(self) -> float:
+        return statistics.median(self.cpu)
+
+
+def timed(call: Callable[[], object], repeats: int, warm_up: bool = True) -> tuple[Timing, object]:
+    """Median timing of ``call`` (after a warm-up); stops at a budget. Returns the last result."""
+    timing, result = Timing(), None
+    try:
+        if warm_up:
+            call()
+        for _ in range(repeats):
+            wall, cpu = time.perf_counter(), time.process_time()
+            result = call()
+            timing.wall.append(time.perf_counter() - wall)
+            timing.cpu.append(time.process_time() - cpu)
+            if sum(timing.wall) > REPEAT_CAP_S:
+                break
+    except BudgetExceeded as stop:
+        timing.wall, timing.cpu = [], []
+        timing.stopped_after, timing.progress, timing.reason = (
+            stop.elapsed,
+            stop.progress,
+            stop.reason,
+        )
+    return timing, result
+
+
+def rss_gib() -> float:
+    """Resident memory of this process (Linux), 0 where unknown."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
+
+
+class Budget:
+    """Time and memory allowed to one baseline call, counted from the budget's creation."""
+
+    def __init__(self, seconds: float, memory_gib: float) -> None:
+        self.seconds, self.memory_gib = seconds, memory_gib
+        self.start, self.base_rss_gib = time.perf_counter(), rss_gib()
+
+    def check(self, done: int, total: int) -> None:
+        elapsed = time.perf_counter() - self.start
+        if elapsed > self.seconds:
+            raise BudgetExceeded(done / total, elapsed, f"stopped past {self.seconds:.0f} s")
+        if rss_gib() - self.base_rss_gib > self.memory_gib:
+            raise BudgetExceeded(
+                done / total, elapsed, f"stopped past {self.memory_gib:g} GiB of extra memory"
+            )
+
+
+def relative_error(actual: list[Tensor], expected: list[Tensor]) -> float:
+    """Largest over orders of ``max |a - e| / max |e|`` (float64)."""
+    errors = []
+    for a, e in zip(actual, expected, strict=True):
+        a, e = a.double(), e.double()
+        errors.append(((a - e).abs().max() / e.abs().max().clamp_min(1e-300)).item())
+    return max(errors)
+
+
+def mlp(inputs: int, widths: list[int], outputs: int, dtype: torch.dtype) -> nn.Module:
+    torch.manual_seed(SEED)
+    layers: list[nn.Module] = []
+    for width in widths:
+        layers += [nn.Linear(inputs, width), nn.Tanh()]
+        inputs = width
+    layers.append(nn.Linear(inputs, outputs))
+    return nn.Sequential(*layers).to(dtype).eval()
+
+
+def uniform_points(count: int, p: int, dtype: torch.dtype, seed: int = SEED) -> Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return (2 * torch.rand(count, p, generator=generator, dtype=torch.float64) - 1).to(dtype)
+
+
+# =============================================================================== 1. practitioner
+PRACTITIONER_WIDTHS = [64, 64, 64]
+PRACTITIONER_P = 5
+PRACTITIONER_ORDER = 3
+
+
+def torch_func_composition(
+    model: nn.Module, transforms: tuple[str, ...] | None, chunk: int | None
+) -> Callable[[Tensor], list[Tensor]]:
+    """``x (B, p) -> [gradient, Hessian, third] (B, O, p, ...)`` by a ``torch.func`` composition.
+
+    ``transforms`` names the innermost to outermost Jacobian (``"rev"``/``"fwd"``); each outer one
+    returns the inner results as ``has_aux``, so one call yields all orders. ``None``: the usual
+    three separate calls (``jacrev``, ``jacfwd(jacrev)``, ``jacfwd(jacfwd(jacrev))``). ``chunk``:
+    points per vmap call.
+    """
+    single = lambda z: model(z.unsqueeze(0))[0]
+    jac = {"rev": jacrev, "fwd": jacfwd}
+
+    if transforms is None:
+        first = jacrev(single)
+        second = jacfwd(first)
+        functions = [vmap(first), vmap(second), vmap(jacfwd(second))]
+
+        def per_chunk(x: Tensor) -> list[Tensor]:
+            return [f(x) for f in functions]
+
+    else:
+        inner, middle, outer = (jac[t] for t in transforms)
+
+        def d1(z: Tensor) -> tuple[Tensor, tuple[Tensor]]:
+            g = inner(single)(z)
+            return g, (g,)
+
+        def d2(z: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+            h, (g,) = middle(d1, has_aux=True)(z)
+            return h, (g, h)
+
+        def d3(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            t, (g, h) = outer(d2, has_aux=True)(z)
+            return g, h, t
+
+        batched = vmap(d3)
+
+        def per_chunk(x: Tensor) -> list[Tensor]:
+            return list(batched(x))
+
+    def run(x: Tensor, budget: Budget | None = None) -> list[Tensor]:
+        size = chunk or x.shape[0]
+        parts = []
+        with torch.no_grad():
+            for start in range(0, x.shape[0], size):
+                if budget is not None:
+                    budget.check(start, x.shape[0])
+                parts.append(per_chunk(x[start : start + size]))
+        return [torch.cat(tensors) for tensors in zip(*parts, strict=True)]
+
+    return run
+
+
+def candidates(quick: bool) -> list[tuple[str, tuple[str, ...] | None, int | None]]:
+    orders = [("rev", "fwd", "fwd"), ("rev", "rev", "fwd")]
+    if not quick:
+        orders += [("rev", "fwd", "rev"), ("rev", "rev", "rev"), ("fwd", "fwd", "fwd")]
+    result: list[tuple[str, tuple[str, ...] | None, int | None]] = [
+        ("jacrev; jacfwd(jacrev); jacfwd(jacfwd(jacrev)), 3 calls", None, None)
+    ]
+    for transforms in orders:
+        name = "jac" + "(jac".join(reversed(transforms)) + "(f" + ")" * len(transforms)
+        for chunk in (None, 1000) if not quick else (None,):
+            where = "all points" if chunk is None else f"chunks of {chunk}"
+            result.append((f"{name} with aux, {where}", transforms, chunk))
+    return result
+
+
+@dataclass
+class PractitionerResult:
+    hope: Timing
+    baselines: list[tuple[str, Timing, float | None]]  # name, timing, rel. diff vs hope
+    checks: list[tuple[str, float]]  # float64 agreement
+    sweep: list[tuple[str, Timing]]
+
+    def fastest(self, metric: str) -> tuple[str, Timing] | None:
+        """The composition with the smallest median ``"wall"`` or ``"cpu"`` time."""
+        done = [(name, t) for name, t, _ in self.baselines if t.completed]
+        median = lambda item: item[1].median_wall if metric == "wall" else item[1].median_cpu
+        return min(done, key=median) if done else None
+
+
+def hope_before_blocking(model: nn.Module, x: Tensor, order: int) -> list[Tensor]:
+    """The method before blocks of points: all points at once, the engine's default chunks of
+    directions (each chunk recomputes the primal and its Taylor tables)."""
+    expansion = Expansion(model, x, order)
+    p = x.shape[1]
+    directions = torch.tensor(_mixed.multi_indices(p, order), dtype=x.dtype)
+    along = expansion.directional_coefficients((directions[:, None, :].expand(-1, len(x), -1),))
+    return [
+        torch.tensordot(along[k - 1], _mixed._solver(p, order, k).to(x.dtype), dims=([0], [1]))
+        for k in range(1, order + 1)
+    ]
+
+
+def with_block_budget(budget_bytes: int, call: Callable[[], object]) -> Callable[[], object]:
+    def run() -> object:
+        saved = _mixed._BLOCK_BYTES
+        _mixed._BLOCK_BYTES = budget_bytes
+        try:
+            return call()
+        finally:
+            _mixed._BLOCK_BYTES = saved
+
+    return run
+
+
+def run_practitioner(settings: Settings, log: Callable[[str], None]) -> PractitionerResult:
+    model = mlp(PRACTITIONER_P, PRACTITIONER_WIDTHS, 1, settings.dtype)
+    x = torch.randn(
+        settings.points,
+        PRACTITIONER_P,
+        generator=torch.Generator().manual_seed(SEED),
+        dtype=settings.dtype,
+    )
+    order = PRACTITIONER_ORDER
+    hope_call = lambda: hope_attr.mixed_derivatives(model, x, order)
+    hope, hope_result = timed(hope_call, settings.repeats)
+    log(f"  hope: {hope.median_wall:.3f} s wall, {hope.median_cpu:.3f} s CPU")
+
+    baselines = []
+    for name, transforms, chunk in candidates(settings.quick):
+        run = torch_func_composition(model, transforms, chunk)
+
+        def call(run: Callable = run) -> list[Tensor]:
+            return run(x, Budget(settings.budget, settings.memory_limit_gib))
+
+        timing, result = timed(call, settings.repeats)
+        diff = relative_error(result, hope_result) if timing.completed else None
+        baselines.append((name, timing, diff))
+        log(f"  {name}: " + (f"{timing.median_wall:.3f} s" if timing.completed else timing.reason))
+
+    # float64 check on a subset: hope against the two fastest compositions (CPU time).
+    model64 = copy.deepcopy(model).double()
+    x64 = x[: settings.check_points].double()
+    reference_hope = hope_attr.mixed_derivatives(model64, x64, order)
+    done = sorted(
+        (timing.median_cpu, index)
+        for index, (_, timing, _) in enumerate(baselines)
+        if timing.completed
+    )
+    checks = []
+    for _, index in done[:2]:
+        name, transforms, chunk = candidates(settings.quick)[index]
+        expected = torch_func_composition(model64, transforms, chunk)(x64)
+        checks.append((name, relative_error(reference_hope, expected)))
+        log(f"  float64 check vs {name}: {checks[-1][1]:.1e}")
+
+    sweep = []
+    for mib in settings.block_budgets_mib:
+        timing, _ = timed(with_block_budget(int(mib * 2**20), hope_call), settings.repeats)
+        default = " (the default)" if mib * 2**20 == BLOCK_DEFAULT else ""
+        sweep.append((f"{mib:g} MiB{default}", timing))
+    timing, _ = timed(lambda: hope_before_blocking(model, x, order), settings.repeats)
+    sweep.append(("all points at once, engine's direction chunks (before blocking)", timing))
+    log("  block sweep done")
+    return PractitionerResult(hope, baselines, checks, sweep)
+
+
+# =============================================================================== 2. Table 1
+def table1_model(p: int, width: int, dtype: torch.dtype) -> nn.Module:
+    return mlp(p, [width] * 9, 1, dtype)  # 10 linear layers, 9 tanh
+
+
+def nested_autograd(
+    model: nn.Module, x0: Tensor, order: int, budget: Budget | None
+) -> list[Tensor]:
+    """The paper's baseline: ``torch.autograd.grad`` of every entry of the previous tensor.
+
+    Order ``k`` takes ``p^(k-1)`` backward passes through graphs that grow with ``k``.
+    """
+    p = x0.numel()
+    total = sum(p**k for k in range(order))  # backward passes
+    done = 0
+    x = x0.detach().clone().requires_grad_()
+    entries = [model(x[None])[0, 0]]
+    tensors = []
+    for k in range(1, order + 1):
+        following = []
+        for entry in entries:
+            if budget is not None:
+                budget.check(done, total)
+            if entry.requires_grad:
+                (gradient,) = torch.autograd.grad(
+                    entry, x, create_graph=k < order, retain_graph=True
+                )
+            else:  # an earlier derivative was constant: all further ones vanish
+                gradient = torch.zeros_like(x)
+            following.extend(gradient.unbind())
+            done += 1
+        tensors.append(torch.stack(following).detach().reshape([1, 1] + [p] * k))
+        entries = following
+    return tensors
+
+
+@dataclass
+class Table1Row:
+    p: int
+    order: int
+    hope: Timing
+    autograd: Timing | None  # None: skipped (a lower order was stopped)
+    skip_bound: float = 0.0
+    diff: float | None = None
+
+
+def run_table1(settings: Settings, log: Callable[[str], None]) -> list[Table1Row]:
+    rows = []
+    for p in settings.table1_inputs:
+        model = table1_model(p, settings.table1_width, settings.dtype)
+        x0 = uniform_points(1, p, settings.dtype)[0]
+        stopped: float | None = None
+        for order in settings.table1_orders:
+            hope, hope_result = timed(
+                partial(hope_attr.mixed_derivatives, model, x0[None], order), settings.repeats
+            )
+            row = Table1Row(p, order, hope, None)
+            if stopped is None:
+
+                def call(model: nn.Module = model, x0: Tensor = x0, order: int = order) -> list:
+                    budget = Budget(settings.budget, settings.memory_limit_gib)
+                    return nested_autograd(model, x0, order, budget)
+
+                # No warm-up for calls that may take a minute: the first order warmed up the code.
+                warm = order == settings.table1_orders[0]
+                autograd, result = timed(call, settings.repeats, warm_up=warm)
+                row.autograd = autograd
+                if autograd.completed:
+                    row.diff = relative_error(result, hope_result)
+                else:
+                    stopped = autograd.stopped_after
+            else:
+                row.skip_bound = stopped
+            rows.append(row)
+            log(f"  p={p} n={order}: hope {hope.median_wall:.3f} s, autograd " + autograd_text(row))
+    return rows
+
+
+def verify_table1_baseline() -> str:
+    """The nested-autograd baseline agrees with hope in float64 on a small net (orders 1..4)."""
+    model = table1_model(3, 16, torch.float64)
+    x0 = uniform_points(1, 3, torch.float64)[0]
+    error = relative_error(
+        nested_autograd(model, x0, 4, None), hope_attr.mixed_derivatives(model, x0[None], 4)
+    )
+    if not error <= CHECK_TOLERANCE:
+        raise AssertionError(f"nested autograd disagrees with hope in float64: {error:.1e}")
+    return f"nested autograd vs hope, float64, 10-layer width-16 MLP, p = 3, n = 4: {error:.1e}"
+
+
+# =============================================================================== 3. Table 3
+@dataclass
+class InferenceRow:
+    model: str
+    batch: int
+    network: float  # seconds per call
+    polynomial: float
+    max_gap: float  # max |P(x) - f(x)| on the timed inputs
+
+
+def per_call_seconds(call: Callable[[], object], target_s: float) -> float:
+    """Median over 5 rounds of the mean time per call, each round about ``target_s`` long."""
+    call()
+    loops, elapsed = 1, 0.0
+    while True:
+        start = time.perf_counter()
+        for _ in range(loops):
+            call()
+        elapsed = time.perf_counter() - start
+        if elapsed >= target_s / 5 or loops >= 1 << 20:
+            break
+        loops *= 4
+    rounds = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(loops):
+            call()
+        rounds.append((time.perf_counter() - start) / loops)
+    return statistics.median(rounds)
+
+
+def run_inference(settings: Settings, log: Callable[[str], None]) -> list[InferenceRow]:
+    models = {
+        "controller 1-64-64-64-1": mlp(1, [64, 64, 64], 1, settings.dtype),
+        "practitioner 5-64-64-64-1": mlp(PRACTITIONER_P, PRACTITIONER_WIDTHS, 1, settings.dtype),
+    }
+    target = 0.05 if settings.quick else 0.5
+    rows = []
+    for name, model in models.items():
+        p = model[0].in_features
+        surrogate = hope_attr.expand(model, torch.zeros(p, dtype=settings.dtype), 3).to_module()
+        for batch in settings.batch_sizes:
+            x = uniform_points(batch, p, settings.dtype, seed=batch)
+            with torch.no_grad():
+                gap = (surrogate(x) - model(x)).abs().max().item()
+                network = per_call_seconds(partial(model, x), target)
+                polynomial = per_call_seconds(partial(surrogate, x), target)
+            rows.append(InferenceRow(name, batch, network, polynomial, gap))
+        log(f"  {name}: done")
+    return rows
+
+
+# =============================================================================== report
+def table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, ["-" * w for w in widths], *rows]
+    )
+
+
+def seconds(value: float) -> str:
+    return f"{value:.3f} s" if value >= 0.1 else f"{1e3 * value:.1f} ms"
+
+
+def timing_cells(timing: Timing) -> list[str]:
+    if not timing.completed:
+        return [f"> {timing.stopped_after:.0f} s (stopped)", "-"]
+    return [seconds(timing.median_wall), seconds(timing.median_cpu)]
+
+
+def autograd_text(row: Table1Row) -> str:
+    if row.autograd is None:
+        return f"skipped (order {row.order - 1} already took > {row.skip_bound:.0f} s)"
+    if row.autograd.completed:
+        return f"{row.autograd.median_wall:.3f} s"
+    return f"> {row.autograd.stopped_after:.0f} s ({row.autograd.reason})"
+
+
+def ratio(slow: float, fast: float, lower_bound: bool = False) -> str:
+    return (">= " if lower_bound else "") + f"{slow / fast:.3g}x"
+
+
+def practitioner_section(result: PractitionerResult, settings: Settings, md: bool) -> list[str]:
+    out = []
+    rows = [["hope_attr.mixed_derivatives", *timing_cells(result.hope), "-", "-", "-"]]
+    for name, timing, diff in result.baselines:
+        cells = timing_cells(timing)
+        if timing.completed:
+            speedups = [
+                ratio(timing.median_wall, result.hope.median_wall),
+                ratio(timing.median_cpu, result.hope.median_cpu),
+            ]
+        else:
+            speedups = [ratio(timing.stopped_after, result.hope.median_wall, True), "-"]
+        rows.append([f"torch.func: {name}", *cells, *speedups, f"{diff:.1e}" if diff else "-"])
+    header = ["method", "median wall", "median CPU", "hope speed-up (wall)", "(CPU)"]
+    header.append("rel. diff vs hope")
+    out += [table(header, rows, md), ""]
+    prefix = "- " if md else "  "
+    for name, error in result.checks:
+        verdict = "PASS" if error <= CHECK_TOLERANCE else "FAIL"
+        out.append(
+            f"{prefix}float64 check on {settings.check_points} points, hope vs {name}: max "
+            f"relative error per order {error:.1e} (needed <= {CHECK_TOLERANCE:g}): {verdict}"
+        )
+    out += [
+        "",
+        ("Block-size sweep" if not md else "**Block-size sweep**") + " (hope, same case):",
+        "",
+    ]
+    rows = [[name, *timing_cells(timing)] for name, timing in result.sweep]
+    out += [table(["points per block: series budget", "median wall", "median CPU"], rows, md), ""]
+    return out
+
+
+def table1_section(rows: list[Table1Row], md: bool) -> list[str]:
+    cells = []
+    for row in rows:
+        hope = row.hope
+        if row.autograd is None:
+            auto_cells = [f"skipped (n = {row.order - 1} took > {row.skip_bound:.0f} s)", "-"]
+            speedups = [ratio(row.skip_bound, hope.median_wall, True), "-"]
+            note = ""
+        elif row.autograd.completed:
+            auto_cells = timing_cells(row.autograd)
+            speedups = [
+                ratio(row.autograd.median_wall, hope.median_wall),
+                ratio(row.autograd.median_cpu, hope.median_cpu),
+            ]
+            note = ""
+        else:
+            auto_cells = timing_cells(row.autograd)
+            speedups = [ratio(row.autograd.stopped_after, hope.median_wall, True), "-"]
+            note = row.autograd.reason
+            if row.autograd.progress > 0:
+                estimate = row.autograd.stopped_after / row.autograd.progress
+                note += (
+                    f"; {row.autograd.progress:.1%} of the backward passes done; EXTRAPOLATED "
+                    f"(not measured, passes of the last orders cost more, so likely an "
+                    f"underestimate): ~{estimate:.0f} s"
+                )
+        diff = "-" if row.diff is None else f"{row.diff:.1e}"
+        cells.append(
+            [str(row.p), str(row.order), *timing_cells(hope), *auto_cells, *speedups, diff, note]
+        )
+    header = ["p", "n", "hope wall", "hope CPU", "autograd wall", "autograd CPU"]
+    header += ["speed-up (wall)", "(CPU)", "rel. diff", "note"]
+    return [table(header, cells, md), ""]
+
+
+def inference_section(rows: list[InferenceRow], md: bool) -> list[str]:
+    cells = [
+        [
+            row.model,
+            str(row.batch),
+            f"{1e6 * row.network:.1f} us",
+            f"{1e6 * row.polynomial:.1f} us",
+            f"{row.network / row.polynomial:.3g}x",
+            f"{row.max_gap:.2e}",
+        ]
+        for row in rows
+    ]
+    header = ["model", "batch", "network", "polynomial module", "speed-up", "max |P - f|"]
+    return [table(header, cells, md), ""]
+
+
+def targets_section(
+    practitioner: PractitionerResult, table1: list[Table1Row], md: bool
+) -> list[str]:
+    rows = []
+    hope = practitioner.hope
+    by_wall, by_cpu = practitioner.fastest("wall"), practitioner.fastest("cpu")
+    if by_wall is not None and by_cpu is not None:
+        wall = by_wall[1].median_wall / hope.median_wall
+        cpu = by_cpu[1].median_cpu / hope.median_cpu
+        verdict = "PASS" if min(wall, cpu) >= PRACTITIONER_TARGET else "FAIL"
+        rows.append(
+            [
+                f"practitioner: hope >= {PRACTITIONER_TARGET:g}x faster than the fastest "
+                f"torch.func composition (by wall: {by_wall[0]}; by CPU: {by_cpu[0]})",
+                f"{wall:.2f}x wall, {cpu:.2f}x CPU",
+                verdict + ("" if verdict == "PASS" else " (the lower ratio counts)"),
+            ]
+        )
+    worst = max((c[1] for c in practitioner.checks), default=None)
+    if worst is not None:
+        verdict = "PASS" if worst <= CHECK_TOLERANCE else "FAIL"
+        rows.append(["practitioner: exact (float64 check <= 1e-9)", f"{worst:.1e}", verdict])
+    for row in table1:
+        if row.p == 3 and row.order == 10:
+            verdict = "PASS" if row.hope.median_wall < TABLE1_TARGET_S else "FAIL"
+            rows.append(
+                [
+                    f"Table 1: n = 10, p = 3 under {TABLE1_TARGET_S:g} s",
+                    f"{row.hope.median_wall:.3f} s wall, {row.hope.median_cpu:.3f} s CPU",
+                    verdict,
+                ]
+            )
+    return [table(["target", "measured", "verdict"], rows, md), ""]
+
+
+def render(
+    header: list[str],
+    settings: Settings,
+    practitioner: PractitionerResult,
+    table1: list[Table1Row],
+    inference: list[InferenceRow],
+    md: bool,
+) -> str:
+    heading = "## " if md else "=== "
+    out = [("# " if md else "") + "hope_attr mixed-partials benchmark", ""]
+    out += [("- " if md else "  ") + line for line in header] + [""]
+    out += [
+        f"{heading}1. Practitioner's case: all partials up to order {PRACTITIONER_ORDER}, "
+        f"MLP {PRACTITIONER_P}-64-64-64-1 (tanh), {settings.points} points",
+        "",
+    ]
+    out += practitioner_section(practitioner, settings, md)
+    out += [
+        f"{heading}2. Paper's Table 1: all mixed partials of orders 1..n at one point, "
+        f"10-layer tanh MLP of width {settings.table1_width}, vs nested autograd",
+        "",
+    ]
+    out += table1_section(table1, md)
+    out += [
+        f"{heading}3. Paper's Table 3: order-3 polynomial module vs network, time per batch",
+        "",
+    ]
+    out += inference_section(inference, md)
+    out += [f"{heading}Targets", ""]
+    out += targets_section(practitioner, table1, md)
+    return "\n".join(out)
+
+
+def revision() -> str:
+    root = Path(hope_attr.__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return f"hope_attr {hope_attr.__version__} (not a git checkout)"
+    modified = git("status", "--porcelain", "--", "hope_attr", "benchmarks/mixed.py")
+    return f"hope_attr {hope_attr.__version__}, git {commit}" + (
+        " (with uncommitted changes in hope_attr/ or this script)" if modified else ""
+    )
+
+
+def run_header(settings: Settings, command: str, load_at_start: float, started: float) -> list[str]:
+    environment = ", ".join(f"{v}={os.environ.get(v, '(unset)')}" for v in ENVIRONMENT_VARIABLES)
+    return [
+        f"command: `{command}`",
+        revision(),
+        f"torch {torch.__version__}, Python {platform.python_version()}, {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, dtype {settings.dtype}",
+        f"environment: {environment} (recommended: {RECOMMENDED})",
+        f"load average (1 min) at the start: {load_at_start:.2f}, at the end: "
+        f"{os.getloadavg()[0]:.2f}; total wall time {time.perf_counter() - started:.0f} s",
+        f"timing: a warm-up call, then the median of up to {settings.repeats} calls (fewer once a "
+        f"configuration took {REPEAT_CAP_S:.0f} s); baselines stopped past {settings.budget:.0f} s "
+        f"or {settings.memory_limit_gib:g} GiB of extra memory",
+        "wall time and process CPU time (all threads) are both given; on a machine shared with "
+        "other processes the CPU time is the steadier one, and the load average says how shared",
+        f"models: PyTorch default init under torch.manual_seed({SEED}), eval mode",
+    ]
+
+
+# =============================================================================== main
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny budget, for a smoke test")
+    parser.add_argument("--markdown", type=Path, help="also write the report as markdown here")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for every method")
+    parser.add_argument("--repeats", type=int, help="timed calls per configuration (median)")
+    parser.add_argument("--budget", type=float, default=60.0, help="seconds per baseline call")
+    parser.add_argument(
+        "--memory-limit", type=float, default=6.0, help="GiB of extra memory per baseline call"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    settings = settings_from(args)
+    torch.set_num_threads(settings.threads)
+    log = lambda line: print(line, flush=True)
+    started, load_at_start = time.perf_counter(), os.getloadavg()[0]
+    log(f"load average at start: {load_at_start:.2f}")
+    log(f"verified: {verify_table1_baseline()}")
+    log("1. practitioner's case")
+    practitioner = run_practitioner(settings, log)
+    log("2. Table 1")
+    table1 = run_table1(settings, log)
+    log("3. Table 3")
+    inference = run_inference(settings, log)
+    command = " ".join(["python", "benchmarks/mixed.py", *(argv or sys.argv[1:])])
+    header = run_header(settings, command, load_at_start, started)
+    print()
+    print(render(header, settings, practitioner, table1, inference, md=False))
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        text = render(header, settings, practitioner, table1, inference, md=True)
+        args.markdown.write_text(text + "\n")
+        print(f"markdown written to {args.markdown}")
+
+
+if __name__ == "__main__":
+    main()
