@@ -86,7 +86,7 @@ def unmixed_derivatives(
     is_tuple = isinstance(inputs, tuple)
     expansion = Expansion(forward_func, inputs, order, additional_forward_args, internal_batch_size)
     factorials = torch.tensor(
-        [math.factorial(k) for k in range(1, order + 1)],
+        [float(math.factorial(k)) for k in range(1, order + 1)],
         dtype=expansion.output.dtype,
         device=expansion.output.device,
     )

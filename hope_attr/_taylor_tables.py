@@ -14,6 +14,11 @@ import torch
 from torch import Tensor
 
 
+def _inverse_factorial(k: int) -> float:
+    """``1 / k!`` as a float: ``k!`` itself overflows int64 past ``k = 20``."""
+    return math.exp(-math.lgamma(k + 1))
+
+
 def _square_series(y: list[Tensor], k: int) -> Tensor:
     """Coefficient ``k`` of ``y(t)^2`` from the known coefficients ``y_0..y_k``."""
     return sum(y[i] * y[k - i] for i in range(k + 1))  # type: ignore[return-value]
@@ -40,7 +45,7 @@ def sigmoid(x: Tensor, order: int) -> list[Tensor]:
 
 def exp(x: Tensor, order: int) -> list[Tensor]:
     value = torch.exp(x)
-    return [value] + [value / math.factorial(k) for k in range(1, order + 1)]
+    return [value] + [value * _inverse_factorial(k) for k in range(1, order + 1)]
 
 
 def log(x: Tensor, order: int) -> list[Tensor]:
@@ -57,13 +62,13 @@ def log(x: Tensor, order: int) -> list[Tensor]:
 def sin(x: Tensor, order: int) -> list[Tensor]:
     s, c = torch.sin(x), torch.cos(x)
     cycle = [s, c, -s, -c]  # sin^(k) = sin(x + k pi / 2)
-    return [cycle[k % 4] / math.factorial(k) for k in range(order + 1)]
+    return [cycle[k % 4] * _inverse_factorial(k) for k in range(order + 1)]
 
 
 def cos(x: Tensor, order: int) -> list[Tensor]:
     s, c = torch.sin(x), torch.cos(x)
     cycle = [c, -s, -c, s]
-    return [cycle[k % 4] / math.factorial(k) for k in range(order + 1)]
+    return [cycle[k % 4] * _inverse_factorial(k) for k in range(order + 1)]
 
 
 def power(x: Tensor, exponent: float, order: int) -> list[Tensor]:
@@ -100,7 +105,7 @@ def elu(x: Tensor, order: int, alpha: float = 1.0, scale: float = 1.0) -> list[T
     ex = alpha * scale * torch.exp(torch.where(positive, 0.0, x))
     out = [scale * torch.nn.functional.elu(x, alpha)]
     for k in range(1, order + 1):
-        out.append(torch.where(positive, float(k == 1) * scale, ex / math.factorial(k)))
+        out.append(torch.where(positive, float(k == 1) * scale, ex * _inverse_factorial(k)))
     return out
 
 
@@ -114,7 +119,8 @@ def gelu(x: Tensor, order: int) -> list[Tensor]:
         m = len(hermite) - 1
         hermite.append(x * hermite[m] - m * hermite[m - 1])
     phi = [cdf] + [
-        ((-1) ** (k - 1)) * hermite[k - 1] * pdf / math.factorial(k) for k in range(1, order + 1)
+        ((-1) ** (k - 1)) * hermite[k - 1] * pdf * _inverse_factorial(k)
+        for k in range(1, order + 1)
     ]
     out = [x * cdf]
     for k in range(1, order + 1):

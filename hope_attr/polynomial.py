@@ -75,8 +75,9 @@ class TaylorPolynomial:
         """
         new_center = torch.as_tensor(new_center, dtype=self.center.dtype)
         shift = new_center - self.center
-        a = self.exponents[None, :, :]  # (1, M, p): source monomials
-        b = self.exponents[:, None, :]  # (M, 1, p): target monomials
+        # float64: float32 binomials are wrong past C(40, 20) and their exponentials overflow.
+        a = self.exponents[None, :, :].double()  # (1, M, p): source monomials
+        b = self.exponents[:, None, :].double()  # (M, 1, p): target monomials
         below = (b <= a).all(-1)
         binomials = torch.exp(
             torch.lgamma(a + 1.0) - torch.lgamma(b + 1.0) - torch.lgamma((a - b).clamp(min=0) + 1.0)
@@ -237,8 +238,9 @@ class TaylorPolynomial:
         the series converges slowly or not at all at this scale.
         """
         degree = self.exponents.sum(1)
-        factorials = torch.exp(torch.lgamma(self.exponents + 1.0).sum(1))
-        multiplicity = torch.exp(torch.lgamma(degree + 1.0)) / factorials
+        exponents = self.exponents.double()  # float32 factorials overflow past 34!
+        factorials = torch.exp(torch.lgamma(exponents + 1.0).sum(1))
+        multiplicity = torch.exp(torch.lgamma(degree.double() + 1.0)) / factorials
         flat = self.coefficients.reshape(len(self.exponents), -1).double()
         derivative = flat * factorials.double()[:, None]
         norms = torch.stack(

@@ -157,3 +157,17 @@ def test_univariate_evaluation(exponents: list[list[int]]) -> None:
     expected = sum(c * (x - 0.4) ** e[0] for c, e in zip(coefficients, exponents, strict=True))
     torch.testing.assert_close(poly(x), expected, rtol=1e-13, atol=1e-13)
     torch.testing.assert_close(poly.to_module()(x), expected, rtol=1e-13, atol=1e-13)
+
+
+def test_high_order_binomials_and_ratios_are_computed_in_float64() -> None:
+    # x^40 around 0, re-centered at 1: the coefficient of (x - 1)^20 is C(40, 20) exactly
+    # (float32 binomials are off in the 8th digit there), and the Table 2 ratios stay finite
+    # past 34! (which overflows float32).
+    poly = hope_attr.expand(lambda x: x**40, torch.zeros(1, dtype=torch.float64), 40)
+    moved = poly.recenter(torch.ones(1, dtype=torch.float64))
+    row = (moved.exponents[:, 0] == 20).nonzero().item()
+    assert moved.coefficients.reshape(len(moved.exponents), -1)[row, 0].item() == pytest.approx(
+        math.comb(40, 20), rel=1e-12
+    )
+    tanh = hope_attr.expand(torch.tanh, torch.zeros(1, dtype=torch.float64), 40)
+    assert torch.isfinite(tanh.convergence_ratios()).all()

@@ -310,3 +310,17 @@ def test_user_rules_can_use_torch_functions_and_operators_on_jets() -> None:
         assert relative_error(actual, unmixed_reference(model, x, 5)) <= TOLERANCE
     finally:
         hope_attr.unregister_rule(SoftCube)
+
+
+def test_orders_past_twenty_are_exact() -> None:
+    # k! overflows int64 past k = 20; the tables must not. Closed forms: exp^(k) = exp,
+    # sin^(k)(x) = sin(x + k pi / 2).
+    x = torch.full((1, 1), 0.3, dtype=torch.float64)
+    order = 24
+    k = torch.arange(1, order + 1, dtype=torch.float64)
+    exp = hope_attr.unmixed_derivatives(torch.exp, x, order)[:, 0, 0, 0]
+    torch.testing.assert_close(
+        exp, torch.full((order,), 0.3, dtype=torch.float64).exp(), rtol=1e-12, atol=0
+    )
+    sin = hope_attr.unmixed_derivatives(torch.sin, x, order)[:, 0, 0, 0]
+    torch.testing.assert_close(sin, torch.sin(0.3 + k * torch.pi / 2), rtol=1e-12, atol=1e-14)
