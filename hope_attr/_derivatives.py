@@ -43,8 +43,13 @@ def unmixed_derivatives(
 
 
 def unmixed_derivatives(
-    forward_func, inputs, order, *, additional_forward_args=None, internal_batch_size=None
-):
+    forward_func: Callable[..., Tensor],
+    inputs: Tensor | tuple[Tensor, ...],
+    order: int,
+    *,
+    additional_forward_args: Any = None,
+    internal_batch_size: int | None = None,
+) -> Tensor | tuple[Tensor, ...]:
     """All unmixed derivatives ``d^k out[b, o] / d inputs[b, i]^k`` for ``k = 1..order``.
 
     Exact to floating-point rounding: each input feature's direction is pushed through the

@@ -72,6 +72,8 @@ class Jet:
             broadcast); ``None`` together with ``seed`` for an input's identity seed.
         order: the truncation order ``n``; coefficients ``m < k <= n`` are zero.
         seed: set only on an untouched model input (see :class:`InputSeed`).
+        window: set when ``series`` holds receptive-field windows ``(m, D, B|1, C, *size)``
+            instead of whole feature maps (see :mod:`hope_attr._windows`).
     """
 
     __slots__ = ("primal", "_series", "order", "seed", "window")

@@ -185,7 +185,8 @@ def _point(text: str) -> torch.Tensor:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hope-attr", description=__doc__.split("\n\n")[0])
+    summary = __doc__.split("\n\n")[0].replace("``", "")  # plain text, not reStructuredText
+    parser = argparse.ArgumentParser(prog="hope-attr", description=summary)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("expand", "print the Taylor polynomial at a point"),
@@ -202,8 +203,13 @@ def _parser() -> argparse.ArgumentParser:
             help="allow unpickling a full model file (runs code)",
         )
         command.add_argument("--point", type=_point, required=True, help="e.g. 0,0")
-        command.add_argument("--order", type=int, default=4)
-        command.add_argument("--threshold", type=float, default=1e-3)
+        command.add_argument("--order", type=int, default=4, help="highest degree (default 4)")
+        command.add_argument(
+            "--threshold",
+            type=float,
+            default=1e-3,
+            help="hide terms whose |coefficient| is below this (default 1e-3)",
+        )
         command.add_argument("--output", type=int, default=0, help="output index to print")
         command.add_argument(
             "--around-zero", action="store_true", help="write powers of x instead of x - point"
@@ -213,9 +219,15 @@ def _parser() -> argparse.ArgumentParser:
     expand_command.add_argument("--latex", action="store_true", help="also print LaTeX")
     expand_command.add_argument("--json", help="save the polynomial to this JSON file")
     discover_command = commands.choices["discover"]
-    discover_command.add_argument("--radius", type=float, default=1.0)
-    discover_command.add_argument("--num", type=int, default=30)
-    discover_command.add_argument("--seed", type=int, default=0)
+    discover_command.add_argument(
+        "--radius", type=float, default=1.0, help="sample points within this distance (default 1)"
+    )
+    discover_command.add_argument(
+        "--num", type=int, default=30, help="how many expansion points (default 30)"
+    )
+    discover_command.add_argument(
+        "--seed", type=int, default=0, help="random seed of the sampled points (default 0)"
+    )
     return parser
 
 

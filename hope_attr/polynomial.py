@@ -31,6 +31,23 @@ class TaylorPolynomial:
         exponents: ``(M, p)`` integer exponents, degree 0 first.
         coefficients: ``(M, *O)``, one polynomial per output.
         names: variable names (default ``x1..xp``).
+
+    Usually built by :func:`hope_attr.expand`, which fills it with a network's Taylor
+    coefficients.
+
+    Example:
+        >>> import torch
+        >>> from hope_attr import TaylorPolynomial
+        >>> # 1 + 2 (x1 - 1) + 3 (x1 - 1) x2, centered at (1, 0)
+        >>> poly = TaylorPolynomial(
+        ...     torch.tensor([1.0, 0.0]),
+        ...     torch.tensor([[0, 0], [1, 0], [1, 1]]),
+        ...     torch.tensor([[1.0], [2.0], [3.0]]),
+        ... )
+        >>> poly(torch.tensor([[2.0, 1.0]]))  # 1 + 2 + 3
+        tensor([[6.]])
+        >>> poly.order, poly.num_variables
+        (2, 2)
     """
 
     def __init__(
@@ -51,14 +68,17 @@ class TaylorPolynomial:
 
     @property
     def order(self) -> int:
+        """The highest degree among the monomials."""
         return int(self.exponents.sum(1).max())
 
     @property
     def num_variables(self) -> int:
+        """``p``, the number of input variables."""
         return self.center.numel()
 
     @property
     def output_shape(self) -> torch.Size:
+        """``O``: one polynomial per output entry (``(10,)`` for a 10-class network)."""
         return self.coefficients.shape[1:]
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -168,6 +188,11 @@ class TaylorPolynomial:
 
     @classmethod
     def load(cls, path: str | Path) -> TaylorPolynomial:
+        """Read a polynomial written by :meth:`save` (plain JSON: no code runs).
+
+        Raises:
+            ValueError: the file is not a saved TaylorPolynomial.
+        """
         payload = json.loads(Path(path).read_text())
         if payload.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a saved TaylorPolynomial ({_FORMAT})")
