@@ -30,11 +30,23 @@ Three measurements, each reported as ratios measured in this one run:
 Weights are PyTorch's default initialization under ``torch.manual_seed(0)``, in float32 unless
 ``--dtype float64``. Timing: ``torch.set_num_threads(--threads)`` (default 2) for every method, a
 warm-up call, then the median of up to ``--repeats`` calls (fewer once a configuration took 20 s).
-Wall time and process CPU time (all threads) are both printed: on a machine shared with other
-processes the CPU time is the steadier of the two; ratios are given for both. Recommended::
+Wall time and process CPU time (all threads) are both printed, and ratios are given for both: on
+a machine shared with other processes the CPU time is the steadier of the two.
+
+Threads and the OpenMP wait policy: with ``OMP_WAIT_POLICY=PASSIVE`` idle OpenMP threads sleep,
+and every parallel operation pays for waking them. hope_attr runs many medium-sized operations
+(blocks of points), torch.func few large ones, so PASSIVE with 2 threads penalizes hope_attr most
+(its 2 threads then gain nothing over 1). On a quiet machine, run with 2 threads and the default
+policy::
+
+    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 \\
+        python benchmarks/mixed.py --markdown benchmarks/results/mixed.md
+
+On a machine shared with other processes (where spinning threads steal each other's cores), use
+one thread, where the wait policy does not matter::
 
     OMP_WAIT_POLICY=PASSIVE MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 \\
-        python benchmarks/mixed.py --markdown benchmarks/results/mixed.md
+        python benchmarks/mixed.py --threads 1 --markdown benchmarks/results/mixed.md
 
 ``--quick`` runs every code path on a tiny budget (smaller models and batches; under a minute) for
 a smoke test; its numbers mean nothing.
@@ -46,6 +58,7 @@ import argparse
 import copy
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -65,7 +78,10 @@ from hope_attr._derivatives import Expansion
 
 SEED = 0
 ENVIRONMENT_VARIABLES = ("OMP_WAIT_POLICY", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
-RECOMMENDED = "OMP_WAIT_POLICY=PASSIVE MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000"
+RECOMMENDED = (
+    "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000; on a shared machine also "
+    "OMP_WAIT_POLICY=PASSIVE with --threads 1"
+)
 REPEAT_CAP_S = 20.0  # no further repeats once one configuration's timed calls took this long
 CHECK_TOLERANCE = 1e-9  # float64 agreement required of hope and the baselines
 PRACTITIONER_TARGET = 3.0  # hope at least this many times faster than the fastest torch.func
@@ -441,7 +457,8 @@ class Table1Row:
     order: int
     hope: Timing
     autograd: Timing | None  # None: skipped (a lower order was stopped)
-    skip_bound: float = 0.0
+    skip_bound: float = 0.0  # seconds the stopped lower order ran
+    stopped_order: int = 0  # the lower order that was stopped
     diff: float | None = None
 
 
@@ -450,7 +467,7 @@ def run_table1(settings: Settings, log: Callable[[str], None]) -> list[Table1Row
     for p in settings.table1_inputs:
         model = table1_model(p, settings.table1_width, settings.dtype)
         x0 = uniform_points(1, p, settings.dtype)[0]
-        stopped: float | None = None
+        stopped: tuple[int, float] | None = None  # (order, seconds) of the stopped call
         for order in settings.table1_orders:
             hope, hope_result = timed(
                 partial(hope_attr.mixed_derivatives, model, x0[None], order), settings.repeats
@@ -469,9 +486,9 @@ def run_table1(settings: Settings, log: Callable[[str], None]) -> list[Table1Row
                 if autograd.completed:
                     row.diff = relative_error(result, hope_result)
                 else:
-                    stopped = autograd.stopped_after
+                    stopped = (order, autograd.stopped_after)
             else:
-                row.skip_bound = stopped
+                row.stopped_order, row.skip_bound = stopped
             rows.append(row)
             log(f"  p={p} n={order}: hope {hope.median_wall:.3f} s, autograd " + autograd_text(row))
     return rows
@@ -565,7 +582,7 @@ def timing_cells(timing: Timing) -> list[str]:
 
 def autograd_text(row: Table1Row) -> str:
     if row.autograd is None:
-        return f"skipped (order {row.order - 1} already took > {row.skip_bound:.0f} s)"
+        return f"skipped (order {row.stopped_order} already took > {row.skip_bound:.0f} s)"
     if row.autograd.completed:
         return f"{row.autograd.median_wall:.3f} s"
     return f"> {row.autograd.stopped_after:.0f} s ({row.autograd.reason})"
@@ -613,7 +630,7 @@ def table1_section(rows: list[Table1Row], md: bool) -> list[str]:
     for row in rows:
         hope = row.hope
         if row.autograd is None:
-            auto_cells = [f"skipped (n = {row.order - 1} took > {row.skip_bound:.0f} s)", "-"]
+            auto_cells = [f"skipped (n = {row.stopped_order} took > {row.skip_bound:.0f} s)", "-"]
             speedups = [ratio(row.skip_bound, hope.median_wall, True), "-"]
             note = ""
         elif row.autograd.completed:
@@ -772,6 +789,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help="timed calls per configuration (median)")
     parser.add_argument("--budget", type=float, default=60.0, help="seconds per baseline call")
     parser.add_argument(
+        "--note", help="a line for the report's header (e.g. how loaded the machine was)"
+    )
+    parser.add_argument(
         "--memory-limit", type=float, default=6.0, help="GiB of extra memory per baseline call"
     )
     return parser.parse_args(argv)
@@ -791,8 +811,10 @@ def main(argv: list[str] | None = None) -> None:
     table1 = run_table1(settings, log)
     log("3. Table 3")
     inference = run_inference(settings, log)
-    command = " ".join(["python", "benchmarks/mixed.py", *(argv or sys.argv[1:])])
+    command = " ".join(["python", "benchmarks/mixed.py", *map(shlex.quote, argv or sys.argv[1:])])
     header = run_header(settings, command, load_at_start, started)
+    if args.note:
+        header.insert(0, f"note: {args.note}")
     print()
     print(render(header, settings, practitioner, table1, inference, md=False))
     if args.markdown:
