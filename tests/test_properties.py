@@ -145,6 +145,10 @@ def cnn_specs(draw):
     assume(conv_size >= 1)
     norm = draw(st.sampled_from(["none", "batch", "layer", "group"]))
     norm_groups = draw(st.sampled_from([g for g in (1, 2, 4) if out_channels % g == 0]))
+    if norm in ("layer", "group"):
+        # Normalizing a single value is rejected by PyTorch (group norm) or constant (layer norm).
+        groups_of_norm = norm_groups if norm == "group" else 1
+        assume(out_channels // groups_of_norm * conv_size**dims > 1)
     pool = draw(st.sampled_from(["none", "avg", "max"])) if conv_size >= 2 else "none"
     pool_stride = draw(st.integers(1, 2))
     return {
