@@ -98,7 +98,7 @@ class HOPEAttribution(Attribution):
             return_orders: also return the per-order terms ``(order, *input.shape)`` (one per
                 input), which sum to the attributions.
             internal_batch_size: directions propagated at once (memory).
-            show_progress: a progress bar over chunks of directions.
+            show_progress: a progress bar over the feature directions (advanced chunk by chunk).
             return_convergence_delta: also return Captum's completeness delta per example,
                 ``sum over features/groups of attributions - (f(x) - f(baselines))``: what the
                 unmixed expansion leaves out (interactions plus truncation).
@@ -302,7 +302,7 @@ def _group_terms(
     expansion: Expansion,
     steps: list[Tensor],
     masks: tuple[Tensor, ...],
-    on_chunk: Callable[[], None],
+    on_chunk: Callable[[int], None],
 ) -> tuple[Tensor, ...]:
     num_groups = int(max(m.max().item() for m in masks)) + 1
     directions = tuple(
@@ -329,10 +329,11 @@ def _progress_bar(
 ) -> Any:
     if not show:
         return NullProgress()
+    # Counted in directions (features or groups): chunk sizes are only known once running.
     if masks is not None:
-        total = expansion.num_chunks(int(max(m.max().item() for m in masks)) + 1)
+        total = int(max(m.max().item() for m in masks)) + 1
     else:
-        total = sum(expansion.num_chunks(s[0].numel()) for s in steps)
+        total = sum(s[0].numel() for s in steps)
     return progress(desc=f"{method.get_name()} attribution", total=total)
 
 

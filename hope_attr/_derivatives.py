@@ -14,10 +14,16 @@ from hope_attr._jet import InputSeed, Jet
 from hope_attr._registry import UnsupportedOperationError
 
 # Memory the series of one activation may take. The default chunk of directions is sized so that
-# the largest activation's series (with the temporaries of a nonlinearity, ~4 copies) fits in it;
-# smaller chunks stay closer to the CPU caches, which matters more than fewer, larger calls.
-_SERIES_BUDGET_BYTES = 64 * 2**20
+# the largest series (with the temporaries of a nonlinearity, ~4 copies) fits in it. Every chunk
+# pays the interpreter's dispatch and the Taylor tables of the primal again (about 5 ms on the
+# MNIST CNN at order 10), so fewer, larger chunks win until memory runs short: on that CNN one
+# chunk of 784 directions took 57 ms and nine chunks of 91 took 108 ms.
+_SERIES_BUDGET_BYTES = 256 * 2**20
 _TEMPORARY_COPIES = 4
+# The default chunk size comes from the primal pass: ``order`` coefficients of the largest
+# activation per direction, an upper bound. Receptive-field windows (:mod:`hope_attr._windows`)
+# make the series of an input's one-feature directions far smaller than that, so when the bound
+# splits them into several chunks, the first chunk measures the series and sizes the others.
 
 
 @overload
@@ -134,34 +140,43 @@ class Expansion:
             output = _interpreter.run(self.graph, (*self.inputs, *self.extra), observe)
         _check_output(output, self.inputs[0].shape[0])
         self.output: Tensor = output
+        self.chunk_given = internal_batch_size is not None
         if internal_batch_size is None:
             itemsize = self.inputs[0].element_size()
             per_direction = order * largest[0] * itemsize * _TEMPORARY_COPIES
-            internal_batch_size = max(1, _SERIES_BUDGET_BYTES // max(per_direction, 1))
+            internal_batch_size = _directions_within_budget(per_direction)
         self.chunk_size = internal_batch_size
 
-    def num_chunks(self, num_directions: int) -> int:
-        return -(-num_directions // self.chunk_size)
+    def unmixed_coefficients(self, on_chunk: Callable[[int], None] | None = None) -> list[Tensor]:
+        """Per input, ``(n, B, *O, *I)``: coefficient ``k`` of ``out(x + t e_i)``.
 
-    def unmixed_coefficients(self, on_chunk: Callable[[], None] | None = None) -> list[Tensor]:
-        """Per input, ``(n, B, *O, *I)``: coefficient ``k`` of ``out(x + t e_i)``."""
+        ``on_chunk`` is told how many directions each finished chunk held.
+        """
         results = []
         for position, x in enumerate(self.inputs):
             num_features = x[0].numel()
             result = self.output.new_zeros((self.order, *self.output.shape, num_features))
-            for start in range(0, num_features, self.chunk_size):
-                stop = min(num_features, start + self.chunk_size)
+            chunk = self.chunk_size
+            measure = not self.chunk_given and chunk < num_features
+            start = 0
+            while start < num_features:
+                stop = min(num_features, start + chunk)
                 args = list(self.inputs)
                 args[position] = Jet(x, None, self.order, InputSeed(start, stop))
+                probe = _SeriesProbe() if measure and start == 0 else None
                 # (n, D, B, *O) -> (n, B, *O, D)
-                result[..., start:stop] = self._propagate(args, stop - start).movedim(1, -1)
+                result[..., start:stop] = self._propagate(args, stop - start, probe).movedim(1, -1)
+                if probe is not None:
+                    measured = probe.bytes_per_direction * _TEMPORARY_COPIES
+                    chunk = max(chunk, _directions_within_budget(measured))
                 if on_chunk is not None:
-                    on_chunk()
+                    on_chunk(stop - start)
+                start = stop
             results.append(result.reshape(self.order, *self.output.shape, *x.shape[1:]))
         return results
 
     def directional_coefficients(
-        self, directions: tuple[Tensor, ...], on_chunk: Callable[[], None] | None = None
+        self, directions: tuple[Tensor, ...], on_chunk: Callable[[int], None] | None = None
     ) -> Tensor:
         """``(n, D, B, *O)``: coefficient ``k`` of ``out(x + t v_d)``.
 
@@ -178,13 +193,15 @@ class Expansion:
             ]
             chunks.append(self._propagate(args, stop - start))
             if on_chunk is not None:
-                on_chunk()
+                on_chunk(stop - start)
         return torch.cat(chunks, dim=1)
 
-    def _propagate(self, args: list[object], num_directions: int) -> Tensor:
+    def _propagate(
+        self, args: list[object], num_directions: int, probe: _SeriesProbe | None = None
+    ) -> Tensor:
         try:
             with torch.no_grad():
-                value = _interpreter.run(self.graph, (*args, *self.extra))
+                value = _interpreter.run(self.graph, (*args, *self.extra), probe)
         except UnsupportedOperationError:
             # Trace again, now recording source lines, so that the error can say where the
             # operation sits in the user's code.
@@ -197,6 +214,25 @@ class Expansion:
             return value.full_series()
         # The output does not depend on the inputs: every coefficient is zero.
         return self.output.new_zeros((self.order, num_directions, *self.output.shape))
+
+
+class _SeriesProbe:
+    """Observes a propagation: the most bytes any one direction's series took."""
+
+    def __init__(self) -> None:
+        self.bytes_per_direction = 1
+
+    def __call__(self, value: object) -> None:
+        if not isinstance(value, Jet) or value._series is None:
+            return
+        series = value._series  # dense (m, D, B|1, *S) or windows (m, D, B|1, C, *size)
+        batch = value.primal.shape[0] if value.primal.dim() else 1
+        per_direction = series[:, 0].numel() * (batch // series.shape[2]) * series.element_size()
+        self.bytes_per_direction = max(self.bytes_per_direction, per_direction)
+
+
+def _directions_within_budget(bytes_per_direction: int) -> int:
+    return max(1, _SERIES_BUDGET_BYTES // max(bytes_per_direction, 1))
 
 
 def _format_additional_args(additional_forward_args: Any) -> tuple[Any, ...]:

@@ -61,7 +61,7 @@ def multi_indices(num_variables: int, degree: int) -> tuple[tuple[int, ...], ...
 
 def normalized_coefficients(
     expansion: Expansion,
-    on_chunk: Callable[[], None] | None = None,
+    on_chunk: Callable[[int], None] | None = None,
     directions_per_chunk: int | None = None,
 ) -> list[Tensor]:
     """Per order ``k``: ``f_a = d^a f / a!`` for every ``|a| = k``, shape ``(B, *O, M_k)``.
