@@ -45,6 +45,8 @@ _BLOCK_BYTES = 4 * 2**20
 # When one point's directions alone exceed the block budget, they go in chunks of this many bytes
 # (temporaries of a nonlinearity included, ~4 copies: about the engine's own 64 MiB budget).
 _CHUNK_BYTES = 16 * 2**20
+# How mixed partials are computed by default (see `normalized_coefficients`).
+_METHOD = "auto"
 
 
 @lru_cache(maxsize=64)
@@ -63,12 +65,28 @@ def normalized_coefficients(
     expansion: Expansion,
     on_chunk: Callable[[int], None] | None = None,
     directions_per_chunk: int | None = None,
+    method: str | None = None,
 ) -> list[Tensor]:
     """Per order ``k``: ``f_a = d^a f / a!`` for every ``|a| = k``, shape ``(B, *O, M_k)``.
 
-    ``directions_per_chunk`` bounds how many directions are propagated at once (default: all of
-    a block's, within ``_CHUNK_BYTES``).
+    ``method``: ``"jets"`` (univariate jets, any model), ``"mlp"`` (multivariate polynomials and
+    an adjoint, :mod:`hope_attr._mlp_taylor`; chains of Linear layers and elementwise
+    activations only) or ``"auto"`` (``"mlp"`` where it applies and is the cheaper one); ``None``
+    reads the module's ``_METHOD`` (``"auto"``; tests pin one method through it).
+    ``directions_per_chunk`` bounds how many jet directions are propagated at once (default: all
+    of a block's, within ``_CHUNK_BYTES``).
     """
+    method = _METHOD if method is None else method
+    if method not in ("auto", "jets", "mlp"):
+        raise ValueError(f"method must be 'auto', 'jets' or 'mlp', got {method!r}")
+    if method != "jets":
+        from hope_attr import _mlp_taylor
+
+        steps = _mlp_taylor.chain_of(expansion)
+        if steps is not None and (method == "mlp" or _mlp_taylor.is_cheaper(expansion)):
+            return _mlp_taylor.normalized_coefficients(expansion, steps)
+        if method == "mlp":
+            raise ValueError("method='mlp' needs a chain of Linear layers and activations")
     x = expansion.inputs[0]
     num_variables, order = x.shape[1], expansion.order
     # (D, 1, p): the same directions at every point, broadcast over the batch.
@@ -162,6 +180,10 @@ def mixed_derivatives(
     ``C(p + n - 1, n)`` jets of order ``n``, one set for all orders. Meant for low-dimensional
     inputs. Points are processed in blocks sized for the CPU caches; with
     ``additional_forward_args`` (which may hold per-example tensors) all points form one block.
+    A chain of ``Linear`` layers and elementwise activations (an MLP) with several inputs, few
+    outputs and order ``<= 4`` takes a cheaper route to the same numbers: multivariate Taylor
+    polynomials of degree ``< n`` and the top degree from one reverse sweep per output
+    (``docs/derivation.md``, Section 10).
 
     Args:
         forward_func: model or function ``(B, p) -> (B, *O)`` (see
@@ -170,7 +192,8 @@ def mixed_derivatives(
         order: highest order ``n >= 1``.
         additional_forward_args: extra arguments after the inputs (not differentiated).
         internal_batch_size: directions propagated at once (default: all of a block's, up to a
-            memory budget).
+            memory budget). The MLP route propagates no directions (its blocks of points stay
+            within a few MiB) and ignores it.
 
     Returns:
         A list whose element ``k - 1`` has shape ``(B, *O, p, ..., p)`` (``k`` trailing ``p``'s):
@@ -198,11 +221,15 @@ def mixed_derivatives(
                 "mixed partials are for low-dimensional inputs (use unmixed_derivatives)"
             )
     expansion = Expansion(forward_func, inputs, order, additional_forward_args, internal_batch_size)
-    num_variables = inputs.shape[1]
-    tensors = []
-    coefficients_per_order = normalized_coefficients(
-        expansion, directions_per_chunk=internal_batch_size
+    return derivative_tensors(
+        normalized_coefficients(expansion, directions_per_chunk=internal_batch_size),
+        inputs.shape[1],
     )
+
+
+def derivative_tensors(coefficients_per_order: list[Tensor], num_variables: int) -> list[Tensor]:
+    """Normalized coefficients per order ``(B, *O, M_k)`` -> symmetric ``(B, *O, p, ..., p)``."""
+    tensors = []
     for k, coefficients in enumerate(coefficients_per_order, start=1):
         scale, index = _tensor_layout(num_variables, k)
         derivatives = coefficients * scale.to(coefficients)  # d^a f = a! f_a

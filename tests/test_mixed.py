@@ -36,9 +36,17 @@ class Residual(nn.Module):
 ACTIVATIONS = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "softplus": nn.Softplus}
 
 
+@pytest.fixture
+def jets_only(monkeypatch) -> None:
+    """Pin the univariate jets: these tests exercise their blocks and chunks."""
+    monkeypatch.setattr(_mixed, "_METHOD", "jets")
+
+
+@pytest.mark.parametrize("method", ["jets", "mlp"])
 @pytest.mark.parametrize("p", [1, 2, 3, 4, 5, 6])
 @pytest.mark.parametrize("activation", list(ACTIVATIONS))
-def test_mixed_partials_match_nested_jacfwd(p: int, activation: str) -> None:
+def test_mixed_partials_match_nested_jacfwd(monkeypatch, p: int, activation: str, method) -> None:
+    monkeypatch.setattr(_mixed, "_METHOD", method)
     torch.manual_seed(p)
     act = ACTIVATIONS[activation]
     model = nn.Sequential(nn.Linear(p, 6), act(), nn.Linear(6, 5), act(), nn.Linear(5, 2))
@@ -103,6 +111,7 @@ def _mlp(p: int) -> nn.Module:
 
 
 @pytest.mark.parametrize("block_bytes, chunk_bytes", [(1, 1), (1, 10**9), (3000, 1), (3000, 10**9)])
+@pytest.mark.usefixtures("jets_only")
 def test_blocks_of_points_and_chunks_of_directions(monkeypatch, block_bytes, chunk_bytes) -> None:
     # One point per block or several, all directions at once or one per chunk: same numbers.
     monkeypatch.setattr(_mixed, "_BLOCK_BYTES", block_bytes)
@@ -112,6 +121,7 @@ def test_blocks_of_points_and_chunks_of_directions(monkeypatch, block_bytes, chu
     assert _relative_error(actual, _nested_jacfwd(model, x, 3)) <= 1e-9
 
 
+@pytest.mark.usefixtures("jets_only")
 def test_many_points_are_cut_into_blocks(monkeypatch) -> None:
     monkeypatch.setattr(_mixed, "_BLOCK_BYTES", 3000)
     model, x = _mlp(2), torch.randn(50, 2, dtype=torch.float64)
@@ -126,6 +136,7 @@ def test_many_points_are_cut_into_blocks(monkeypatch) -> None:
     assert _relative_error(actual, _nested_jacfwd(model, x, 3)) <= 1e-9
 
 
+@pytest.mark.usefixtures("jets_only")
 def test_internal_batch_size_sets_the_directions_per_chunk(monkeypatch) -> None:
     model, x = _mlp(3), torch.randn(4, 3, dtype=torch.float64)
     blocks = list(_mixed._blocks(Expansion(model, x, 3), 10, directions_per_chunk=3))
@@ -139,6 +150,7 @@ def _scaled(weights: torch.Tensor, derivatives: list[torch.Tensor]) -> list[torc
     return [weights.reshape(-1, *([1] * (d.dim() - 1))) * d for d in derivatives]
 
 
+@pytest.mark.usefixtures("jets_only")
 def test_function_with_a_batch_sized_constant_runs_in_one_block(monkeypatch) -> None:
     # f works only on the whole batch: a block of fewer points would not broadcast (or, for one
     # point, would silently broadcast to the whole batch). It must fall back to one block.
@@ -151,6 +163,7 @@ def test_function_with_a_batch_sized_constant_runs_in_one_block(monkeypatch) -> 
     assert _relative_error(hope_attr.mixed_derivatives(f, x, 3), expected) <= 1e-9
 
 
+@pytest.mark.usefixtures("jets_only")
 def test_per_example_additional_arguments(monkeypatch) -> None:
     monkeypatch.setattr(_mixed, "_BLOCK_BYTES", 1)
     model, x = _mlp(2), torch.randn(5, 2, dtype=torch.float64)
@@ -161,13 +174,16 @@ def test_per_example_additional_arguments(monkeypatch) -> None:
     assert _relative_error(actual, _scaled(weights, _nested_jacfwd(model, x, 3))) <= 1e-9
 
 
-def test_float32_blocks_match_float64() -> None:
+@pytest.mark.parametrize("method", ["jets", "mlp"])
+def test_float32_blocks_match_float64(monkeypatch, method: str) -> None:
+    monkeypatch.setattr(_mixed, "_METHOD", method)
     model, x = _mlp(5), torch.randn(300, 5, dtype=torch.float64)
     single = hope_attr.mixed_derivatives(model.float(), x.float(), 3)
     double = hope_attr.mixed_derivatives(model.double(), x, 3)
     assert _relative_error([s.double() for s in single], double) <= 1e-5
 
 
+@pytest.mark.usefixtures("jets_only")
 def test_output_independent_of_the_inputs_gives_zeros_per_block(monkeypatch) -> None:
     monkeypatch.setattr(_mixed, "_BLOCK_BYTES", 1)
     x = torch.randn(6, 2, dtype=torch.float64)

@@ -1,0 +1,133 @@
+"""The MLP path of mixed partials (hope_attr/_mlp_taylor.py) against nested torch.func.jacfwd."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import hope_attr
+from hope_attr import _mixed, _mlp_taylor
+from hope_attr._derivatives import Expansion
+from tests.test_mixed import _nested_jacfwd, _relative_error
+
+DTYPE = torch.float64
+
+
+def _chain(p: int, activations: list[nn.Module], outputs: int, head: nn.Module | None = None):
+    torch.manual_seed(p + len(activations) + outputs)
+    layers: list[nn.Module] = []
+    width = p
+    for activation in activations:
+        layers += [nn.Linear(width, 7), activation]
+        width = 7
+    layers.append(nn.Linear(width, outputs))
+    if head is not None:
+        layers.append(head)
+    return nn.Sequential(*layers).to(DTYPE).eval()
+
+
+CHAINS = {
+    "tanh, tanh": lambda p, o: _chain(p, [nn.Tanh(), nn.Tanh()], o),
+    "three layers, mixed activations": lambda p, o: _chain(
+        p, [nn.Sigmoid(), nn.GELU(), nn.Softplus(beta=2.0)], o
+    ),
+    "silu, mish, elu": lambda p, o: _chain(p, [nn.SiLU(), nn.Mish(), nn.ELU(0.5)], o),
+    "relu then tanh (a kink-free point)": lambda p, o: _chain(p, [nn.ReLU(), nn.Tanh()], o),
+    "activation on the output": lambda p, o: _chain(p, [nn.Tanh()], o, head=nn.Sigmoid()),
+    "identity and dropout (eval) in between": lambda p, o: (
+        nn.Sequential(nn.Linear(p, 6), nn.Dropout(0.3), nn.Tanh(), nn.Identity(), nn.Linear(6, o))
+        .to(DTYPE)
+        .eval()
+    ),
+    "no activation": lambda p, o: nn.Sequential(nn.Linear(p, 4), nn.Linear(4, o)).to(DTYPE),
+}
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize(("p", "outputs"), [(1, 1), (2, 3), (5, 1), (4, 2)])
+@pytest.mark.parametrize("name", list(CHAINS))
+def test_mlp_path_matches_nested_jacfwd(name: str, p: int, outputs: int, order: int) -> None:
+    model = CHAINS[name](p, outputs)
+    x = torch.randn(3, p, dtype=DTYPE)
+    expansion = Expansion(model, x, order)
+    steps = _mlp_taylor.chain_of(expansion)
+    assert steps is not None
+    coefficients = _mixed.normalized_coefficients(expansion, method="mlp")
+    actual = _mixed.derivative_tensors(coefficients, p)
+    expected = _nested_jacfwd(model, x, order)
+    for k, (a, e) in enumerate(zip(actual, expected, strict=True), start=1):
+        assert a.shape == (3, outputs, *([p] * k))
+        scale = e.abs().max().clamp_min(1e-12)  # orders a ReLU or a linear chain zero out
+        assert ((a - e).abs().max() / scale).item() <= 1e-9, (k, name)
+
+
+def test_blocks_of_points_give_the_same_numbers(monkeypatch) -> None:
+    model, x = CHAINS["tanh, tanh"](3, 2), torch.randn(11, 3, dtype=DTYPE)
+    whole = _mixed.normalized_coefficients(Expansion(model, x, 3), method="mlp")
+    monkeypatch.setattr(_mlp_taylor, "_BLOCK_BYTES", 1)  # one point per block
+    pointwise = _mixed.normalized_coefficients(Expansion(model, x, 3), method="mlp")
+    assert _relative_error(pointwise, whole) <= 1e-13
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.tanh(self.inner(x))
+
+
+NOT_CHAINS = {
+    "residual": lambda: Residual(),
+    "functional activation": lambda: lambda x: torch.tanh(nn.functional.linear(x, W)),
+    "softmax head (not elementwise)": lambda: nn.Sequential(nn.Linear(3, 3), nn.Softmax(dim=1)),
+    "image-shaped output": lambda: nn.Sequential(nn.Linear(3, 4), nn.Unflatten(1, (2, 2))),
+}
+W = torch.randn(3, 3, dtype=DTYPE)
+
+
+@pytest.mark.parametrize("name", list(NOT_CHAINS))
+def test_other_models_use_the_jets(name: str) -> None:
+    model = NOT_CHAINS[name]()
+    if isinstance(model, nn.Module):
+        model = model.to(DTYPE).eval()
+    x = torch.randn(2, 3, dtype=DTYPE)
+    assert _mlp_taylor.chain_of(Expansion(model, x, 3)) is None
+    with pytest.raises(ValueError, match="chain of Linear"):
+        _mixed.normalized_coefficients(Expansion(model, x, 3), method="mlp")
+
+
+def test_auto_picks_the_mlp_path_for_low_orders_and_few_outputs(monkeypatch) -> None:
+    calls = []
+    original = _mlp_taylor.normalized_coefficients
+    monkeypatch.setattr(
+        _mlp_taylor,
+        "normalized_coefficients",
+        lambda *args: calls.append(args) or original(*args),
+    )
+    model = CHAINS["tanh, tanh"](5, 1)
+    x = torch.randn(4, 5, dtype=DTYPE)
+    actual = hope_attr.mixed_derivatives(model, x, 3)
+    assert len(calls) == 1
+    assert _relative_error(actual, _nested_jacfwd(model, x, 3)) <= 1e-9
+    hope_attr.mixed_derivatives(model, x, _mlp_taylor._MAX_ORDER + 1)  # high order: the jets
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("p", "outputs", "order", "expected"),
+    [
+        (5, 1, 3, True),  # jets 3 * 35 = 105 coefficients, this route 1 * 20: 5.25 times fewer
+        (5, 2, 3, False),  # 105 against 2 * 20: only 2.6 times fewer
+        (8, 1, 2, True),  # 2 * 36 = 72 against 8
+        (2, 1, 3, False),  # 3 * 4 = 12 against 5
+        (1, 1, 2, False),  # one variable: 2 against 1
+        (5, 1, 5, False),  # above the highest order
+    ],
+)
+def test_route_choice(p: int, outputs: int, order: int, expected: bool) -> None:
+    model = _chain(p, [nn.Tanh()], outputs)
+    expansion = Expansion(model, torch.randn(2, p, dtype=DTYPE), order)
+    assert _mlp_taylor.is_cheaper(expansion) is expected
