@@ -11,9 +11,14 @@ Three measurements, each reported as ratios measured in this one run:
    yields all three tensors, over all points at once or in vmap chunks of 1000 points. The
    fastest composition is the baseline. The results are compared in the benchmark's dtype, and
    hope is checked against the two fastest compositions in float64 on a subset of the points
-   (relative error <= 1e-9). A block-size sweep shows how the points-per-block budget of
-   ``hope_attr._mixed`` was chosen, next to the method used before blocking (all points at once,
-   the engine's default chunks of directions).
+   (relative error <= 1e-9). hope takes its default route (for this MLP the multivariate
+   "MLP route" of ``hope_attr._mlp_taylor``) and, for comparison, the univariate jets
+   (``hope_attr._mixed``). A block-size sweep shows how both routes' points-per-block budgets were
+   chosen, next to the jets' method before blocking (all points at once, the engine's default
+   chunks of directions).
+   **Routes**: both routes on 3-layer width-64 tanh MLPs with ``p = 2, 5, 8`` inputs, 1 or 4
+   outputs and orders 2 to 5 at 2000 points: which is faster, and which one
+   ``mixed_derivatives`` picks by default (``hope_attr._mlp_taylor.is_cheaper``).
 2. **The paper's Table 1**: 10-layer tanh MLPs of width 1024 with ``p = 1, 2, 3`` inputs, all mixed
    partials of orders ``1..n`` for ``n = 1..10`` at one point, against the paper's baseline: nested
    ``torch.autograd.grad`` over every entry of the previous derivative tensor (``p^(k-1)`` backward
@@ -73,7 +78,7 @@ from torch import Tensor, nn
 from torch.func import jacfwd, jacrev, vmap
 
 import hope_attr
-from hope_attr import _mixed
+from hope_attr import _mixed, _mlp_taylor
 from hope_attr._derivatives import Expansion
 
 SEED = 0
@@ -86,7 +91,8 @@ REPEAT_CAP_S = 20.0  # no further repeats once one configuration's timed calls t
 CHECK_TOLERANCE = 1e-9  # float64 agreement required of hope and the baselines
 PRACTITIONER_TARGET = 3.0  # hope at least this many times faster than the fastest torch.func
 TABLE1_TARGET_S = 1.0  # n = 10, p = 3 under this many seconds
-BLOCK_DEFAULT = _mixed._BLOCK_BYTES  # the library's points-per-block budget (bytes)
+BLOCK_DEFAULT = _mixed._BLOCK_BYTES  # the jets' points-per-block budget (bytes)
+MLP_BLOCK_DEFAULT = _mlp_taylor._BLOCK_BYTES  # the MLP route's
 
 
 class BudgetExceeded(Exception):
@@ -115,6 +121,8 @@ class Settings:
     table1_orders: tuple[int, ...]
     batch_sizes: tuple[int, ...]
     block_budgets_mib: tuple[float, ...]
+    route_points: int
+    route_cases: tuple[tuple[int, int, int], ...]  # (p, outputs, order)
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -135,6 +143,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
             table1_orders=(1, 3),
             batch_sizes=(1, 64),
             block_budgets_mib=(1.0,),
+            route_points=50,
+            route_cases=((5, 1, 3), (2, 1, 2)),
             **common,
         )
     return Settings(
@@ -148,6 +158,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         table1_orders=tuple(range(1, 11)),
         batch_sizes=(1, 4, 16, 64, 256, 1024, 4096),
         block_budgets_mib=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
+        route_points=2000,
+        route_cases=tuple(
+            (p, outputs, order) for p in (2, 5, 8) for outputs in (1, 4) for order in (2, 3, 4, 5)
+        ),
         **common,
     )
 
@@ -327,6 +341,8 @@ def candidates(quick: bool) -> list[tuple[str, tuple[str, ...] | None, int | Non
 @dataclass
 class PractitionerResult:
     hope: Timing
+    route: str  # which route hope's default took
+    jets: Timing  # hope with the univariate jets forced, for comparison
     baselines: list[tuple[str, Timing, float | None]]  # name, timing, rel. diff vs hope
     checks: list[tuple[str, float]]  # float64 agreement
     sweep: list[tuple[str, Timing]]
@@ -351,16 +367,25 @@ def hope_before_blocking(model: nn.Module, x: Tensor, order: int) -> list[Tensor
     ]
 
 
-def with_block_budget(budget_bytes: int, call: Callable[[], object]) -> Callable[[], object]:
+def with_setting(module: object, name: str, value: object, call: Callable[[], object]):
+    """``call`` with ``module.name`` set to ``value`` (restored afterwards)."""
+
     def run() -> object:
-        saved = _mixed._BLOCK_BYTES
-        _mixed._BLOCK_BYTES = budget_bytes
+        saved = getattr(module, name)
+        setattr(module, name, value)
         try:
             return call()
         finally:
-            _mixed._BLOCK_BYTES = saved
+            setattr(module, name, saved)
 
     return run
+
+
+def route_of(model: nn.Module, x: Tensor, order: int) -> str:
+    """Which route ``mixed_derivatives`` takes by default (``"mlp"`` or ``"jets"``)."""
+    expansion = Expansion(model, x[:1], order)
+    chain = _mlp_taylor.chain_of(expansion)
+    return "mlp" if chain is not None and _mlp_taylor.is_cheaper(expansion) else "jets"
 
 
 def run_practitioner(settings: Settings, log: Callable[[str], None]) -> PractitionerResult:
@@ -373,8 +398,12 @@ def run_practitioner(settings: Settings, log: Callable[[str], None]) -> Practiti
     )
     order = PRACTITIONER_ORDER
     hope_call = lambda: hope_attr.mixed_derivatives(model, x, order)
+    jets_call = with_setting(_mixed, "_METHOD", "jets", hope_call)
     hope, hope_result = timed(hope_call, settings.repeats)
-    log(f"  hope: {hope.median_wall:.3f} s wall, {hope.median_cpu:.3f} s CPU")
+    route = route_of(model, x, order)
+    log(f"  hope ({route} route): {hope.median_wall:.3f} s wall, {hope.median_cpu:.3f} s CPU")
+    jets, _ = timed(jets_call, settings.repeats)
+    log(f"  hope, jets route: {jets.median_wall:.3f} s wall")
 
     baselines = []
     for name, transforms, chunk in candidates(settings.quick):
@@ -391,7 +420,12 @@ def run_practitioner(settings: Settings, log: Callable[[str], None]) -> Practiti
     # float64 check on a subset: hope against the two fastest compositions (CPU time).
     model64 = copy.deepcopy(model).double()
     x64 = x[: settings.check_points].double()
-    reference_hope = hope_attr.mixed_derivatives(model64, x64, order)
+    references = {
+        f"hope ({route} route)": hope_attr.mixed_derivatives(model64, x64, order),
+        "hope (jets route)": with_setting(
+            _mixed, "_METHOD", "jets", lambda: hope_attr.mixed_derivatives(model64, x64, order)
+        )(),
+    }
     done = sorted(
         (timing.median_cpu, index)
         for index, (_, timing, _) in enumerate(baselines)
@@ -401,18 +435,63 @@ def run_practitioner(settings: Settings, log: Callable[[str], None]) -> Practiti
     for _, index in done[:2]:
         name, transforms, chunk = candidates(settings.quick)[index]
         expected = torch_func_composition(model64, transforms, chunk)(x64)
-        checks.append((name, relative_error(reference_hope, expected)))
-        log(f"  float64 check vs {name}: {checks[-1][1]:.1e}")
+        for label, reference in references.items():
+            checks.append((f"{label} vs {name}", relative_error(reference, expected)))
+            log(f"  float64 check, {checks[-1][0]}: {checks[-1][1]:.1e}")
 
     sweep = []
     for mib in settings.block_budgets_mib:
-        timing, _ = timed(with_block_budget(int(mib * 2**20), hope_call), settings.repeats)
-        default = " (the default)" if mib * 2**20 == BLOCK_DEFAULT else ""
-        sweep.append((f"{mib:g} MiB{default}", timing))
+        budget = int(mib * 2**20)
+        call = with_setting(_mlp_taylor, "_BLOCK_BYTES", budget, hope_call)
+        timing, _ = timed(call, settings.repeats)
+        default = " (the default)" if budget == MLP_BLOCK_DEFAULT else ""
+        sweep.append((f"MLP route: {mib:g} MiB{default}", timing))
+    for mib in settings.block_budgets_mib:
+        budget = int(mib * 2**20)
+        timing, _ = timed(with_setting(_mixed, "_BLOCK_BYTES", budget, jets_call), settings.repeats)
+        default = " (the default)" if budget == BLOCK_DEFAULT else ""
+        sweep.append((f"jets route: {mib:g} MiB{default}", timing))
     timing, _ = timed(lambda: hope_before_blocking(model, x, order), settings.repeats)
-    sweep.append(("all points at once, engine's direction chunks (before blocking)", timing))
+    sweep.append(("jets, all points at once, engine's direction chunks (before blocks)", timing))
     log("  block sweep done")
-    return PractitionerResult(hope, baselines, checks, sweep)
+    return PractitionerResult(hope, route, jets, baselines, checks, sweep)
+
+
+# =============================================================================== routes
+@dataclass
+class RouteRow:
+    p: int
+    outputs: int
+    order: int
+    jets: Timing
+    mlp: Timing
+    picked: str
+    diff: float
+
+
+def run_routes(settings: Settings, log: Callable[[str], None]) -> list[RouteRow]:
+    """Both routes of mixed partials on 3-layer width-64 tanh MLPs: which is faster, and which
+    one ``mixed_derivatives`` picks by default."""
+    rows = []
+    for p, outputs, order in settings.route_cases:
+        model = mlp(p, PRACTITIONER_WIDTHS, outputs, settings.dtype)
+        x = uniform_points(settings.route_points, p, settings.dtype)
+        call = lambda: hope_attr.mixed_derivatives(model, x, order)  # noqa: B023
+        results, timings = {}, {}
+        for method in ("jets", "mlp"):
+            timing, result = timed(with_setting(_mixed, "_METHOD", method, call), settings.repeats)
+            timings[method], results[method] = timing, result
+        diff = relative_error(results["mlp"], results["jets"])
+        rows.append(
+            RouteRow(
+                p, outputs, order, timings["jets"], timings["mlp"], route_of(model, x, order), diff
+            )
+        )
+        log(
+            f"  p={p} O={outputs} n={order}: jets {timings['jets'].median_wall:.3f} s, mlp "
+            f"{timings['mlp'].median_wall:.3f} s, default: {rows[-1].picked}"
+        )
+    return rows
 
 
 # =============================================================================== 2. Table 1
@@ -594,7 +673,22 @@ def ratio(slow: float, fast: float, lower_bound: bool = False) -> str:
 
 def practitioner_section(result: PractitionerResult, settings: Settings, md: bool) -> list[str]:
     out = []
-    rows = [["hope_attr.mixed_derivatives", *timing_cells(result.hope), "-", "-", "-"]]
+    rows = [
+        [
+            f"hope_attr.mixed_derivatives (default: the {result.route} route)",
+            *timing_cells(result.hope),
+            "-",
+            "-",
+            "-",
+        ],
+        [
+            "hope_attr.mixed_derivatives, jets route (method='jets')",
+            *timing_cells(result.jets),
+            ratio(result.jets.median_wall, result.hope.median_wall),
+            ratio(result.jets.median_cpu, result.hope.median_cpu),
+            "-",
+        ],
+    ]
     for name, timing, diff in result.baselines:
         cells = timing_cells(timing)
         if timing.completed:
@@ -612,7 +706,7 @@ def practitioner_section(result: PractitionerResult, settings: Settings, md: boo
     for name, error in result.checks:
         verdict = "PASS" if error <= CHECK_TOLERANCE else "FAIL"
         out.append(
-            f"{prefix}float64 check on {settings.check_points} points, hope vs {name}: max "
+            f"{prefix}float64 check on {settings.check_points} points, {name}: max "
             f"relative error per order {error:.1e} (needed <= {CHECK_TOLERANCE:g}): {verdict}"
         )
     out += [
@@ -621,8 +715,30 @@ def practitioner_section(result: PractitionerResult, settings: Settings, md: boo
         "",
     ]
     rows = [[name, *timing_cells(timing)] for name, timing in result.sweep]
-    out += [table(["points per block: series budget", "median wall", "median CPU"], rows, md), ""]
+    out += [table(["route: block budget", "median wall", "median CPU"], rows, md), ""]
     return out
+
+
+def routes_section(rows: list[RouteRow], md: bool) -> list[str]:
+    cells = []
+    for row in rows:
+        faster = "mlp" if row.mlp.median_wall < row.jets.median_wall else "jets"
+        cells.append(
+            [
+                str(row.p),
+                str(row.outputs),
+                str(row.order),
+                seconds(row.jets.median_wall),
+                seconds(row.mlp.median_wall),
+                ratio(row.jets.median_wall, row.mlp.median_wall),
+                faster,
+                row.picked + ("" if row.picked == faster else " (not the faster)"),
+                f"{row.diff:.1e}",
+            ]
+        )
+    header = ["p", "outputs", "n", "jets", "MLP route", "jets / MLP", "faster", "default"]
+    header.append("rel. diff")
+    return [table(header, cells, md), ""]
 
 
 def table1_section(rows: list[Table1Row], md: bool) -> list[str]:
@@ -715,6 +831,7 @@ def render(
     header: list[str],
     settings: Settings,
     practitioner: PractitionerResult,
+    routes: list[RouteRow],
     table1: list[Table1Row],
     inference: list[InferenceRow],
     md: bool,
@@ -728,6 +845,12 @@ def render(
         "",
     ]
     out += practitioner_section(practitioner, settings, md)
+    out += [
+        f"{heading}Routes: univariate jets or the MLP route, 3 tanh layers of width 64, "
+        f"{settings.route_points} points",
+        "",
+    ]
+    out += routes_section(routes, md)
     out += [
         f"{heading}2. Paper's Table 1: all mixed partials of orders 1..n at one point, "
         f"10-layer tanh MLP of width {settings.table1_width}, vs nested autograd",
@@ -807,6 +930,8 @@ def main(argv: list[str] | None = None) -> None:
     log(f"verified: {verify_table1_baseline()}")
     log("1. practitioner's case")
     practitioner = run_practitioner(settings, log)
+    log("routes")
+    routes = run_routes(settings, log)
     log("2. Table 1")
     table1 = run_table1(settings, log)
     log("3. Table 3")
@@ -816,10 +941,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.note:
         header.insert(0, f"note: {args.note}")
     print()
-    print(render(header, settings, practitioner, table1, inference, md=False))
+    print(render(header, settings, practitioner, routes, table1, inference, md=False))
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        text = render(header, settings, practitioner, table1, inference, md=True)
+        text = render(header, settings, practitioner, routes, table1, inference, md=True)
         args.markdown.write_text(text + "\n")
         print(f"markdown written to {args.markdown}")
 
