@@ -38,12 +38,13 @@ from torch import Tensor, nn
 from hope_attr import _registry
 from hope_attr._jet import Jet
 from hope_attr._mixed import multi_indices
-from hope_attr._primitives import ELEMENTWISE_ACTIVATIONS
+from hope_attr._primitives import ELEMENTWISE_ACTIVATIONS, activation_table
 
 # Polynomials by degree: {d: coefficients (B|1, M_d, W)}; a missing degree is zero.
 Graded = dict[int, Tensor]
 
-# Bytes of the largest coefficient tensor of one block of points: blocks near the CPU caches.
+# Bytes of the coefficients of one block of points, per thread (each has its own cache): near
+# the size of a CPU's L2 cache; `benchmarks/mixed.py` sweeps it.
 _BLOCK_BYTES = 2 * 2**20
 # When this path is used (see `is_cheaper`).
 _MAX_ORDER = 4
@@ -107,12 +108,17 @@ def is_cheaper(expansion: object) -> bool:
 
 
 def normalized_coefficients(expansion: object, steps: list[_Step]) -> list[Tensor]:
-    """Per order ``k``: ``f_a = d^a f / a!`` for every ``|a| = k``, shape ``(B, O, M_k)``."""
+    """Per order ``k``: ``f_a = d^a f / a!`` for every ``|a| = k``, shape ``(B, O, M_k)``.
+
+    Points go in blocks sized for the caches, the primal pass and its tables included: tensors of
+    a whole large batch would cost more in memory traffic (and, with glibc's default settings,
+    in fresh pages from the kernel) than the blocks' extra operations.
+    """
     x, order = expansion.inputs[0], expansion.order
     num_variables = x.shape[1]
     widest = max([num_variables] + [s.module.out_features for s in steps if s.is_linear])
     per_point = sum(_count(num_variables, d) for d in range(1, order)) * widest * x.element_size()
-    points = max(1, _BLOCK_BYTES // max(per_point, 1))
+    points = max(1, _BLOCK_BYTES * torch.get_num_threads() // max(per_point, 1))
     blocks = [
         _expand_block(steps, x[start : start + points], order)
         for start in range(0, x.shape[0], points)
@@ -121,28 +127,35 @@ def normalized_coefficients(expansion: object, steps: list[_Step]) -> list[Tenso
 
 
 def _expand_block(steps: list[_Step], x: Tensor, order: int) -> list[Tensor]:
-    num_variables = x.shape[1]
+    """Coefficients of degrees ``1..n`` for one block of points: ``(b, O, M_k)`` each."""
+    batch, num_variables = x.shape
     with torch.no_grad():
         tables, output = _primal_pass(steps, x, order)
         adjoints, gradient = _adjoint_pass(steps, tables, output)
         if order == 1:
-            return [gradient.movedim(0, 1)]  # (O, B, p) -> (B, O, p)
+            return [gradient.movedim(0, 1)]  # (O, b, p) -> (b, O, p)
+        num_outputs = output.shape[1]
         # delta's degree-1 coefficients: the coefficient of monomial delta_i is e_i.
         eye = torch.eye(num_variables, dtype=x.dtype, device=x.device)
         values: Graded = {1: eye.unsqueeze(0)}
-        top = output.new_zeros((x.shape[0], output.shape[1], _count(num_variables, order)))
-        for step, table, adjoint in zip(steps, tables, adjoints, strict=True):
+        top = output.new_zeros((batch, num_outputs, _count(num_variables, order)))
+        last = max((i for i, t in enumerate(tables) if t is not None), default=-1)
+        linear_tail = any(step.is_linear for step in steps[last + 1 :])
+        for index, (step, table, adjoint) in enumerate(zip(steps, tables, adjoints, strict=True)):
             if step.is_linear:
                 values = {d: F.linear(c, step.module.weight) for d, c in values.items()}
             elif table is not None:
-                values = _activation(values, table, adjoint, top, num_variables, order)
-    lower = [values[d].movedim(2, 1) if d in values else None for d in range(1, order)]
-    lower = [
-        c.expand(x.shape[0], *c.shape[1:]).contiguous()
-        if c is not None
-        else top.new_zeros((x.shape[0], top.shape[1], _count(num_variables, d + 1)))
-        for d, c in enumerate(lower)
-    ]
+                tail = index == last and linear_tail  # the rest is linear: map to the outputs
+                values = _activation(values, table, adjoint, top, num_variables, order, tail)
+                if tail:
+                    break
+    lower = []
+    for degree in range(1, order):
+        if degree in values:  # (b|1, M_d, O) -> (b, O, M_d)
+            coefficients = values[degree].movedim(2, 1)
+            lower.append(coefficients.expand(batch, *coefficients.shape[1:]).contiguous())
+        else:
+            lower.append(top.new_zeros((batch, num_outputs, _count(num_variables, degree))))
     return [*lower, top]
 
 
@@ -164,7 +177,11 @@ def _primal_pass(steps: list[_Step], x: Tensor, order: int) -> tuple[list, Tenso
 
 
 def _table(module: nn.Module, z0: Tensor, order: int) -> list[Tensor]:
-    """``[g(z0), g'(z0), g''(z0)/2!, ...]`` from the module's own Taylor rule on a unit jet."""
+    """``[g(z0), g'(z0), g''(z0)/2!, ...]``: read off directly where the built-in rule is a plain
+    table, else from the module's own Taylor rule on a unit jet."""
+    table = activation_table(module, z0, order)
+    if table is not None:
+        return table
     unit = Jet(z0, torch.ones_like(z0).unsqueeze(0).unsqueeze(0), order)
     result = _registry.module_rule(type(module))(module, unit)
     series = result.full_series()[:, 0]  # (n, B, W)
@@ -190,10 +207,21 @@ def _adjoint_pass(
 
 
 def _activation(
-    values: Graded, table: list[Tensor], adjoint: Tensor, top: Tensor, p: int, order: int
+    values: Graded,
+    table: list[Tensor],
+    adjoint: Tensor,
+    top: Tensor,
+    p: int,
+    order: int,
+    through_adjoint: bool = False,
 ) -> Graded:
     """Degrees ``1..n-1`` of ``g(z0 + D) - g(z0)``; adds what ``g`` contributes at degree ``n``
-    to ``top``, through ``adjoint``."""
+    to ``top``, through ``adjoint``.
+
+    ``through_adjoint``: only linear layers follow, whose composition *is* the adjoint, so the
+    result is returned already mapped to the outputs, ``(B, M_k, O)``: each term's sum over
+    units is a batched matrix product, and the activation's output is never formed.
+    """
     t = [c.unsqueeze(1) for c in table]  # (B, 1, W): broadcast over monomials
     powers = [None, values]  # powers[j] = D^j, degrees j .. n-1
     for j in range(2, order):
@@ -202,28 +230,44 @@ def _activation(
     for k in range(1, order):
         total = None
         for j in range(1, k + 1):
-            if k in powers[j]:
+            if k not in powers[j]:
+                continue
+            if through_adjoint:  # sum_u P_j[k][b, c, u] (adj T_j)[o, b, u]
+                weight = (adjoint * table[j]).permute(1, 2, 0)  # (B, W, O)
+                factor = powers[j][k].expand(weight.shape[0], -1, -1)
+                product = torch.bmm(factor, weight)
+                total = product if total is None else total.add_(product)
+            else:
                 total = _add_product(total, t[j], powers[j][k])
         if total is not None:
             result[k] = total
     # Degree n: sum_u adj_u [D R]_n,u with R = sum_{j >= 2} T_j D^(j-1), over the splits of n
-    # into degrees d + k: with the adjoint folded into the table (adj T_j, (B, O, 1, W)), the sum
-    # over units for every pair of monomials is one batched matrix product per point.
-    adjoint = adjoint.movedim(0, 1)  # (B, O, W)
-    weighted = [None, None] + [(adjoint * c.unsqueeze(1)).unsqueeze(2) for c in table[2:]]
+    # into degrees d + k. For each term, sum_u (D_d,a adj_u T_j,u) [D^(j-1)]_k,c,u over the units
+    # for every pair of monomials (a, c) is one batched matrix product per point, with the
+    # weights on the degree-d factor. The j = 2 terms, T_2 D_d D_k, are symmetric in (d, k):
+    # they are taken once, doubled, for d < k.
+    adjoint = adjoint.movedim(0, 1).unsqueeze(2)  # (B, O, 1, W)
     for d in range(1, order):
-        k = order - d
-        rest = None  # sum_j adj T_j [D^(j-1)]_k: (B, O, M_k, W)
-        for j in range(2, k + 2):
-            if d in values and k in powers[j - 1]:
-                rest = _add_product(rest, weighted[j], powers[j - 1][k].unsqueeze(1))
-        if rest is None:
+        if d not in values:
             continue
-        batch, outputs, count, width = rest.shape
-        left = values[d].expand(batch, -1, -1)  # (B, M_d, W)
-        pairs = torch.bmm(left, rest.reshape(batch, outputs * count, width).transpose(1, 2))
-        # (B, M_d, O, M_k) -> (B, O, M_d * M_k): row-major monomial pairs, as the targets.
-        pairs = pairs.reshape(batch, -1, outputs, count).transpose(1, 2).reshape(batch, outputs, -1)
+        k = order - d
+        terms = []  # (weight (B, O, 1, W), degree-k factor (B|1, M_k, W))
+        if d <= k and k in values:
+            terms.append(((2.0 if d < k else 1.0) * table[2].unsqueeze(1), values[k]))
+        terms += [(table[j].unsqueeze(1), powers[j - 1].get(k)) for j in range(3, k + 2)]
+        pairs = None
+        for weight, factor in terms:
+            if factor is None:
+                continue
+            left = adjoint * weight.unsqueeze(2) * values[d].unsqueeze(1)  # (B, O, M_d, W)
+            batch, outputs, count, width = left.shape
+            right = factor.expand(batch, -1, -1).transpose(1, 2)  # (B, W, M_k)
+            product = torch.bmm(left.reshape(batch, outputs * count, width), right)
+            pairs = product if pairs is None else pairs.add_(product)
+        if pairs is None:
+            continue
+        # (B, O * M_d, M_k) -> (B, O, M_d * M_k): row-major monomial pairs, as the targets.
+        pairs = pairs.reshape(batch, outputs, -1)
         top.index_add_(2, _product_indices(p, d, k)[2].to(top.device), pairs)
     return result
 
@@ -235,12 +279,19 @@ def _add_product(total: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
 
 def _multiply(a: Graded, b: Graded, max_degree: int, p: int) -> Graded:
     """``a * b`` truncated at ``max_degree`` (both without a constant term): every pair of
-    monomials as one outer product, summed onto the monomial of their product."""
+    monomials as one outer product, summed onto the monomial of their product.
+
+    The square of a polynomial's degree-1 part needs no sum: each monomial of degree 2 is the
+    product of exactly one unordered pair of variables (the first power of every MLP has it).
+    """
     result: Graded = {}
     for da, ca in a.items():
         for db, cb in b.items():
             degree = da + db
             if degree > max_degree:
+                continue
+            if a is b and da == db == 1:
+                result[degree] = _square_of_linear(ca)
                 continue
             pairs = (ca.unsqueeze(2) * cb.unsqueeze(1)).flatten(1, 2)  # (B, M_a * M_b, W)
             if degree not in result:
@@ -248,6 +299,24 @@ def _multiply(a: Graded, b: Graded, max_degree: int, p: int) -> Graded:
                 result[degree] = pairs.new_zeros(shape)
             result[degree].index_add_(1, _product_indices(p, da, db)[2].to(pairs.device), pairs)
     return result
+
+
+def _square_of_linear(linear: Tensor) -> Tensor:
+    """Degree 2 of ``(sum_i c_i x_i)^2`` from ``c`` ``(B, p, W)``: ``(B, M_2, W)``.
+
+    In the order of :func:`hope_attr._mixed.multi_indices`, the monomials ``x_i x_j`` (``j >= i``)
+    of each ``i`` form one run, ``x_i^2`` first, so each run is one broadcast product.
+    """
+    p = linear.shape[1]
+    out = linear.new_empty((linear.shape[0], _count(p, 2), linear.shape[2]))
+    doubled = 2 * linear
+    start = 0
+    for i in range(p):
+        row = linear[:, i : i + 1]
+        torch.mul(row, row, out=out[:, start : start + 1])
+        torch.mul(row, doubled[:, i + 1 :], out=out[:, start + 1 : start + p - i])
+        start += p - i
+    return out
 
 
 def _count(p: int, degree: int) -> int:

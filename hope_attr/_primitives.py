@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hope_attr import _arithmetic as ar
+from hope_attr import _registry
 from hope_attr import _taylor_tables as tables
 from hope_attr._jet import Jet
 from hope_attr._registry import TrainingModeError, UnsupportedOperationError, register_rule
@@ -571,10 +572,13 @@ def _elu(x: Jet, alpha: float = 1.0, inplace: bool = False) -> Jet:
     return ar.elementwise(x, tables.elu(x.primal, x.order, alpha))
 
 
+# SELU = scale * ELU(alpha); the constants are PyTorch's.
+_SELU_CONSTANTS = (1.6732632423543772848170429916717, 1.0507009873554804934193349852946)
+
+
 @register_rule(F.selu, torch.selu)
 def _selu(x: Jet, inplace: bool = False) -> Jet:
-    # SELU = scale * ELU(alpha); the constants are PyTorch's.
-    alpha, scale = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+    alpha, scale = _SELU_CONSTANTS
     return ar.elementwise(x, tables.elu(x.primal, x.order, alpha, scale), F.selu(x.primal))
 
 
@@ -601,6 +605,34 @@ ELEMENTWISE_ACTIVATIONS = (
     nn.SiLU,
     nn.Mish,
 )
+
+
+def activation_table(module: nn.Module, primal: Tensor, order: int) -> list[Tensor] | None:
+    """``[g(x), g'(x), g''(x)/2!, ..., g^(n)(x)/n!]`` of an activation module whose rule is the
+    built-in one below and a plain table (``None`` for compositions such as SiLU, and for a rule
+    a user registered instead): what the rule composes a jet with, without a jet."""
+    if _registry.module_rule(type(module)) is not _activation_module:
+        return None
+    if isinstance(module, nn.Tanh):
+        return tables.tanh(primal, order)
+    if isinstance(module, nn.Sigmoid):
+        return tables.sigmoid(primal, order)
+    if isinstance(module, nn.Softplus):
+        return tables.softplus(primal, order, module.beta, module.threshold)
+    if isinstance(module, nn.ELU):
+        return tables.elu(primal, order, module.alpha)
+    if isinstance(module, nn.SELU):
+        alpha, scale = _SELU_CONSTANTS
+        return [F.selu(primal), *tables.elu(primal, order, alpha, scale)[1:]]
+    if isinstance(module, nn.GELU) and module.approximate == "none":
+        return [F.gelu(primal), *tables.gelu(primal, order)[1:]]
+    if isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.Hardtanh)):
+        # One slope: what the rule multiplies the series with.
+        unit = Jet(primal, torch.ones_like(primal).reshape(1, 1, *primal.shape), order)
+        result = _activation_module(module, unit)
+        zeros = [torch.zeros_like(primal)] * (order - 1)
+        return [result.primal, result.series.reshape(primal.shape), *zeros]
+    return None
 
 
 @register_rule(*ELEMENTWISE_ACTIVATIONS, nn.Softmax, nn.LogSoftmax)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -131,3 +133,62 @@ def test_route_choice(p: int, outputs: int, order: int, expected: bool) -> None:
     model = _chain(p, [nn.Tanh()], outputs)
     expansion = Expansion(model, torch.randn(2, p, dtype=DTYPE), order)
     assert _mlp_taylor.is_cheaper(expansion) is expected
+
+
+ACTIVATIONS = [
+    nn.Tanh(),
+    nn.Sigmoid(),
+    nn.Softplus(beta=2.0, threshold=1.0),  # a threshold inside the sampled range
+    nn.ELU(0.5),
+    nn.SELU(),
+    nn.GELU(),
+    nn.GELU(approximate="tanh"),
+    nn.SiLU(),
+    nn.Mish(),
+    nn.ReLU(),
+    nn.LeakyReLU(0.1),
+    nn.Hardtanh(-0.5, 0.5),
+    nn.ReLU6(),
+]
+
+
+@pytest.mark.parametrize("module", ACTIVATIONS, ids=lambda m: repr(m))
+def test_activation_tables_are_the_rules_series(module: nn.Module) -> None:
+    """The table read off directly (where there is one) is what the rule gives a unit jet, and
+    either is the derivatives of the module itself."""
+    z = torch.linspace(-2.95, 3.05, 13, dtype=DTYPE).reshape(1, 13)  # no kink on the grid
+    from hope_attr import _primitives
+
+    direct = _primitives.activation_table(module, z, 4)
+    unit = hope_attr.Jet(z, torch.ones(1, 1, 1, 13, dtype=DTYPE), 4)
+    rule = _registry_rule(module)(module, unit)
+    through_rule = [rule.primal, *rule.full_series()[:, 0].unbind(0)]
+    if direct is not None:
+        for a, e in zip(direct, through_rule, strict=True):
+            torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-14)
+    table = _mlp_taylor._table(module, z, 4)
+    torch.testing.assert_close(table[0], module(z), rtol=1e-15, atol=0)
+    expected = _nested_jacfwd(lambda v: module(v), z.reshape(13, 1), 4)  # (13, 1, 1, ...)
+    for k, derivative in enumerate(expected, start=1):
+        torch.testing.assert_close(
+            table[k] * math.factorial(k), derivative.reshape(1, 13), rtol=1e-9, atol=1e-12
+        )
+
+
+def test_a_user_rule_for_an_activation_is_used(monkeypatch) -> None:
+    from hope_attr import _primitives, _registry
+
+    def doubled_tanh(module: nn.Tanh, x: hope_attr.Jet) -> hope_attr.Jet:
+        return 2.0 * torch.tanh(x)
+
+    monkeypatch.setitem(_registry._MODULE_RULES, nn.Tanh, doubled_tanh)
+    z = torch.randn(2, 3, dtype=DTYPE)
+    assert _primitives.activation_table(nn.Tanh(), z, 3) is None
+    table = _mlp_taylor._table(nn.Tanh(), z, 3)
+    torch.testing.assert_close(table[1], 2.0 * (1 - torch.tanh(z) ** 2))
+
+
+def _registry_rule(module: nn.Module):
+    from hope_attr import _registry
+
+    return _registry.module_rule(type(module))
