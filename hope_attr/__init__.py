@@ -3,6 +3,8 @@
 The jet convention (normalized Taylor coefficients) is stated once in :mod:`hope_attr._jet`.
 """
 
+import importlib.metadata
+
 from hope_attr._attribution import HOPEAttribution
 from hope_attr._derivatives import unmixed_derivatives
 from hope_attr._jet import Jet
@@ -15,7 +17,10 @@ from hope_attr._registry import (
 )
 from hope_attr.polynomial import TaylorPolynomial, discover, expand
 
-__version__ = "0.1.0"
+try:  # the version lives in pyproject.toml alone
+    __version__ = importlib.metadata.version("hope_attr")
+except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "HOPEAttribution",

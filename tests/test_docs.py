@@ -303,3 +303,13 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "mkdocs build --strict" in test_command[0]
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert test_command[0] in ci, ".ci/run must run the README's test command verbatim"
+
+
+def test_the_version_is_the_newest_release_in_the_changelog() -> None:
+    # One source for the version (pyproject.toml); the changelog's newest release matches it.
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    version = re.search(r'^version = "([^"]+)"$', pyproject, re.MULTILINE).group(1)
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    releases = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d{2}-\d{2}$", changelog, re.MULTILINE)
+    assert releases and releases[0] == version
+    assert hope_attr.__version__ == version
