@@ -17,8 +17,8 @@ Three measurements, each reported as ratios measured in this one run:
    chosen, next to the jets' method before blocking (all points at once, the engine's default
    chunks of directions).
    **Routes**: both routes on 3-layer width-64 tanh MLPs with ``p = 2, 5, 8`` inputs, 1 or 4
-   outputs and orders 2 to 5 at 2000 points: which is faster, and which one
-   ``mixed_derivatives`` picks by default (``hope_attr._mlp_taylor.is_cheaper``).
+   outputs and orders 2 to 5 (and 16 outputs for ``p = 5``) at 2000 points: which is faster,
+   and which one ``mixed_derivatives`` picks by default (``hope_attr._mlp_taylor.is_cheaper``).
 2. **The paper's Table 1**: 10-layer tanh MLPs of width 1024 with ``p = 1, 2, 3`` inputs, all mixed
    partials of orders ``1..n`` for ``n = 1..10`` at one point, against the paper's baseline: nested
    ``torch.autograd.grad`` over every entry of the previous derivative tensor (``p^(k-1)`` backward
@@ -161,7 +161,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         route_points=2000,
         route_cases=tuple(
             (p, outputs, order) for p in (2, 5, 8) for outputs in (1, 4) for order in (2, 3, 4, 5)
-        ),
+        )
+        + tuple((5, 16, order) for order in (2, 3, 4)),
         **common,
     )
 

@@ -24,14 +24,14 @@ import copy
 import math
 from collections.abc import Callable, Iterator
 from functools import lru_cache
-from itertools import combinations_with_replacement
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from hope_attr import _interpreter
+from hope_attr import _interpreter, _mlp_taylor
 from hope_attr._derivatives import Expansion
+from hope_attr._monomials import multi_indices
 
 # Above this many directions, a full expansion is most likely a mistake (p too large).
 _MAX_DIRECTIONS = 200_000
@@ -47,18 +47,6 @@ _BLOCK_BYTES = 4 * 2**20
 _CHUNK_BYTES = 16 * 2**20
 # How mixed partials are computed by default (see `normalized_coefficients`).
 _METHOD = "auto"
-
-
-@lru_cache(maxsize=64)
-def multi_indices(num_variables: int, degree: int) -> tuple[tuple[int, ...], ...]:
-    """All exponent vectors ``a`` with ``|a| = degree``, in a fixed (lexicographic) order."""
-    result = []
-    for combination in combinations_with_replacement(range(num_variables), degree):
-        exponents = [0] * num_variables
-        for variable in combination:
-            exponents[variable] += 1
-        result.append(tuple(exponents))
-    return tuple(sorted(result, reverse=True))
 
 
 def normalized_coefficients(
@@ -80,13 +68,15 @@ def normalized_coefficients(
     if method not in ("auto", "jets", "mlp"):
         raise ValueError(f"method must be 'auto', 'jets' or 'mlp', got {method!r}")
     if method != "jets":
-        from hope_attr import _mlp_taylor
-
         steps = _mlp_taylor.chain_of(expansion)
         if steps is not None and (method == "mlp" or _mlp_taylor.is_cheaper(expansion)):
             return _mlp_taylor.normalized_coefficients(expansion, steps)
         if method == "mlp":
-            raise ValueError("method='mlp' needs a chain of Linear layers and activations")
+            raise ValueError(
+                "method='mlp' needs a chain of nn.Linear layers and elementwise activation "
+                "modules with their built-in rules, on one flat input (B, p) with a flat output "
+                "(B, O) and no additional_forward_args; use method='jets' for any other model"
+            )
     x = expansion.inputs[0]
     num_variables, order = x.shape[1], expansion.order
     # (D, 1, p): the same directions at every point, broadcast over the batch.

@@ -6,9 +6,10 @@ than from the univariate jets of :mod:`hope_attr._mixed`:
 
 * **Degrees 1 .. n-1 are propagated forwards**, as polynomials in ``delta = x - x0``: a tensor of
   coefficients ``(B, M_d, W)`` per degree ``d`` (``M_d`` monomials, ordered as
-  :func:`hope_attr._mixed.multi_indices`). A linear layer acts on every coefficient (its bias on
-  the primal only); an activation ``g`` composes with its Taylor table ``T_j = g^(j)(z0) / j!``,
-  read off its registered rule: ``g(z0 + D) - g(z0) = T_1 D + D R`` with
+  :func:`hope_attr._monomials.multi_indices`). A linear layer acts on every coefficient (its bias on
+  the primal only); an activation ``g`` composes with its Taylor table ``T_j = g^(j)(z0) / j!``
+  (:func:`hope_attr._primitives.activation_table`, or its registered rule applied to a
+  one-direction jet): ``g(z0 + D) - g(z0) = T_1 D + D R`` with
   ``R = sum_{j >= 2} T_j D^(j-1)``, products truncated by degree.
 * **The top degree n is not propagated.** A degree-``n`` coefficient reaches every later layer
   only through the first-order term ``T_1 D_n``: what else an activation produces at degree ``n``,
@@ -21,46 +22,59 @@ than from the univariate jets of :mod:`hope_attr._mixed`:
 For ``p = 5`` inputs at order 3 a layer carries 20 coefficients, where the jets carry
 ``3 * C(7, 3) = 105`` (35 directions, 3 orders each), and activations do a handful of products
 instead of a series recurrence per direction. The cost grows like the number of monomials of
-degree ``< n`` times ``O`` (outputs) for the adjoints, so :mod:`hope_attr._mixed` uses this path
-only where it carries clearly fewer coefficients than the jets (see :func:`is_cheaper`).
+degree ``< n``, and the adjoint contractions with the number of outputs, so
+:mod:`hope_attr._mixed` uses this path only where it carries clearly fewer coefficients than the
+jets, for few outputs (see :func:`is_cheaper`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hope_attr import _registry
+from hope_attr import _primitives, _registry
 from hope_attr._jet import Jet
-from hope_attr._mixed import multi_indices
-from hope_attr._primitives import ELEMENTWISE_ACTIVATIONS, activation_table
+from hope_attr._monomials import count, multi_indices
+
+if TYPE_CHECKING:
+    from hope_attr._derivatives import Expansion
 
 # Polynomials by degree: {d: coefficients (B|1, M_d, W)}; a missing degree is zero.
 Graded = dict[int, Tensor]
+Table = list[Tensor]  # [T_0, T_1, ..., T_n], each (B, W)
 
-# Bytes of the coefficients of one block of points, per thread (each has its own cache): near
-# the size of a CPU's L2 cache; `benchmarks/mixed.py` sweeps it.
+# Bytes of one block of points' coefficients and temporaries, per thread (each has its own
+# cache): near the size of a CPU's L2 cache; `benchmarks/mixed.py` sweeps it.
 _BLOCK_BYTES = 2 * 2**20
 # When this path is used (see `is_cheaper`).
 _MAX_ORDER = 4
+_MAX_OUTPUTS = 4
 _ADVANTAGE = 4
-_PASS_THROUGH = (nn.Identity, nn.Dropout)
+# Modules that are the identity in eval mode (their built-in rule says so), skipped in a chain.
+_PASS_THROUGH = (nn.Identity, nn.modules.dropout._DropoutNd, nn.AlphaDropout)
 
 
 @dataclass(frozen=True)
 class _Step:
+    """One layer of the chain: a Linear layer or an elementwise activation."""
+
     module: nn.Module
     is_linear: bool
 
 
-def chain_of(expansion: object) -> list[_Step] | None:
+def chain_of(expansion: Expansion) -> list[_Step] | None:
     """The MLP's steps if ``expansion`` traced a chain of Linear layers and elementwise
-    activations on one flat input ``(B, p)`` with a flat output ``(B, O)``; else ``None``."""
+    activations on one flat input ``(B, p)`` with a flat output ``(B, O)``; else ``None``.
+
+    Only modules whose rule is the built-in one qualify: this path computes what those rules
+    compute, by other means, and would silently ignore a rule a user registered instead.
+    Identity and (eval-mode) dropout are skipped.
+    """
     if len(expansion.inputs) != 1 or expansion.extra or expansion.inputs[0].dim() != 2:
         return None
     if expansion.output.dim() != 2:
@@ -74,40 +88,36 @@ def chain_of(expansion: object) -> list[_Step] | None:
         if node.op != "call_module" or node.args != (previous,) or node.kwargs:
             return None
         module = expansion.graph.get_submodule(node.target)
-        if isinstance(module, nn.Linear):
+        rule = _registry.module_rule(type(module))
+        if isinstance(module, nn.Linear) and rule is _primitives._linear_module:
             steps.append(_Step(module, True))
-        elif isinstance(module, ELEMENTWISE_ACTIVATIONS):
-            if _registry.module_rule(type(module)) is None:
-                return None
-            steps.append(_Step(module, False))
-        elif not isinstance(module, _PASS_THROUGH):
+        elif isinstance(module, _primitives.ELEMENTWISE_ACTIVATIONS) and rule is not None:
+            steps.append(_Step(module, False))  # its table comes from its rule: any rule will do
+        elif not (isinstance(module, _PASS_THROUGH) and rule is _primitives._identity_module):
             return None
         previous = node
-    if nodes[-1].args != (previous,) or not any(step.is_linear for step in steps):
-        return None
-    return steps
+    return steps if nodes[-1].args == (previous,) and steps else None
 
 
-def is_cheaper(expansion: object) -> bool:
-    """Whether this path should beat the univariate jets, from how many coefficients each
-    carries per layer: ``n C(p+n-1, n)`` for the jets, ``O (C(p+n-1, n-1) - 1)`` here (``O``
-    outputs: the adjoint contraction runs once per output; the gradient's ``O`` for ``n = 1``).
+def is_cheaper(expansion: Expansion) -> bool:
+    """Whether this path should beat the univariate jets.
 
-    Its fixed costs (products of degrees, the reverse sweep) make it pay only when the jets
-    carry ``_ADVANTAGE`` times more, and only up to order ``_MAX_ORDER``: the thresholds come
+    Per layer the jets carry ``n C(p+n-1, n)`` coefficients, this path ``C(p+n-1, n-1) - 1``
+    (the monomials of degree ``1..n-1``) plus a contraction per output. Its fixed costs (products
+    of degrees, the reverse sweep) make it pay only when the jets carry ``_ADVANTAGE`` times more
+    coefficients, up to order ``_MAX_ORDER`` and ``_MAX_OUTPUTS`` outputs. The thresholds come
     from the route comparison of ``benchmarks/mixed.py``, which times both routes on MLPs with
     several ``p``, ``n`` and ``O`` and says which one this rule picks.
     """
     order, p = expansion.order, expansion.inputs[0].shape[1]
-    outputs = expansion.output.shape[1]
-    if order > _MAX_ORDER:
+    if order > _MAX_ORDER or expansion.output.shape[1] > _MAX_OUTPUTS:
         return False
-    jets = order * math.comb(p + order - 1, order)
-    lower = math.comb(p + order - 1, order - 1) - 1 if order > 1 else 1
-    return jets >= _ADVANTAGE * outputs * lower
+    jets = order * count(p, order)
+    lower = count(p + 1, order - 1) - 1 if order > 1 else 1  # monomials of degree 1..n-1
+    return jets >= _ADVANTAGE * lower
 
 
-def normalized_coefficients(expansion: object, steps: list[_Step]) -> list[Tensor]:
+def normalized_coefficients(expansion: Expansion, steps: list[_Step]) -> list[Tensor]:
     """Per order ``k``: ``f_a = d^a f / a!`` for every ``|a| = k``, shape ``(B, O, M_k)``.
 
     Points go in blocks sized for the caches, the primal pass and its tables included: tensors of
@@ -115,9 +125,11 @@ def normalized_coefficients(expansion: object, steps: list[_Step]) -> list[Tenso
     in fresh pages from the kernel) than the blocks' extra operations.
     """
     x, order = expansion.inputs[0], expansion.order
-    num_variables = x.shape[1]
-    widest = max([num_variables] + [s.module.out_features for s in steps if s.is_linear])
-    per_point = sum(_count(num_variables, d) for d in range(1, order)) * widest * x.element_size()
+    p, outputs = x.shape[1], expansion.output.shape[1]
+    widest = max([p] + [step.module.weight.shape[0] for step in steps if step.is_linear])
+    lower = sum(count(p, d) for d in range(1, order))
+    pairs = max((count(p, d) * count(p, order - d) for d in range(1, order)), default=0)
+    per_point = ((lower + pairs) * widest + outputs * count(p, order)) * x.element_size()
     points = max(1, _BLOCK_BYTES * torch.get_num_threads() // max(per_point, 1))
     blocks = [
         _expand_block(steps, x[start : start + points], order)
@@ -128,47 +140,46 @@ def normalized_coefficients(expansion: object, steps: list[_Step]) -> list[Tenso
 
 def _expand_block(steps: list[_Step], x: Tensor, order: int) -> list[Tensor]:
     """Coefficients of degrees ``1..n`` for one block of points: ``(b, O, M_k)`` each."""
-    batch, num_variables = x.shape
+    batch, p = x.shape
     with torch.no_grad():
         tables, output = _primal_pass(steps, x, order)
-        adjoints, gradient = _adjoint_pass(steps, tables, output)
         if order == 1:
-            return [gradient.movedim(0, 1)]  # (O, b, p) -> (b, O, p)
+            return [_input_gradient(steps, tables, output).movedim(0, 1)]  # (b, O, p)
+        adjoints = _adjoint_pass(steps, tables, output)
         num_outputs = output.shape[1]
         # delta's degree-1 coefficients: the coefficient of monomial delta_i is e_i.
-        eye = torch.eye(num_variables, dtype=x.dtype, device=x.device)
-        values: Graded = {1: eye.unsqueeze(0)}
-        top = output.new_zeros((batch, num_outputs, _count(num_variables, order)))
-        last = max((i for i, t in enumerate(tables) if t is not None), default=-1)
-        linear_tail = any(step.is_linear for step in steps[last + 1 :])
+        values: Graded = {1: torch.eye(p, dtype=x.dtype, device=x.device).unsqueeze(0)}
+        top = output.new_zeros((batch, num_outputs, count(p, order)))
+        last = max((i for i, step in enumerate(steps) if not step.is_linear), default=-1)
+        linear_tail = last + 1 < len(steps)  # only Linear layers after the last activation
         for index, (step, table, adjoint) in enumerate(zip(steps, tables, adjoints, strict=True)):
             if step.is_linear:
                 values = {d: F.linear(c, step.module.weight) for d, c in values.items()}
-            elif table is not None:
-                tail = index == last and linear_tail  # the rest is linear: map to the outputs
-                values = _activation(values, table, adjoint, top, num_variables, order, tail)
-                if tail:
-                    break
+                continue
+            tail = index == last and linear_tail  # the rest is linear: map to the outputs
+            values = _activation(values, table, adjoint, top, p, order, tail)
+            if tail:
+                break
     lower = []
     for degree in range(1, order):
         if degree in values:  # (b|1, M_d, O) -> (b, O, M_d)
             coefficients = values[degree].movedim(2, 1)
             lower.append(coefficients.expand(batch, *coefficients.shape[1:]).contiguous())
         else:
-            lower.append(top.new_zeros((batch, num_outputs, _count(num_variables, degree))))
+            lower.append(top.new_zeros((batch, num_outputs, count(p, degree))))
     return [*lower, top]
 
 
-def _primal_pass(steps: list[_Step], x: Tensor, order: int) -> tuple[list, Tensor]:
-    """The primal through the chain, and each activation's table ``[T_0 .. T_n]`` at it."""
-    tables: list[list[Tensor] | None] = []
+def _primal_pass(steps: list[_Step], x: Tensor, order: int) -> tuple[list[Table | None], Tensor]:
+    """The primal through the chain, and each activation's table ``[T_0 .. T_n]`` at it.
+
+    Linear layers run as ``F.linear``, as their rule does: no module hooks, once per block."""
+    tables: list[Table | None] = []
     value = x
     for step in steps:
         if step.is_linear:
             tables.append(None)
-            value = step.module(value)
-        elif isinstance(step.module, _PASS_THROUGH):
-            tables.append(None)
+            value = F.linear(value, step.module.weight, step.module.bias)
         else:
             table = _table(step.module, value, order)
             tables.append(table)
@@ -176,10 +187,10 @@ def _primal_pass(steps: list[_Step], x: Tensor, order: int) -> tuple[list, Tenso
     return tables, value
 
 
-def _table(module: nn.Module, z0: Tensor, order: int) -> list[Tensor]:
+def _table(module: nn.Module, z0: Tensor, order: int) -> Table:
     """``[g(z0), g'(z0), g''(z0)/2!, ...]``: read off directly where the built-in rule is a plain
     table, else from the module's own Taylor rule on a unit jet."""
-    table = activation_table(module, z0, order)
+    table = _primitives.activation_table(module, z0, order)
     if table is not None:
         return table
     unit = Jet(z0, torch.ones_like(z0).unsqueeze(0).unsqueeze(0), order)
@@ -189,26 +200,36 @@ def _table(module: nn.Module, z0: Tensor, order: int) -> list[Tensor]:
 
 
 def _adjoint_pass(
-    steps: list[_Step], tables: list, output: Tensor
-) -> tuple[list[Tensor | None], Tensor]:
-    """``dy_o/dh`` at every activation's output, ``(O, B, W)``, and the gradient at the input."""
+    steps: list[_Step], tables: list[Table | None], output: Tensor
+) -> list[Tensor | None]:
+    """``dy_o/dh`` at every activation's output, ``(O, B, W)`` (``None`` at Linear layers)."""
     num_outputs = output.shape[1]
     eye = torch.eye(num_outputs, dtype=output.dtype, device=output.device)
     adjoint = eye.unsqueeze(1).expand(num_outputs, output.shape[0], num_outputs)
     adjoints: list[Tensor | None] = [None] * len(steps)
-    for index in reversed(range(len(steps))):
-        step, table = steps[index], tables[index]
-        if step.is_linear:
-            adjoint = adjoint @ step.module.weight
-        elif table is not None:
+    first = next((i for i, step in enumerate(steps) if not step.is_linear), len(steps))
+    for index in reversed(range(first, len(steps))):  # below the first activation: not needed
+        if steps[index].is_linear:
+            adjoint = adjoint @ steps[index].module.weight
+        else:
             adjoints[index] = adjoint
-            adjoint = adjoint * table[1]
-    return adjoints, adjoint
+            adjoint = adjoint * tables[index][1]
+    return adjoints
+
+
+def _input_gradient(steps: list[_Step], tables: list[Table | None], output: Tensor) -> Tensor:
+    """``dy_o/dx``, ``(O, B, p)``: the reverse sweep all the way down (order 1)."""
+    num_outputs = output.shape[1]
+    eye = torch.eye(num_outputs, dtype=output.dtype, device=output.device)
+    adjoint = eye.unsqueeze(1).expand(num_outputs, output.shape[0], num_outputs)
+    for step, table in zip(reversed(steps), reversed(tables), strict=True):
+        adjoint = adjoint @ step.module.weight if step.is_linear else adjoint * table[1]
+    return adjoint
 
 
 def _activation(
     values: Graded,
-    table: list[Tensor],
+    table: Table,
     adjoint: Tensor,
     top: Tensor,
     p: int,
@@ -222,10 +243,12 @@ def _activation(
     result is returned already mapped to the outputs, ``(B, M_k, O)``: each term's sum over
     units is a batched matrix product, and the activation's output is never formed.
     """
-    t = [c.unsqueeze(1) for c in table]  # (B, 1, W): broadcast over monomials
     powers = [None, values]  # powers[j] = D^j, degrees j .. n-1
     for j in range(2, order):
         powers.append(_multiply(powers[j - 1], values, order - 1, p))
+    if through_adjoint:
+        # weights[j][b, u, o] = adj[o, b, u] T_j[b, u]
+        weights = [None] + [(adjoint * table[j]).permute(1, 2, 0) for j in range(1, order)]
     result: Graded = {}
     for k in range(1, order):
         total = None
@@ -233,43 +256,59 @@ def _activation(
             if k not in powers[j]:
                 continue
             if through_adjoint:  # sum_u P_j[k][b, c, u] (adj T_j)[o, b, u]
-                weight = (adjoint * table[j]).permute(1, 2, 0)  # (B, W, O)
-                factor = powers[j][k].expand(weight.shape[0], -1, -1)
-                product = torch.bmm(factor, weight)
+                factor = powers[j][k].expand(weights[j].shape[0], -1, -1)
+                product = torch.bmm(factor, weights[j])
                 total = product if total is None else total.add_(product)
             else:
-                total = _add_product(total, t[j], powers[j][k])
+                total = _add_product(total, table[j].unsqueeze(1), powers[j][k])
         if total is not None:
             result[k] = total
-    # Degree n: sum_u adj_u [D R]_n,u with R = sum_{j >= 2} T_j D^(j-1), over the splits of n
-    # into degrees d + k. For each term, sum_u (D_d,a adj_u T_j,u) [D^(j-1)]_k,c,u over the units
-    # for every pair of monomials (a, c) is one batched matrix product per point, with the
-    # weights on the degree-d factor. The j = 2 terms, T_2 D_d D_k, are symmetric in (d, k):
-    # they are taken once, doubled, for d < k.
+    _add_top_degree(values, powers, table, adjoint, top, p, order)
+    return result
+
+
+def _add_top_degree(
+    values: Graded,
+    powers: list,
+    table: Table,
+    adjoint: Tensor,
+    top: Tensor,
+    p: int,
+    order: int,
+) -> None:
+    """Adds ``sum_u adj_u [D R]_n,u`` to ``top`` (``R = sum_{j >= 2} T_j D^(j-1)``).
+
+    Over the splits of ``n`` into degrees ``d + k``: for each term, ``sum_u (D_d,a adj_u T_j,u)
+    [D^(j-1)]_k,c,u`` for every pair of monomials ``(a, c)`` is one batched matrix product per
+    point, with the weights on the degree-``d`` factor. The ``j = 2`` terms, ``T_2 D_d D_k``, are
+    symmetric in ``(d, k)``: they are taken once, doubled, for ``d < k``.
+    """
     adjoint = adjoint.movedim(0, 1).unsqueeze(2)  # (B, O, 1, W)
+    batch, outputs = adjoint.shape[:2]
     for d in range(1, order):
         if d not in values:
             continue
         k = order - d
-        terms = []  # (weight (B, O, 1, W), degree-k factor (B|1, M_k, W))
+        weighted = adjoint * values[d].unsqueeze(1)  # (B, O, M_d, W)
+        terms = []  # (T_j (B, 1, 1, W), degree-k factor (B|1, M_k, W))
         if d <= k and k in values:
-            terms.append(((2.0 if d < k else 1.0) * table[2].unsqueeze(1), values[k]))
-        terms += [(table[j].unsqueeze(1), powers[j - 1].get(k)) for j in range(3, k + 2)]
+            terms.append(((2.0 if d < k else 1.0) * table[2][:, None, None], values[k]))
+        terms += [
+            (table[j][:, None, None], powers[j - 1][k])
+            for j in range(3, k + 2)
+            if k in powers[j - 1]
+        ]
         pairs = None
         for weight, factor in terms:
-            if factor is None:
-                continue
-            left = adjoint * weight.unsqueeze(2) * values[d].unsqueeze(1)  # (B, O, M_d, W)
-            batch, outputs, count, width = left.shape
+            left = (weighted * weight).reshape(batch, -1, weighted.shape[-1])  # (B, O M_d, W)
             right = factor.expand(batch, -1, -1).transpose(1, 2)  # (B, W, M_k)
-            product = torch.bmm(left.reshape(batch, outputs * count, width), right)
+            product = torch.bmm(left, right)
             pairs = product if pairs is None else pairs.add_(product)
-        if pairs is None:
-            continue
-        # (B, O * M_d, M_k) -> (B, O, M_d * M_k): row-major monomial pairs, as the targets.
-        pairs = pairs.reshape(batch, outputs, -1)
-        top.index_add_(2, _product_indices(p, d, k)[2].to(top.device), pairs)
-    return result
+        if pairs is not None:
+            # (B, O * M_d, M_k) -> (B, O, M_d * M_k): row-major monomial pairs, as the targets.
+            top.index_add_(
+                2, _product_targets(p, d, k, top.device), pairs.reshape(batch, outputs, -1)
+            )
 
 
 def _add_product(total: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
@@ -295,20 +334,19 @@ def _multiply(a: Graded, b: Graded, max_degree: int, p: int) -> Graded:
                 continue
             pairs = (ca.unsqueeze(2) * cb.unsqueeze(1)).flatten(1, 2)  # (B, M_a * M_b, W)
             if degree not in result:
-                shape = (pairs.shape[0], _count(p, degree), pairs.shape[2])
-                result[degree] = pairs.new_zeros(shape)
-            result[degree].index_add_(1, _product_indices(p, da, db)[2].to(pairs.device), pairs)
+                result[degree] = pairs.new_zeros((pairs.shape[0], count(p, degree), pairs.shape[2]))
+            result[degree].index_add_(1, _product_targets(p, da, db, pairs.device), pairs)
     return result
 
 
 def _square_of_linear(linear: Tensor) -> Tensor:
     """Degree 2 of ``(sum_i c_i x_i)^2`` from ``c`` ``(B, p, W)``: ``(B, M_2, W)``.
 
-    In the order of :func:`hope_attr._mixed.multi_indices`, the monomials ``x_i x_j`` (``j >= i``)
-    of each ``i`` form one run, ``x_i^2`` first, so each run is one broadcast product.
+    In the order of :func:`hope_attr._monomials.multi_indices`, the monomials ``x_i x_j``
+    (``j >= i``) of each ``i`` form one run, ``x_i^2`` first, so each run is one broadcast product.
     """
     p = linear.shape[1]
-    out = linear.new_empty((linear.shape[0], _count(p, 2), linear.shape[2]))
+    out = linear.new_empty((linear.shape[0], count(p, 2), linear.shape[2]))
     doubled = 2 * linear
     start = 0
     for i in range(p):
@@ -319,20 +357,14 @@ def _square_of_linear(linear: Tensor) -> Tensor:
     return out
 
 
-def _count(p: int, degree: int) -> int:
-    return math.comb(p + degree - 1, degree)
-
-
 @lru_cache(maxsize=256)
-def _product_indices(p: int, da: int, db: int) -> tuple[Tensor, Tensor, Tensor]:
-    """For every pair of monomials of degrees ``da`` and ``db`` (row-major): their positions,
-    and the position of their product among the monomials of degree ``da + db``."""
-    left_monomials, right_monomials = multi_indices(p, da), multi_indices(p, db)
+def _product_targets(p: int, da: int, db: int, device: torch.device) -> Tensor:
+    """For every pair of monomials of degrees ``da`` and ``db`` (row-major), the position of
+    their product among the monomials of degree ``da + db`` (on ``device``, made once)."""
     position = {m: i for i, m in enumerate(multi_indices(p, da + db))}
-    left, right, target = [], [], []
-    for i, a in enumerate(left_monomials):
-        for j, b in enumerate(right_monomials):
-            left.append(i)
-            right.append(j)
-            target.append(position[tuple(x + y for x, y in zip(a, b, strict=True))])
-    return tuple(torch.tensor(v, dtype=torch.long) for v in (left, right, target))
+    targets = [
+        position[tuple(x + y for x, y in zip(a, b, strict=True))]
+        for a in multi_indices(p, da)
+        for b in multi_indices(p, db)
+    ]
+    return torch.tensor(targets, dtype=torch.long, device=device)

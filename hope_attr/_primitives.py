@@ -627,11 +627,11 @@ def activation_table(module: nn.Module, primal: Tensor, order: int) -> list[Tens
     if isinstance(module, nn.GELU) and module.approximate == "none":
         return [F.gelu(primal), *tables.gelu(primal, order)[1:]]
     if isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.Hardtanh)):
-        # One slope: what the rule multiplies the series with.
+        # One slope: what the rule multiplies the series with (it stores one coefficient).
         unit = Jet(primal, torch.ones_like(primal).reshape(1, 1, *primal.shape), order)
         result = _activation_module(module, unit)
         zeros = [torch.zeros_like(primal)] * (order - 1)
-        return [result.primal, result.series.reshape(primal.shape), *zeros]
+        return [result.primal, result.series[0, 0].expand_as(primal), *zeros]
     return None
 
 

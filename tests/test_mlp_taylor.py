@@ -35,7 +35,7 @@ CHAINS = {
         p, [nn.Sigmoid(), nn.GELU(), nn.Softplus(beta=2.0)], o
     ),
     "silu, mish, elu": lambda p, o: _chain(p, [nn.SiLU(), nn.Mish(), nn.ELU(0.5)], o),
-    "relu then tanh (a kink-free point)": lambda p, o: _chain(p, [nn.ReLU(), nn.Tanh()], o),
+    "relu then tanh (random points: no kink)": lambda p, o: _chain(p, [nn.ReLU(), nn.Tanh()], o),
     "activation on the output": lambda p, o: _chain(p, [nn.Tanh()], o, head=nn.Sigmoid()),
     "identity and dropout (eval) in between": lambda p, o: (
         nn.Sequential(nn.Linear(p, 6), nn.Dropout(0.3), nn.Tanh(), nn.Identity(), nn.Linear(6, o))
@@ -43,15 +43,37 @@ CHAINS = {
         .eval()
     ),
     "no activation": lambda p, o: nn.Sequential(nn.Linear(p, 4), nn.Linear(4, o)).to(DTYPE),
+    "starts with an activation, two in a row, no bias": lambda p, o: nn.Sequential(
+        nn.Sigmoid(), nn.Linear(p, 5, bias=False), nn.Tanh(), nn.Softplus(), nn.Linear(5, o)
+    ).to(DTYPE),
+    "nested Sequential, alpha dropout": lambda p, o: (
+        nn.Sequential(
+            nn.Sequential(nn.Linear(p, 5), nn.Tanh()), nn.AlphaDropout(0.2), nn.Linear(5, o)
+        )
+        .to(DTYPE)
+        .eval()
+    ),
+    "a module calling its layers in order (traced by fx)": lambda p, o: Layered(p, o).to(DTYPE),
 }
 
 
+class Layered(nn.Module):
+    def __init__(self, p: int, outputs: int) -> None:
+        super().__init__()
+        self.first, self.act, self.second = nn.Linear(p, 6), nn.GELU(), nn.Linear(6, outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.act(self.first(x)))
+
+
 @pytest.mark.parametrize("order", [1, 2, 3, 4, 5])
-@pytest.mark.parametrize(("p", "outputs"), [(1, 1), (2, 3), (5, 1), (4, 2)])
+@pytest.mark.parametrize(("p", "outputs", "batch"), [(1, 1, 3), (2, 3, 1), (5, 1, 3), (4, 2, 2)])
 @pytest.mark.parametrize("name", list(CHAINS))
-def test_mlp_path_matches_nested_jacfwd(name: str, p: int, outputs: int, order: int) -> None:
+def test_mlp_path_matches_nested_jacfwd(
+    name: str, p: int, outputs: int, batch: int, order: int
+) -> None:
     model = CHAINS[name](p, outputs)
-    x = torch.randn(3, p, dtype=DTYPE)
+    x = torch.randn(batch, p, dtype=DTYPE)
     expansion = Expansion(model, x, order)
     steps = _mlp_taylor.chain_of(expansion)
     assert steps is not None
@@ -59,7 +81,7 @@ def test_mlp_path_matches_nested_jacfwd(name: str, p: int, outputs: int, order: 
     actual = _mixed.derivative_tensors(coefficients, p)
     expected = _nested_jacfwd(model, x, order)
     for k, (a, e) in enumerate(zip(actual, expected, strict=True), start=1):
-        assert a.shape == (3, outputs, *([p] * k))
+        assert a.shape == (batch, outputs, *([p] * k))
         scale = e.abs().max().clamp_min(1e-12)  # orders a ReLU or a linear chain zero out
         assert ((a - e).abs().max() / scale).item() <= 1e-9, (k, name)
 
@@ -72,6 +94,13 @@ def test_blocks_of_points_give_the_same_numbers(monkeypatch) -> None:
     assert _relative_error(pointwise, whole) <= 1e-13
 
 
+def test_float32_matches_float64() -> None:
+    model, x = CHAINS["tanh, tanh"](5, 2), torch.randn(50, 5, dtype=DTYPE)
+    double = _mixed.normalized_coefficients(Expansion(model, x, 3), method="mlp")
+    single = _mixed.normalized_coefficients(Expansion(model.float(), x.float(), 3), method="mlp")
+    assert _relative_error([s.double() for s in single], double) <= 1e-5
+
+
 class Residual(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -81,7 +110,38 @@ class Residual(nn.Module):
         return x + torch.tanh(self.inner(x))
 
 
+class ScaledLinear(nn.Linear):
+    """A Linear subclass with its own forward and its own rule: this path must not use it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * super().forward(x)
+
+
+class Echo(nn.Identity):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 3 * x
+
+
+@pytest.fixture
+def custom_rules():
+    from hope_attr import _registry
+
+    hope_attr.register_rule(ScaledLinear)(
+        lambda module, x: 2 * nn.functional.linear(x, module.weight, module.bias)
+    )
+    hope_attr.register_rule(Echo)(lambda module, x: 3 * x)
+    yield
+    _registry.unregister_rule(ScaledLinear)
+    _registry.unregister_rule(Echo)
+
+
 NOT_CHAINS = {
+    "Linear subclass with its own rule": lambda: nn.Sequential(
+        ScaledLinear(3, 4), nn.Tanh(), nn.Linear(4, 1)
+    ),
+    "Identity subclass with its own rule": lambda: nn.Sequential(
+        nn.Linear(3, 4), Echo(), nn.Tanh(), nn.Linear(4, 1)
+    ),
     "residual": lambda: Residual(),
     "functional activation": lambda: lambda x: torch.tanh(nn.functional.linear(x, W)),
     "softmax head (not elementwise)": lambda: nn.Sequential(nn.Linear(3, 3), nn.Softmax(dim=1)),
@@ -90,15 +150,18 @@ NOT_CHAINS = {
 W = torch.randn(3, 3, dtype=DTYPE)
 
 
+@pytest.mark.usefixtures("custom_rules")
 @pytest.mark.parametrize("name", list(NOT_CHAINS))
-def test_other_models_use_the_jets(name: str) -> None:
+def test_other_models_are_refused_and_auto_uses_the_jets(name: str) -> None:
     model = NOT_CHAINS[name]()
     if isinstance(model, nn.Module):
         model = model.to(DTYPE).eval()
     x = torch.randn(2, 3, dtype=DTYPE)
     assert _mlp_taylor.chain_of(Expansion(model, x, 3)) is None
-    with pytest.raises(ValueError, match="chain of Linear"):
+    with pytest.raises(ValueError, match="chain of nn.Linear"):
         _mixed.normalized_coefficients(Expansion(model, x, 3), method="mlp")
+    actual = hope_attr.mixed_derivatives(model, x, 3)
+    assert _relative_error(actual, _nested_jacfwd(model, x, 3)) <= 1e-9
 
 
 def test_auto_picks_the_mlp_path_for_low_orders_and_few_outputs(monkeypatch) -> None:
@@ -121,9 +184,11 @@ def test_auto_picks_the_mlp_path_for_low_orders_and_few_outputs(monkeypatch) -> 
 @pytest.mark.parametrize(
     ("p", "outputs", "order", "expected"),
     [
-        (5, 1, 3, True),  # jets 3 * 35 = 105 coefficients, this route 1 * 20: 5.25 times fewer
-        (5, 2, 3, False),  # 105 against 2 * 20: only 2.6 times fewer
+        (5, 1, 3, True),  # jets 3 * 35 = 105 coefficients, this route 20: 5.25 times fewer
+        (5, 4, 3, True),  # the same with 4 outputs
+        (5, 8, 3, False),  # more outputs than _MAX_OUTPUTS
         (8, 1, 2, True),  # 2 * 36 = 72 against 8
+        (3, 1, 3, False),  # 3 * 10 = 30 against 9: only 3.3 times fewer
         (2, 1, 3, False),  # 3 * 4 = 12 against 5
         (1, 1, 2, False),  # one variable: 2 against 1
         (5, 1, 5, False),  # above the highest order
@@ -160,6 +225,11 @@ def test_activation_tables_are_the_rules_series(module: nn.Module) -> None:
     from hope_attr import _primitives
 
     direct = _primitives.activation_table(module, z, 4)
+    # Plain tables are read off directly; compositions come from the rule.
+    composition = (
+        isinstance(module, (nn.SiLU, nn.Mish)) or getattr(module, "approximate", "") == "tanh"
+    )
+    assert (direct is None) == composition
     unit = hope_attr.Jet(z, torch.ones(1, 1, 1, 13, dtype=DTYPE), 4)
     rule = _registry_rule(module)(module, unit)
     through_rule = [rule.primal, *rule.full_series()[:, 0].unbind(0)]
@@ -186,6 +256,11 @@ def test_a_user_rule_for_an_activation_is_used(monkeypatch) -> None:
     assert _primitives.activation_table(nn.Tanh(), z, 3) is None
     table = _mlp_taylor._table(nn.Tanh(), z, 3)
     torch.testing.assert_close(table[1], 2.0 * (1 - torch.tanh(z) ** 2))
+    # Both routes follow the user's rule, so they agree with each other (not with the module).
+    model, x = CHAINS["tanh, tanh"](3, 1), torch.randn(4, 3, dtype=DTYPE)
+    jets = _mixed.normalized_coefficients(Expansion(model, x, 3), method="jets")
+    mlp = _mixed.normalized_coefficients(Expansion(model, x, 3), method="mlp")
+    assert _relative_error(mlp, jets) <= 1e-12
 
 
 def _registry_rule(module: nn.Module):
