@@ -157,7 +157,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         table1_inputs=(1, 2, 3),
         table1_orders=tuple(range(1, 11)),
         batch_sizes=(1, 4, 16, 64, 256, 1024, 4096),
-        block_budgets_mib=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
+        block_budgets_mib=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0),
         route_points=2000,
         route_cases=tuple(
             (p, outputs, order) for p in (2, 5, 8) for outputs in (1, 4) for order in (2, 3, 4, 5)

@@ -48,9 +48,9 @@ if TYPE_CHECKING:
 Graded = dict[int, Tensor]
 Table = list[Tensor]  # [T_0, T_1, ..., T_n], each (B, W)
 
-# Bytes of one block of points' coefficients and temporaries, per thread (each has its own
-# cache): near the size of a CPU's L2 cache; `benchmarks/mixed.py` sweeps it.
-_BLOCK_BYTES = 2 * 2**20
+# Bytes of one block of points' coefficients and temporaries, per thread. Larger blocks mean
+# fewer operations; past about 16 MiB the caches no longer help (`benchmarks/mixed.py` sweeps it).
+_BLOCK_BYTES = 16 * 2**20
 # When this path is used (see `is_cheaper`).
 _MAX_ORDER = 4
 _MAX_OUTPUTS = 4
