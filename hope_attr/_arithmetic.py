@@ -37,6 +37,22 @@ def _pad_orders(series: Tensor, m: int) -> Tensor:
     return torch.cat([series, series.new_zeros((m - series.shape[0], *series.shape[1:]))])
 
 
+def lifted_series(jet: Jet, ndim: int) -> Tensor:
+    """``jet.series`` laid out for a result of rank ``ndim`` that ``jet`` broadcasts into.
+
+    Broadcasting prepends axes to the model's layout; in the series they go after the order and
+    direction axes. The old leading axis is materialized first: only the new leading axis may be
+    a broadcast 1 (the jet convention).
+    """
+    series = jet.series
+    extra = ndim - jet.primal.dim()
+    if extra <= 0:
+        return series
+    if jet.primal.dim() and series.shape[2] != jet.primal.shape[0]:
+        series = series.expand(*series.shape[:2], *jet.primal.shape)
+    return series.reshape(*series.shape[:2], *([1] * extra), *series.shape[2:])
+
+
 def _broadcast_series(series: Tensor, primal_shape: torch.Size) -> Tensor:
     """Broadcast ``(m, D, B|1, *S)`` to the layout of a (possibly broadcast) result."""
     batch = series.shape[2] if series.shape[2] == 1 else primal_shape[0]
@@ -92,7 +108,7 @@ def linear_combination(a: object, b: object, alpha: float = 1.0) -> Jet:
     parts = []
     for value, weight in ((a, 1.0), (b, alpha)):
         if is_jet(value):
-            parts.append((value.series, weight))
+            parts.append((lifted_series(value, primal.dim()), weight))
     order = next(v.order for v in (a, b) if is_jet(v))
     m = max(s.shape[0] for s, _ in parts)
     total = None
@@ -116,18 +132,23 @@ def sub(a: object, b: object) -> Jet:
 def mul(a: object, b: object) -> Jet:
     if is_jet(a) and is_jet(b):
         primal = a.primal * b.primal
-        series = cauchy_product(a.primal, a.series, b.primal, b.series, a.order)
+        ndim = primal.dim()
+        series = cauchy_product(
+            a.primal, lifted_series(a, ndim), b.primal, lifted_series(b, ndim), a.order
+        )
         return Jet(primal, _broadcast_series(series, primal.shape), a.order)
     jet, const = (a, b) if is_jet(a) else (b, a)
     primal = jet.primal * const
-    return Jet(primal, _broadcast_series(jet.series * const, primal.shape), jet.order)
+    series = lifted_series(jet, primal.dim()) * const
+    return Jet(primal, _broadcast_series(series, primal.shape), jet.order)
 
 
 def div(a: object, b: object) -> Jet:
     if is_jet(b):
         return mul(a, reciprocal(b)) if is_jet(a) else mul(reciprocal(b), a)
     primal = a.primal / b
-    return Jet(primal, _broadcast_series(a.series / b, primal.shape), a.order)
+    series = lifted_series(a, primal.dim()) / b
+    return Jet(primal, _broadcast_series(series, primal.shape), a.order)
 
 
 def matmul(a: object, b: object) -> Jet:

@@ -136,3 +136,46 @@ def erf(x: Jet) -> Jet:
 def atan(x: Jet) -> Jet:
     # atan' = 1 / (1 + x^2)
     return _integral(x, torch.atan(x.primal), lambda u: ar.reciprocal(1 + u * u))
+
+
+@register_rule(torch.expm1, torch.Tensor.expm1, torch.special.expm1)
+def expm1(x: Jet) -> Jet:
+    # Only the primal differs from exp(x) - 1 (in rounding); the series are exp's.
+    e = ar.exp(x)
+    return Jet(torch.expm1(x.primal), e.series, x.order)
+
+
+@register_rule(torch.log1p, torch.Tensor.log1p, torch.special.log1p)
+def log1p(x: Jet) -> Jet:
+    shifted = ar.log(x + 1.0)
+    return Jet(torch.log1p(x.primal), shifted.series, x.order)
+
+
+@register_rule(torch.linalg.vector_norm)
+def vector_norm(
+    x: Jet,
+    ord: float = 2,
+    dim=None,
+    keepdim: bool = False,
+    *,
+    dtype=None,  # noqa: A002, ANN001
+) -> Jet:
+    """``(sum |x|^p)^(1/p)``; p = 2 as ``sqrt(sum x^2)`` (smooth away from 0)."""
+    if ord in (math.inf, -math.inf) or ord == 0:
+        raise ValueError(f"vector_norm with ord={ord} is not smooth; hope_attr supports p > 0")
+    dims = tuple(range(x.primal.dim())) if dim is None else dim
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    powered = x * x if ord == 2 else ar.power(torch.abs(x), float(ord))
+    total = _reduce(powered, dims, mean=False)
+    if not keepdim:
+        total = ar.map_per_sample(lambda t: t.squeeze(dims), total)
+    return ar.power(total, 1.0 / float(ord))
+
+
+@register_rule(torch.norm, torch.Tensor.norm)
+def norm(x: Jet, p: float | str = "fro", dim=None, keepdim: bool = False, dtype=None) -> Jet:  # noqa: ANN001
+    if p == "fro":
+        p = 2
+    if not isinstance(p, (int, float)):
+        raise ValueError(f"norm with p={p!r} has no Taylor rule; use torch.linalg.vector_norm")
+    return vector_norm(x, p, dim, keepdim)

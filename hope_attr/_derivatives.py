@@ -9,9 +9,14 @@ from typing import Any, overload
 import torch
 from torch import Tensor
 
-from hope_attr import _compositions, _interpreter, _primitives  # noqa: F401  (register the built-in rules)
+from hope_attr import (  # noqa: F401  (register the built-in rules)
+    _compositions,
+    _eager,
+    _interpreter,
+    _primitives,
+    _rules_attention,
+)
 from hope_attr._jet import InputSeed, Jet
-from hope_attr._registry import UnsupportedOperationError
 
 # Memory the series of one activation may take. The default chunk of directions is sized so that
 # the largest series (with the temporaries of a nonlinearity, ~4 copies) fits in it. Every chunk
@@ -127,17 +132,20 @@ class Expansion:
         self.extra = _format_additional_args(additional_forward_args)
         _check_arguments(forward_func, self.inputs, order, internal_batch_size)
         self.order = order
-        self.forward_func = forward_func
-        self.graph = _interpreter.trace(forward_func, (*self.inputs, *self.extra))
-        _interpreter.check_eval_mode(self.graph)
+        self.forward_func = _eager.unwrap(forward_func)
+        # A plain nn.Sequential of modules with rules and no hooks runs as a list of rule calls,
+        # skipping the per-module call machinery (a fifth of a small MLP's expansion); anything
+        # else runs the model's own forward eagerly on jets (hope_attr._eager).
+        self._chain = _interpreter.sequential_chain(self.forward_func, self.inputs, self.extra)
+        self._graph = self._chain
+        _eager.check_eval_mode(self.forward_func)
         largest = [0]
 
         def observe(value: object) -> None:
             if isinstance(value, Tensor):
                 largest[0] = max(largest[0], value.numel())
 
-        with torch.no_grad():
-            output = _interpreter.run(self.graph, (*self.inputs, *self.extra), observe)
+        output = self.run((*self.inputs, *self.extra), observe)
         _check_output(output, self.inputs[0].shape[0])
         self.output: Tensor = output
         self.chunk_given = internal_batch_size is not None
@@ -196,24 +204,38 @@ class Expansion:
                 on_chunk(stop - start)
         return torch.cat(chunks, dim=1)
 
+    @property
+    def graph(self) -> _interpreter.TracedGraph:
+        """The forward as a ``torch.fx`` graph, for the consumers that need its structure (the
+        paper's rule, the MLP route of mixed partials); traced on first use."""
+        if self._graph is None:
+            self._graph = _interpreter.trace(self.forward_func, (*self.inputs, *self.extra))
+        return self._graph
+
+    def run(
+        self, args: tuple[object, ...], observe: Callable[[object], None] | None = None
+    ) -> object:
+        """``forward_func(*args)`` where some args may be jets; ``observe`` sees values."""
+        if self._chain is not None:
+            with torch.no_grad():
+                return _interpreter.run(self._chain, args, observe)
+        if not any(isinstance(a, Jet) for a in args):
+            with torch.no_grad(), _interpreter.observing(observe):
+                return _eager.run(self.forward_func, args)
+        return _eager.run(self.forward_func, args, observe)
+
     def _propagate(
         self, args: list[object], num_directions: int, probe: _SeriesProbe | None = None
     ) -> Tensor:
-        try:
-            with torch.no_grad():
-                value = _interpreter.run(self.graph, (*args, *self.extra), probe)
-        except UnsupportedOperationError:
-            # Trace again, now recording source lines, so that the error can say where the
-            # operation sits in the user's code.
-            traced = _interpreter.trace(
-                self.forward_func, (*self.inputs, *self.extra), record_stack_traces=True
-            )
-            with torch.no_grad():
-                value = _interpreter.run(traced, (*args, *self.extra))
+        value = self.run((*args, *self.extra), probe)
         if isinstance(value, Jet):
             return value.full_series()
-        # The output does not depend on the inputs: every coefficient is zero.
-        return self.output.new_zeros((self.order, num_directions, *self.output.shape))
+        if isinstance(value, Tensor):
+            # The output does not depend on the inputs: every coefficient is zero.
+            return self.output.new_zeros((self.order, num_directions, *self.output.shape))
+        raise TypeError(
+            f"forward_func returned {type(value).__name__} on jets; it must return one tensor"
+        )
 
 
 class _SeriesProbe:

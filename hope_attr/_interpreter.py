@@ -8,6 +8,7 @@ Modules with a registered rule stay single graph steps; all others are traced th
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from hope_attr import _registry
 from hope_attr._arithmetic import _replace, contains_jet, is_jet
@@ -118,6 +120,45 @@ def trace(
             "docs/adding_a_rule.md)."
         ) from error
     return TracedGraph(graph, tracer.root)
+
+
+def sequential_chain(
+    forward_func: object, inputs: Sequence[Tensor], extra: Sequence[object]
+) -> TracedGraph | None:
+    """The shortcut graph of a plain ``nn.Sequential`` of modules with rules called on one tensor,
+    when no module hook (its own or a global one) needs the modules to be called; else ``None``."""
+    if len(inputs) != 1 or extra or not isinstance(forward_func, nn.Sequential):
+        return None
+    from hope_attr import _eager
+
+    if _eager.user_hooks_present() or any(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+        for m in forward_func.modules()
+    ):
+        return None
+    chain = _sequential_chain(forward_func)
+    if chain is None:
+        return None
+    holder = nn.Module()
+    holder.add_module("model", forward_func)  # a reference: nothing copied
+    return TracedGraph(chain, holder)
+
+
+@contextlib.contextmanager
+def observing(observe: Callable[[object], None] | None) -> Iterator[None]:
+    """Show ``observe`` every tensor a torch function returns (in this thread, meanwhile)."""
+    if observe is None:
+        yield
+        return
+
+    class _Observe(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN206
+            result = func(*args, **(kwargs or {}))
+            observe(result)
+            return result
+
+    with _Observe():
+        yield
 
 
 def _sequential_chain(forward_func: object) -> fx.Graph | None:

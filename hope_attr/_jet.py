@@ -190,27 +190,62 @@ class Jet:
         return self.primal <= _primal(other)
 
     def __getattr__(self, name: str) -> object:
-        """Tensor methods (``x.tanh()``, ``x.view(...)``) dispatch to their registered rules."""
-        from hope_attr import _registry
-
-        method = getattr(torch.Tensor, name, None)
-        rule = _registry.function_rule(method) if method is not None else None
-        if rule is None:
-            raise AttributeError(f"Jet has no attribute or Taylor rule for Tensor.{name}")
-        return lambda *args, **kwargs: rule(self, *args, **kwargs)
+        """Tensor methods (``x.tanh()``, ``x.view(...)``) dispatch to their Taylor rules;
+        metadata (``x.shape``, ``x.is_nested``) is the primal's."""
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _eager().tensor_attribute(self, name)
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN206
         """``torch.tanh(jet)``, ``F.gelu(jet)``, ...: dispatch to the registered Taylor rule.
 
-        This is what lets a user's rule be written with ordinary torch functions.
+        This is what lets a user's rule be written with ordinary torch functions, and what runs
+        a model's own forward on jets (:mod:`hope_attr._eager`).
         """
-        from hope_attr import _registry
+        return _eager().dispatch(func, args, kwargs or {})
 
-        rule = _registry.function_rule(func)
-        if rule is None:
-            raise _registry.unsupported("function", func, "(called on a Jet)")
-        return rule(*args, **(kwargs or {}))
+    def __bool__(self) -> bool:
+        return bool(self.primal)
+
+    def __len__(self) -> int:
+        return len(self.primal)
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(_eager().dispatch(torch.Tensor.unbind, (self,), {}))
+
+    def __getitem__(self, index: object) -> Jet:
+        return _eager().dispatch(torch.Tensor.__getitem__, (self, index), {})
+
+    def __setitem__(self, index: object, value: object) -> None:
+        _eager().dispatch(torch.Tensor.__setitem__, (self, index, value), {})
+
+    def __iadd__(self, other: object) -> Jet:
+        return self.assign(self + other)
+
+    def __isub__(self, other: object) -> Jet:
+        return self.assign(self - other)
+
+    def __imul__(self, other: object) -> Jet:
+        return self.assign(self * other)
+
+    def __itruediv__(self, other: object) -> Jet:
+        return self.assign(self / other)
+
+    def assign(self, value: Jet) -> Jet:
+        """Make this jet hold ``value`` (an in-place op: ``x.add_(y)``, ``x += y``)."""
+        if not isinstance(value, Jet):
+            raise _eager().unsupported_mutation(self)
+        if value.primal.shape != self.primal.shape:
+            raise RuntimeError(
+                f"in-place operation changes the shape {tuple(self.primal.shape)} to "
+                f"{tuple(value.primal.shape)}"
+            )
+        self.primal = value.primal
+        self._series = value._series
+        self.seed = value.seed
+        self.window = value.window
+        return self
 
     def __repr__(self) -> str:
         return (
@@ -228,6 +263,12 @@ def _arith():  # late import: the arithmetic module builds on Jet
     from hope_attr import _arithmetic
 
     return _arithmetic
+
+
+def _eager():  # late import: the engine builds on Jet
+    from hope_attr import _eager
+
+    return _eager
 
 
 def cauchy_product(

@@ -352,7 +352,8 @@ def _reshaping(fn: Callable[..., Tensor]) -> Callable[..., Jet]:
 
 for _targets, _fn in [
     ((torch.Tensor.view,), torch.Tensor.view),
-    ((torch.reshape, torch.Tensor.reshape), torch.reshape),
+    # The method accepts both call forms: x.reshape(2, 3) and torch.reshape(x, (2, 3)).
+    ((torch.reshape, torch.Tensor.reshape), torch.Tensor.reshape),
     ((torch.flatten, torch.Tensor.flatten), torch.flatten),
     ((torch.Tensor.unflatten, torch.unflatten), torch.unflatten),
     ((torch.Tensor.contiguous,), torch.Tensor.contiguous),
@@ -370,7 +371,7 @@ for _targets, _fn in [
     ((torch.flip, torch.Tensor.flip), torch.Tensor.flip),
     ((torch.roll, torch.Tensor.roll), torch.Tensor.roll),
     ((torch.narrow, torch.Tensor.narrow), torch.Tensor.narrow),
-    ((operator.getitem,), operator.getitem),
+    ((operator.getitem, torch.Tensor.__getitem__), operator.getitem),
     ((torch.cat, torch.concat, torch.concatenate), torch.cat),
     ((torch.stack,), torch.stack),
     ((torch.sum, torch.Tensor.sum), torch.sum),
@@ -378,6 +379,69 @@ for _targets, _fn in [
     ((F.pad,), F.pad),
 ]:
     register_rule(*_targets)(_structural(_fn))
+
+
+# More ops that only move, select, repeat or sum entries (each linear, applied per sample).
+for _targets, _fn in [
+    ((torch.gather, torch.Tensor.gather), torch.gather),
+    ((torch.index_select, torch.Tensor.index_select), torch.index_select),
+    ((torch.take_along_dim, torch.Tensor.take_along_dim), torch.take_along_dim),
+    ((torch.select, torch.Tensor.select), torch.select),
+    ((torch.tril, torch.Tensor.tril), torch.tril),
+    ((torch.triu, torch.Tensor.triu), torch.triu),
+    ((torch.repeat_interleave, torch.Tensor.repeat_interleave), torch.repeat_interleave),
+    ((torch.cumsum, torch.Tensor.cumsum), torch.cumsum),
+    ((torch.diagonal, torch.Tensor.diagonal), torch.diagonal),
+    ((torch.movedim, torch.Tensor.movedim, torch.moveaxis), torch.movedim),
+    ((torch.swapaxes, torch.Tensor.swapaxes, torch.swapdims), torch.swapaxes),
+    ((torch.t, torch.Tensor.t), torch.t),
+    ((torch.tile, torch.Tensor.tile), torch.tile),
+    ((torch.Tensor.unfold,), torch.Tensor.unfold),
+    ((torch.Tensor.expand_as,), lambda x, other: x.expand(other.shape)),
+    ((torch.Tensor.view_as,), lambda x, other: x.view(other.shape)),
+    ((torch.Tensor.reshape_as,), lambda x, other: x.reshape(other.shape)),
+    ((F.unfold,), F.unfold),
+    ((F.fold,), F.fold),
+    ((F.pixel_shuffle,), F.pixel_shuffle),
+    ((F.pixel_unshuffle,), F.pixel_unshuffle),
+    ((torch.einsum,), torch.einsum),
+]:
+    register_rule(*_targets)(_structural(_fn))
+
+
+_LINEAR_RESAMPLING = (
+    "nearest", "nearest-exact", "linear", "bilinear", "bicubic", "trilinear", "area",
+)  # fmt: skip
+
+
+@register_rule(F.interpolate, F.upsample)
+def _interpolate(x: Jet, *args, **kwargs) -> Jet:
+    # Nearest, (bi/tri)linear, bicubic and area resampling are linear maps of the input.
+    mode = kwargs.get("mode", args[2] if len(args) > 2 else "nearest")
+    if mode not in _LINEAR_RESAMPLING:
+        raise UnsupportedOperationError(f"F.interpolate(mode={mode!r}) has no Taylor rule")
+    return ar.map_batchwise(
+        x, lambda s: F.interpolate(s, *args, **kwargs), F.interpolate(x.primal, *args, **kwargs)
+    )
+
+
+@register_rule(torch.masked_fill, torch.Tensor.masked_fill)
+def _masked_fill(x: Jet, mask: Tensor, value: object) -> Jet:
+    if ar.is_jet(value):
+        return torch.where(mask, value, x)
+    primal = x.primal.masked_fill(mask, value)
+    series = ar.lifted_series(x, primal.dim()).masked_fill(mask, 0.0)
+    return Jet(primal, series.expand(*series.shape[:2], *primal.shape), x.order)
+
+
+@register_rule(torch.clamp_min, torch.Tensor.clamp_min)
+def _clamp_min(x: Jet, min: float) -> Jet:  # noqa: A002
+    return _clamp(x, min=min)
+
+
+@register_rule(torch.clamp_max, torch.Tensor.clamp_max)
+def _clamp_max(x: Jet, max: float) -> Jet:  # noqa: A002
+    return _clamp(x, max=max)
 
 
 @register_rule(nn.Flatten, nn.Unflatten)

@@ -87,3 +87,60 @@ def unmixed_reference_autograd(f: Callable[[Tensor], Tensor], x: Tensor, order: 
                     value = grad[b].reshape(-1)[i]
                     result[k, b, c, i] = value.detach()
     return result.reshape(order, batch, *out_shape, *x.shape[1:])
+
+
+class ComposedReference(torch.overrides.TorchFunctionMode):
+    """Run a reference with the ops whose native kernels are wrong or lack forward-mode AD under
+    nested ``jvp`` (../shared/FINDINGS.md section 5) written out as the functions they compute.
+
+    LayerNorm from mean/var/rsqrt, ``silu``/``hardsigmoid``/``hardswish`` from their formulas,
+    attention as ``softmax(q k^T * scale) v``, and ``nn.MultiheadAttention`` through its explicit
+    ``need_weights=True`` path (no fused kernel).
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN206
+        import math
+
+        import torch.nn.functional as F
+
+        kwargs = dict(kwargs or {})
+        if func is F.layer_norm:
+            x, shape, *rest = args
+            weight = rest[0] if len(rest) > 0 else kwargs.get("weight")
+            bias = rest[1] if len(rest) > 1 else kwargs.get("bias")
+            eps = rest[2] if len(rest) > 2 else kwargs.get("eps", 1e-5)
+            dims = tuple(range(-len(shape), 0))
+            centered = x - x.mean(dims, keepdim=True)
+            y = centered * torch.rsqrt((centered * centered).mean(dims, keepdim=True) + eps)
+            y = y * weight if weight is not None else y
+            return y + bias if bias is not None else y
+        if func is F.silu:
+            return args[0] * torch.sigmoid(args[0])
+        if func is F.hardsigmoid:
+            return torch.clamp(args[0] / 6 + 0.5, 0, 1)
+        if func is F.hardswish:
+            return args[0] * torch.clamp(args[0] / 6 + 0.5, 0, 1)
+        if func is F.scaled_dot_product_attention:
+            q, k, v = args[:3]
+            mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
+            causal = args[5] if len(args) > 5 else kwargs.get("is_causal", False)
+            scale = kwargs.get("scale") or 1 / math.sqrt(q.shape[-1])
+            scores = q @ k.transpose(-2, -1) * scale
+            if causal:
+                keep = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
+                scores = scores.masked_fill(~keep, float("-inf"))
+            if mask is not None and mask.dtype == torch.bool:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            elif mask is not None:
+                scores = scores + mask
+            return torch.softmax(scores, -1) @ v
+        if func is F.multi_head_attention_forward:
+            kwargs["need_weights"] = True  # the explicit bmm/softmax path
+            return func(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+def directional_reference(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, k: int) -> Tensor:
+    """``d^k/dt^k f(x + t v)`` at ``t = 0`` by ``k`` nested ``jvp`` (ops composed as above)."""
+    with ComposedReference():
+        return _directional(f, k)(x, v)
