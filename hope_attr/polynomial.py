@@ -594,7 +594,7 @@ def _check_order(order: int) -> None:
     if not 1 <= order <= _MAX_DEGREE:
         raise ValueError(
             f"order must be from 1 to {_MAX_DEGREE} (binomials and factorials of higher degrees "
-            f"overflow float64), got {order}"
+            f"overflow float64), got {order}; use an order in that range"
         )
 
 
