@@ -166,6 +166,7 @@ class TaylorPolynomial:
             [(2.0, '(x1 - 1)'), (1.0, '(x1 - 1)^2'), (1.0, '1')]
         """
         target = _checked_point(new_center, self.num_variables, "new_center", self.center.dtype)
+        target = target.to(self.center.device)
         shift_table, exponents = self._shift_table()
         flat = self.coefficients.reshape(len(self.exponents), -1).double()
         if len(exponents) > len(flat):  # monomials added to close the set start at zero
