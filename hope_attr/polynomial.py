@@ -8,6 +8,8 @@ here is exact polynomial algebra on those coefficients.
 from __future__ import annotations
 
 import json
+import math
+import reprlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,11 +18,25 @@ import torch
 from torch import Tensor, nn
 
 from hope_attr._derivatives import Expansion
-from hope_attr._mixed import multi_indices, normalized_coefficients
+from hope_attr._mixed import normalized_coefficients
+from hope_attr._monomials import multi_indices
+from hope_attr._recentering import MonomialIndex, TaylorShift, close_downwards, count_monomials
 
 _FORMAT = "hope_attr.TaylorPolynomial/1"
 # Relative size below which a coefficient is rounding noise of the expansion (float64).
 _NOISE = 1e-12
+# Highest total degree of a monomial: re-centering needs binomials C(n, k), which stay finite in
+# float64 up to C(1000, 500) ~ 2.7e299 (C(1030, 515) overflows); the per-degree loops of
+# evaluation stay short, and a hostile file's exponent of 10**7 is refused at once.
+_MAX_DEGREE = 1000
+# Most monomials in one polynomial (expand, discover, or completing a set to re-center it):
+# exponents alone are M x p integers, and the Python list of multi-indices behind `expand` takes
+# about a second per million.
+_MAX_MONOMIALS = 1_000_000
+# Most bytes of the (M, p) exponents plus one output's (points x M) coefficients.
+_MAX_TABLE_BYTES = 2 * 2**30
+# Most grid points `bounds` expands at.
+_MAX_GRID_POINTS = 1_000_000
 
 
 class TaylorPolynomial:
@@ -57,14 +73,46 @@ class TaylorPolynomial:
         coefficients: Tensor,
         names: Sequence[str] | None = None,
     ) -> None:
+        """Copies the tensors: changing the caller's later cannot change the polynomial.
+
+        Raises:
+            TypeError: an argument is not a tensor, or of the wrong dtype.
+            ValueError: shapes disagree, an exponent is negative, a monomial's degree exceeds
+                1000, a monomial is listed twice, the center is not finite, or the names are not
+                ``p`` distinct strings.
+        """
+        _check_polynomial(center, exponents, coefficients)
+        self._set(center.clone(), exponents.to(torch.long, copy=True), coefficients.clone(), names)
+        _check_distinct(self.exponents)
+
+    def _set(
+        self,
+        center: Tensor,
+        exponents: Tensor,
+        coefficients: Tensor,
+        names: Sequence[str] | None,
+    ) -> None:
         self.center = center
-        self.exponents = exponents.to(torch.long)
+        self.exponents = exponents
         self.coefficients = coefficients
-        self.names = (
-            list(names) if names is not None else [f"x{i + 1}" for i in range(center.numel())]
-        )
+        self.names = _checked_names(names, center.numel())
         self._source: Callable[..., Tensor] | None = None  # the expanded function, if known
         self._table: _MonomialTable | None = None  # built on first evaluation
+        # Built on first re-centering: the pairs of monomials, and the exponents closed downwards.
+        self._shift: tuple[TaylorShift, Tensor] | None = None
+
+    @classmethod
+    def _unchecked(
+        cls,
+        center: Tensor,
+        exponents: Tensor,
+        coefficients: Tensor,
+        names: Sequence[str] | None = None,
+    ) -> TaylorPolynomial:
+        """Built from tensors this module made itself: valid by construction, not shared."""
+        polynomial = cls.__new__(cls)
+        polynomial._set(center, exponents, coefficients, names)
+        return polynomial
 
     @property
     def order(self) -> int:
@@ -83,6 +131,12 @@ class TaylorPolynomial:
 
     def __call__(self, x: Tensor) -> Tensor:
         """Evaluate at a batch ``(N, p)``; returns ``(N, *O)``. Vectorized over terms."""
+        if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[1] != self.num_variables:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(
+                f"evaluate the polynomial at a tensor of points (N, {self.num_variables}), got "
+                f"{shape}; for one point use x[None]"
+            )
         if self._table is None:
             self._table = _MonomialTable(self.exponents)
         return self._table.evaluate(x - self.center, self.coefficients)
@@ -91,24 +145,54 @@ class TaylorPolynomial:
         """The same polynomial written in powers of ``x - new_center`` (exact algebra).
 
         ``(y + d)^a = prod_i sum_{b_i <= a_i} C(a_i, b_i) y_i^b_i d_i^(a_i - b_i)`` with
-        ``d = new_center - center``.
+        ``d = new_center - center``, expanded one variable at a time in float64
+        (:mod:`hope_attr._recentering`): memory grows with the number of monomials ``M``, not
+        ``M^2``. A set of monomials that is not closed under lowering an exponent (a Taylor
+        polynomial's always is) gains the missing ones, with the coefficients they receive.
+
+        Raises:
+            ValueError: ``new_center`` is not ``p`` finite numbers; completing the set of
+                monomials would need more than a million; or the shifted coefficients overflow
+                float64 (a shift too far for the degree).
+
+        Example:
+            >>> import torch
+            >>> from hope_attr import TaylorPolynomial
+            >>> # x^2 around 0, written around 1: (x - 1)^2 + 2 (x - 1) + 1
+            >>> poly = TaylorPolynomial(
+            ...     torch.zeros(1, dtype=torch.float64), torch.tensor([[2]]), torch.ones(1, 1)
+            ... )
+            >>> poly.recenter([1.0]).terms()
+            [(2.0, '(x1 - 1)'), (1.0, '(x1 - 1)^2'), (1.0, '1')]
         """
-        new_center = torch.as_tensor(new_center, dtype=self.center.dtype)
-        shift = new_center - self.center
-        # float64: float32 binomials are wrong past C(40, 20) and their exponentials overflow.
-        a = self.exponents[None, :, :].double()  # (1, M, p): source monomials
-        b = self.exponents[:, None, :].double()  # (M, 1, p): target monomials
-        below = (b <= a).all(-1)
-        binomials = torch.exp(
-            torch.lgamma(a + 1.0) - torch.lgamma(b + 1.0) - torch.lgamma((a - b).clamp(min=0) + 1.0)
-        ).to(shift.dtype)
-        powers = shift.pow((a - b).clamp(min=0).to(shift.dtype))
-        transform = torch.where(below, (binomials.round() * powers).prod(-1), 0.0)  # (M, M)
-        flat = self.coefficients.reshape(len(self.exponents), -1)
-        moved = (transform @ flat.to(transform.dtype)).reshape(self.coefficients.shape)
-        result = TaylorPolynomial(new_center, self.exponents, moved, self.names)
+        target = _checked_point(new_center, self.num_variables, "new_center", self.center.dtype)
+        target = target.to(self.center.device)
+        shift_table, exponents = self._shift_table()
+        flat = self.coefficients.reshape(len(self.exponents), -1).double()
+        if len(exponents) > len(flat):  # monomials added to close the set start at zero
+            flat = torch.cat([flat, flat.new_zeros(len(exponents) - len(flat), flat.shape[1])])
+        shift = (target.double() - self.center.double())[None]
+        moved = shift_table.apply(flat[None], shift)[0]
+        if not bool(torch.isfinite(moved).all()) and bool(torch.isfinite(flat).all()):
+            raise ValueError(
+                f"re-centering overflowed float64: a shift of up to {shift.abs().max().item():.3g}"
+                f" at degree {self.order} makes coefficients beyond 1.8e308; re-center nearer "
+                "or lower the order"
+            )
+        coefficients = moved.to(self.coefficients.dtype).reshape(-1, *self.output_shape)
+        result = TaylorPolynomial._unchecked(target, exponents, coefficients, self.names)
         result._source = self._source
+        result._shift = (shift_table, exponents)  # the same monomials: reuse the pairs
+        if exponents is self.exponents:
+            result._table = self._table
         return result
+
+    def _shift_table(self) -> tuple[TaylorShift, Tensor]:
+        """The re-centering pairs, and the exponents they act on (closed downwards)."""
+        if self._shift is None:
+            exponents, index = close_downwards(self.exponents, _MAX_MONOMIALS)
+            self._shift = (TaylorShift(index), exponents)
+        return self._shift
 
     def terms(
         self,
@@ -120,14 +204,17 @@ class TaylorPolynomial:
         """``(coefficient, monomial)`` pairs with ``|coefficient| > threshold``, largest first.
 
         Coefficients are rounded to ``digits`` decimals; those below ``1e-12`` of the largest
-        are rounding noise of the expansion and always dropped.
+        are rounding noise of the expansion and always dropped. ``around_zero`` writes the
+        polynomial in powers of ``x`` instead of ``x - x0`` (re-centered at 0, one output only).
         """
-        polynomial = self.recenter(torch.zeros_like(self.center)) if around_zero else self
-        coefficients = polynomial._output_coefficients(output)
+        polynomial = self._one_output(output, around_zero)
+        coefficients = polynomial.coefficients
         cutoff = max(threshold, _NOISE * coefficients.abs().max().item())
         pairs = [
             (round(c, digits), polynomial._monomial_text(exponent, around_zero))
-            for c, exponent in zip(coefficients.tolist(), self.exponents.tolist(), strict=True)
+            for c, exponent in zip(
+                coefficients.tolist(), polynomial.exponents.tolist(), strict=True
+            )
             if abs(c) > cutoff
         ]
         return sorted(pairs, key=lambda pair: -abs(pair[0]))
@@ -138,44 +225,60 @@ class TaylorPolynomial:
         around_zero: bool = False,
         threshold: float = 0.0,
         digits: int | None = None,
+        readable: bool = False,
     ) -> Any:
         """An explicit ``sympy`` expression in the variable names (``x1..xp`` by default).
 
-        ``around_zero`` writes it in powers of ``x`` (the paper's ``y = 0.50 x2 + 0.51 x1^2``)
-        instead of ``x - x0``.
+        By default a plain expression: ``subs`` then ``float`` evaluate it, ``sympy.expand``
+        multiplies it out. ``readable=True`` keeps each ``(x_i - c_i)`` as one unevaluated
+        factor for printing (sympy would otherwise distribute a lone coefficient over it);
+        ``.doit()`` turns that form into the plain one. ``around_zero`` writes the polynomial
+        in powers of ``x`` (the paper's ``y = 0.50 x2 + 0.51 x1^2``) instead of ``x - x0``.
+
+        Example:
+            >>> import sympy, torch, hope_attr
+            >>> f = lambda x: x[:, :1] ** 2
+            >>> expr = hope_attr.expand(f, torch.ones(1, dtype=torch.float64), 2).to_sympy()
+            >>> float(expr.subs(sympy.Symbol("x1"), 3.0))
+            9.0
         """
         import sympy
 
-        symbols = sympy.symbols(self.names)
-        polynomial = self.recenter(torch.zeros_like(self.center)) if around_zero else self
-        coefficients = polynomial._output_coefficients(output).tolist()
+        symbols = [sympy.Symbol(name) for name in self.names]  # "x y" stays one name
+        polynomial = self._one_output(output, around_zero)
+        coefficients = polynomial.coefficients.tolist()
         centers = polynomial.center.tolist()
+        cutoff = max(threshold, _NOISE * max(map(abs, coefficients), default=0.0))
         expression = sympy.Integer(0)
-        for coefficient, exponent in zip(coefficients, self.exponents.tolist(), strict=True):
-            if abs(coefficient) <= max(threshold, _NOISE * max(map(abs, coefficients))):
+        for coefficient, exponent in zip(coefficients, polynomial.exponents.tolist(), strict=True):
+            if abs(coefficient) <= cutoff:
                 continue
-            value = sympy.Float(coefficient, digits) if digits else sympy.Float(coefficient)
-            term = value
+            term = sympy.Float(coefficient, digits) if digits else sympy.Float(coefficient)
             for symbol, center, power in zip(symbols, centers, exponent, strict=True):
                 if power:
-                    # Unevaluated, or sympy distributes the coefficient over (x - x0).
-                    base = sympy.UnevaluatedExpr(symbol - sympy.Float(center)) if center else symbol
+                    base = symbol - sympy.Float(center) if center else symbol
+                    if readable and center:
+                        base = sympy.UnevaluatedExpr(base)
                     term *= base**power
             expression += term
         return expression
 
-    def to_latex(self, **kwargs: Any) -> str:
-        """LaTeX of :meth:`to_sympy` (same arguments)."""
+    def to_latex(self, readable: bool = True, **kwargs: Any) -> str:
+        """LaTeX of :meth:`to_sympy` (same arguments; the readable form by default)."""
         import sympy
 
-        return sympy.latex(self.to_sympy(**kwargs))
+        return sympy.latex(self.to_sympy(readable=readable, **kwargs))
 
     def to_module(self) -> nn.Module:
         """A small ``nn.Module`` computing the polynomial, for fast inference."""
         return PolynomialModule(self.center, self.exponents, self.coefficients)
 
     def save(self, path: str | Path) -> None:
-        """Write JSON (no pickle: loading runs no code). float64 values round-trip exactly."""
+        """Write JSON (no pickle: loading runs no code). float64 values round-trip exactly.
+
+        Raises:
+            ValueError: a coefficient is NaN or infinite (JSON has no such numbers).
+        """
         payload = {
             "format": _FORMAT,
             "names": self.names,
@@ -184,26 +287,35 @@ class TaylorPolynomial:
             "output_shape": list(self.output_shape),
             "coefficients": self.coefficients.double().reshape(len(self.exponents), -1).tolist(),
         }
-        Path(path).write_text(json.dumps(payload))
+        if not bool(torch.isfinite(self.coefficients).all()):
+            raise ValueError("cannot save a polynomial with NaN or infinite coefficients")
+        Path(path).write_text(json.dumps(payload, allow_nan=False))
 
     @classmethod
     def load(cls, path: str | Path) -> TaylorPolynomial:
         """Read a polynomial written by :meth:`save` (plain JSON: no code runs).
 
+        Everything is checked before any tensor is built: a malformed or hostile file raises a
+        ``ValueError`` that says what is wrong, in well under a second.
+
         Raises:
-            ValueError: the file is not a saved TaylorPolynomial.
+            ValueError: the file is not a valid saved TaylorPolynomial (the message says why).
         """
-        payload = json.loads(Path(path).read_text())
-        if payload.get("format") != _FORMAT:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+            payload = json.loads(text)
+        except (UnicodeDecodeError, ValueError, RecursionError) as error:
+            # RecursionError: thousands of nested brackets.
+            reason = "nested too deeply" if isinstance(error, RecursionError) else error
+            raise ValueError(
+                f"{path} is not a saved TaylorPolynomial: not JSON ({reason})"
+            ) from None
+        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a saved TaylorPolynomial ({_FORMAT})")
-        exponents = torch.tensor(payload["exponents"], dtype=torch.long)
-        coefficients = torch.tensor(payload["coefficients"], dtype=torch.float64)
-        return cls(
-            torch.tensor(payload["center"], dtype=torch.float64),
-            exponents,
-            coefficients.reshape(len(exponents), *payload["output_shape"]),
-            payload["names"],
-        )
+        try:
+            return cls(*_parse_payload(payload))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path} is not a valid saved TaylorPolynomial: {error}") from None
 
     def bounds(
         self,
@@ -280,11 +392,36 @@ class TaylorPolynomial:
 
     # ------------------------------------------------------------------ helpers
     def _output_coefficients(self, output: int | tuple[int, ...]) -> Tensor:
-        flat_index = output if isinstance(output, int) else None
-        if flat_index is not None and len(self.output_shape) <= 1:
-            return self.coefficients.reshape(len(self.exponents), -1)[:, flat_index]
+        """``(M,)``: one output's coefficients (a flat index, or one index per output axis)."""
+        shape = tuple(self.output_shape)
         index = output if isinstance(output, tuple) else (output,)
+        flat = len(index) == 1 and len(shape) <= 1
+        bounds = (max(math.prod(shape), 1),) if flat else shape
+        valid = len(index) == len(bounds) and all(
+            isinstance(i, int) and not isinstance(i, bool) and -n <= i < n
+            for i, n in zip(index, bounds, strict=True)
+        )
+        if not valid:
+            raise ValueError(
+                f"output must pick one output: an int (or a tuple of ints, one per axis) within "
+                f"the output shape {shape}, got {output!r}"
+            )
+        if flat:
+            return self.coefficients.reshape(len(self.exponents), -1)[:, index[0]]
         return self.coefficients[(slice(None), *index)]
+
+    def _one_output(self, output: int | tuple[int, ...], around_zero: bool) -> TaylorPolynomial:
+        """One output's polynomial ``(M,)``, re-centered at 0 if asked (a single output is
+        cheaper to re-center than all of them)."""
+        single = TaylorPolynomial._unchecked(
+            self.center, self.exponents, self._output_coefficients(output), self.names
+        )
+        single._shift, single._table = self._shift, self._table
+        if not around_zero:
+            return single
+        moved = single.recenter(torch.zeros_like(self.center))
+        self._shift = single._shift  # the pairs only depend on the exponents: keep them
+        return moved
 
     def _monomial_text(self, exponent: list[int], around_zero: bool) -> str:
         parts = []
@@ -305,6 +442,13 @@ class TaylorPolynomial:
         forward_func = forward_func or self._source
         if forward_func is None:
             raise ValueError("bounds need the expanded function: pass forward_func=")
+        if not isinstance(points_per_axis, int) or points_per_axis < 1:
+            raise ValueError(f"points_per_axis must be a positive int, got {points_per_axis!r}")
+        if points_per_axis**self.num_variables > _MAX_GRID_POINTS:
+            raise ValueError(
+                f"the grid of points_per_axis ** p = {points_per_axis}^{self.num_variables} "
+                f"points is above the limit of {_MAX_GRID_POINTS:,}; use fewer points_per_axis"
+            )
         radius_tensor = torch.as_tensor(radius, dtype=self.center.dtype).expand_as(self.center)
         axes = [
             torch.linspace(-1.0, 1.0, points_per_axis, dtype=self.center.dtype) * r
@@ -415,6 +559,12 @@ def expand(
 ) -> TaylorPolynomial:
     """Expand ``forward_func`` (``(B, p) -> (B, *O)``) into its order-``n`` Taylor polynomial.
 
+    Raises:
+        TypeError: ``order`` is not an int, or ``x0`` not numbers.
+        ValueError: ``x0`` is not one finite point ``(p,)``; ``order`` is not in ``1..1000``;
+            the polynomial would have more than a million monomials (or 2 GiB of tables);
+            ``names`` are not ``p`` distinct strings.
+
     Example:
         >>> import torch, hope_attr
         >>> f = lambda x: torch.exp(x[:, :1]) * x[:, 1:]
@@ -422,20 +572,200 @@ def expand(
         >>> poly.terms()  # exp(x1) x2 = x2 + x1 x2 + x1^2 x2 / 2 + ...
         [(1.0, 'x2'), (1.0, 'x1 x2'), (0.5, 'x1^2 x2')]
     """
-    x0 = torch.as_tensor(x0)
-    if not x0.is_floating_point():
-        x0 = x0.to(torch.get_default_dtype())
-    if x0.dim() != 1:
-        raise ValueError(f"x0 must be one point (p,), got shape {tuple(x0.shape)}")
+    _check_order(order)
+    x0 = _checked_point(x0, None, "x0")  # a copy: the caller's tensor stays theirs
+    names = _checked_names(names, x0.numel())
+    _check_table_size("expand", x0.numel(), order, points=1)
     expansion = Expansion(forward_func, x0[None], order, internal_batch_size=internal_batch_size)
     exponents = [(0,) * x0.numel()]
     blocks = [expansion.output[0].unsqueeze(0)]  # (1, *O): the value
     for k, coefficients in enumerate(normalized_coefficients(expansion), start=1):
         exponents.extend(multi_indices(x0.numel(), k))
         blocks.append(coefficients[0].movedim(-1, 0))  # (M_k, *O)
-    polynomial = TaylorPolynomial(x0, torch.tensor(exponents), torch.cat(blocks), names)
+    polynomial = TaylorPolynomial._unchecked(
+        x0, torch.tensor(exponents), torch.cat(blocks).detach(), names
+    )
     polynomial._source = forward_func
     return polynomial
+
+
+def _check_order(order: int) -> None:
+    if not isinstance(order, int) or isinstance(order, bool):
+        raise TypeError(f"order must be an int, got {type(order).__name__}")
+    if not 1 <= order <= _MAX_DEGREE:
+        raise ValueError(
+            f"order must be from 1 to {_MAX_DEGREE} (binomials and factorials of higher degrees "
+            f"overflow float64), got {order}; use an order in that range"
+        )
+
+
+def _check_table_size(what: str, num_variables: int, order: int, points: int) -> None:
+    """Refuse, before any work, polynomials whose tables alone would not fit."""
+    monomials = count_monomials(num_variables, order, _MAX_MONOMIALS)
+    size = monomials * (num_variables + points) * 8
+    if monomials > _MAX_MONOMIALS or size > _MAX_TABLE_BYTES:
+        counted = (
+            f"more than {_MAX_MONOMIALS:,}" if monomials > _MAX_MONOMIALS else f"{monomials:,}"
+        )
+        raise ValueError(
+            f"{what}: order {order} in {num_variables} variables has {counted} monomials "
+            f"({'at least ' if monomials > _MAX_MONOMIALS else ''}{size / 2**30:.3g} GiB of "
+            f"exponents and coefficients for {points} point(s) and one output), above the limit "
+            f"of {_MAX_MONOMIALS:,} monomials and {_MAX_TABLE_BYTES / 2**30:.0f} GiB; use a lower "
+            "order or fewer variables (a function of the few inputs of interest)"
+        )
+
+
+def _check_polynomial(center: Tensor, exponents: Tensor, coefficients: Tensor) -> None:
+    for name, value in (
+        ("center", center),
+        ("exponents", exponents),
+        ("coefficients", coefficients),
+    ):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if not center.is_floating_point() or center.dim() != 1:
+        raise TypeError(
+            f"center must be a floating-point tensor (p,), got {center.dtype} {tuple(center.shape)}"
+        )
+    if not bool(torch.isfinite(center).all()):
+        raise ValueError(f"center must be finite, got {center.tolist()}")
+    if exponents.is_floating_point() or exponents.is_complex() or exponents.dtype == torch.bool:
+        raise TypeError(f"exponents must be an integer tensor, got {exponents.dtype}")
+    if exponents.dim() != 2 or exponents.shape[1] != center.numel() or len(exponents) == 0:
+        raise ValueError(
+            f"exponents must be (M, p) = (M, {center.numel()}) with M >= 1 monomials, got "
+            f"{tuple(exponents.shape)}"
+        )
+    if bool((exponents < 0).any()):
+        raise ValueError("exponents must be non-negative")
+    # The maximum first: the row sums of huge exponents could overflow.
+    if int(exponents.max()) > _MAX_DEGREE or int(exponents.sum(1).max()) > _MAX_DEGREE:
+        raise ValueError(
+            f"a monomial's degree is above the limit of {_MAX_DEGREE} (binomials and factorials "
+            "of higher degrees overflow float64)"
+        )
+    if not coefficients.is_floating_point() or coefficients.dim() < 1:
+        raise TypeError(
+            f"coefficients must be a floating-point tensor (M, *O), got {coefficients.dtype} "
+            f"{tuple(coefficients.shape)}"
+        )
+    if coefficients.shape[0] != len(exponents):
+        raise ValueError(
+            f"coefficients need one row per monomial: {len(exponents)} exponents, "
+            f"{coefficients.shape[0]} rows of coefficients"
+        )
+
+
+def _check_distinct(exponents: Tensor) -> None:
+    MonomialIndex(exponents)  # raises on a repeated monomial
+
+
+def _checked_names(names: Sequence[str] | None, num_variables: int) -> list[str]:
+    if names is None:
+        return [f"x{i + 1}" for i in range(num_variables)]
+    if isinstance(names, str) or not all(isinstance(name, str) and name for name in names):
+        raise TypeError(f"names must be a list of non-empty strings, got {names!r}")
+    names = list(names)
+    if len(names) != num_variables or len(set(names)) != len(names):
+        raise ValueError(
+            f"names must be {num_variables} distinct strings, one per variable, got {names!r}"
+        )
+    return names
+
+
+def _checked_point(
+    value: Tensor | Sequence[float],
+    num_variables: int | None,
+    what: str,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """A finite point ``(p,)`` as a new floating-point tensor (never the caller's)."""
+    if isinstance(value, Tensor):
+        point = value.detach().clone()
+    else:
+        try:
+            point = torch.tensor(value)
+        except (TypeError, ValueError, RuntimeError, OverflowError):
+            raise TypeError(
+                f"{what} must be a tensor or a sequence of numbers, got {reprlib.repr(value)}"
+            ) from None
+    if point.is_complex() or point.dtype == torch.bool:
+        raise TypeError(f"{what} must hold real numbers, got {point.dtype}")
+    if dtype is not None:
+        point = point.to(dtype)
+    elif not point.is_floating_point():
+        point = point.to(torch.get_default_dtype())
+    wanted = "p" if num_variables is None else str(num_variables)
+    if point.dim() != 1 or (num_variables is not None and point.numel() != num_variables):
+        raise ValueError(f"{what} must be one point of shape ({wanted},), got {tuple(point.shape)}")
+    if not bool(torch.isfinite(point).all()):
+        raise ValueError(f"{what} must be finite, got {point.tolist()}")
+    return point
+
+
+_PAYLOAD_KEYS = ("names", "center", "exponents", "output_shape", "coefficients")
+
+
+def _parse_payload(payload: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor, list[str]]:
+    """Tensors from a saved polynomial's JSON, each field checked in plain Python first (a type
+    error deep in a nested list would otherwise surface as torch's own message, or not at all:
+    ``torch.tensor`` truncates the exponent 1.5 to 1)."""
+    missing = [key for key in _PAYLOAD_KEYS if key not in payload]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    names, center, exponents, shape, coefficients = (payload[key] for key in _PAYLOAD_KEYS)
+    if not isinstance(names, list):
+        raise ValueError(f"names must be a list of strings, got {reprlib.repr(names)}")
+    center = _finite_numbers(center, "center")
+    if not isinstance(exponents, list) or not exponents:
+        raise ValueError(
+            f"exponents must be a non-empty list of rows, got {reprlib.repr(exponents)}"
+        )
+    for row in exponents:
+        if not isinstance(row, list) or len(row) != len(center):
+            raise ValueError(
+                f"each row of exponents must list {len(center)} integers (one per variable, as "
+                f"in center), got {reprlib.repr(row)}"
+            )
+        for value in row:
+            if type(value) is not int or not 0 <= value <= _MAX_DEGREE:
+                raise ValueError(
+                    f"exponents must be integers from 0 to {_MAX_DEGREE}, got {reprlib.repr(value)}"
+                )
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 1 for n in shape):
+        raise ValueError(
+            f"output_shape must be a list of positive integers, got {reprlib.repr(shape)}"
+        )
+    width = math.prod(shape)
+    if not isinstance(coefficients, list) or len(coefficients) != len(exponents):
+        raise ValueError(
+            f"coefficients must be a list of one row per monomial ({len(exponents)} rows), got "
+            f"{reprlib.repr(coefficients)}"
+        )
+    rows = [_finite_numbers(row, "each row of coefficients", width) for row in coefficients]
+    return (
+        torch.tensor(center, dtype=torch.float64),
+        torch.tensor(exponents, dtype=torch.long),
+        torch.tensor(rows, dtype=torch.float64).reshape(len(exponents), *shape),
+        names,
+    )
+
+
+def _finite_numbers(values: Any, what: str, length: int | None = None) -> list[float]:
+    if not isinstance(values, list) or (length is not None and len(values) != length):
+        size = "" if length is None else f" of length {length}"
+        raise ValueError(f"{what} must be a list{size} of numbers, got {reprlib.repr(values)}")
+    for value in values:
+        if type(value) not in (int, float):
+            raise ValueError(f"{what} must hold numbers, got {reprlib.repr(value)}")
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an integer beyond float64
+            finite = False
+        if not finite:
+            raise ValueError(f"{what} must hold finite numbers, got {reprlib.repr(value)}")
+    return values
 
 
 def _monomials(dx: Tensor, exponents: Tensor) -> Tensor:
@@ -457,13 +787,30 @@ class Discovery:
         spread: standard deviation of each coefficient across points, shaped like
             ``mean.coefficients``.
         polynomials: the individual re-centered polynomials.
+
+    Raises:
+        ValueError: no polynomials, or polynomials with different centers or monomials.
     """
 
     def __init__(self, polynomials: list[TaylorPolynomial]) -> None:
-        stacked = torch.stack([p.coefficients for p in polynomials])
+        if not polynomials:
+            raise ValueError("Discovery needs at least one polynomial")
         first = polynomials[0]
+        for other in polynomials[1:]:
+            same = other.exponents.shape == first.exponents.shape and torch.equal(
+                other.exponents, first.exponents
+            )
+            if not same or not torch.equal(other.center, first.center):
+                raise ValueError(
+                    "Discovery aggregates polynomials with the same center and monomials; "
+                    "re-center them at one point first (TaylorPolynomial.recenter)"
+                )
+        stacked = torch.stack([p.coefficients for p in polynomials])
         self.polynomials = polynomials
-        self.mean = TaylorPolynomial(first.center, first.exponents, stacked.mean(0), first.names)
+        self.mean = TaylorPolynomial._unchecked(
+            first.center, first.exponents, stacked.mean(0), first.names
+        )
+        self.mean._shift = first._shift
         self.spread = stacked.std(0) if len(polynomials) > 1 else torch.zeros_like(stacked[0])
 
     def terms(
@@ -473,25 +820,56 @@ class Discovery:
         around_zero: bool = False,
         digits: int = 4,
     ) -> list[tuple[float, float, str]]:
-        """``(mean, spread, monomial)`` of the terms with ``|mean| > threshold``, largest first."""
-        mean, spread = self.mean, self.spread
-        if around_zero:
-            zero = torch.zeros_like(mean.center)
-            recentered = [p.recenter(zero).coefficients for p in self.polynomials]
-            stacked = torch.stack(recentered)
-            mean = TaylorPolynomial(zero, mean.exponents, stacked.mean(0), mean.names)
-            spread = stacked.std(0) if len(recentered) > 1 else torch.zeros_like(stacked[0])
+        """``(mean, spread, monomial)`` of the terms with ``|mean| > threshold``, largest first.
+
+        ``around_zero``: each polynomial is re-centered at 0 before the mean and the spread are
+        taken (all at once, memory growing with the number of monomials).
+        """
+        mean = self.mean
         coefficients = mean._output_coefficients(output)
-        spreads = TaylorPolynomial(mean.center, mean.exponents, spread)._output_coefficients(output)
+        spread = TaylorPolynomial._unchecked(
+            mean.center, mean.exponents, self.spread
+        )._output_coefficients(output)
+        exponents = mean.exponents
+        if around_zero:
+            stacked = torch.stack([p._output_coefficients(output) for p in self.polynomials])
+            exponents, moved = _recenter_many(
+                mean, stacked[..., None], mean.center[None], torch.zeros_like(mean.center)
+            )
+            moved = moved[..., 0].to(stacked.dtype)
+            coefficients = moved.mean(0)
+            spread = moved.std(0) if len(moved) > 1 else torch.zeros_like(moved[0])
         cutoff = max(threshold, _NOISE * coefficients.abs().max().item())
         rows = [
             (round(c, digits), round(s, digits), mean._monomial_text(e, around_zero))
             for c, s, e in zip(
-                coefficients.tolist(), spreads.tolist(), mean.exponents.tolist(), strict=True
+                coefficients.tolist(), spread.tolist(), exponents.tolist(), strict=True
             )
             if abs(c) > cutoff
         ]
         return sorted(rows, key=lambda row: -abs(row[0]))
+
+
+def _recenter_many(
+    template: TaylorPolynomial, coefficients: Tensor, centers: Tensor, target: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Polynomials with ``template``'s monomials, coefficients ``(N, M, F)`` around ``centers``
+    ``(N, p)`` (or one center ``(1, p)``), all re-centered at ``target``: the exponents and
+    ``(N, M', F)`` float64 coefficients. One batched shift, with ``template``'s pairs."""
+    shift_table, exponents = template._shift_table()
+    flat = coefficients.double()
+    if len(exponents) > flat.shape[1]:  # monomials added to close the set start at zero
+        padding = flat.new_zeros(len(flat), len(exponents) - flat.shape[1], flat.shape[2])
+        flat = torch.cat([flat, padding], dim=1)
+    shift = (target.double() - centers.double()).expand(len(flat), -1)
+    moved = shift_table.apply(flat, shift)
+    if not bool(torch.isfinite(moved).all()) and bool(torch.isfinite(flat).all()):
+        raise ValueError(
+            f"re-centering overflowed float64: a shift of up to {shift.abs().max().item():.3g} "
+            f"at degree {template.order} makes coefficients beyond 1.8e308; re-center nearer "
+            "or lower the order"
+        )
+    return exponents, moved
 
 
 def discover(
@@ -506,6 +884,15 @@ def discover(
     """Function discovery: expand at ``num_points`` uniform points of the box ``x0 +- radius``
     (and at ``x0``), re-center every polynomial at ``x0``, and aggregate.
 
+    The re-centering is one batched exact shift whose memory grows with the number of points
+    times the number of monomials (:mod:`hope_attr._recentering`).
+
+    Raises:
+        TypeError: ``order``, ``num_points`` or ``seed`` is not an int.
+        ValueError: ``x0`` is not one finite point; ``radius`` is negative or not finite;
+            ``order`` is not in ``1..1000``; the points' polynomials would exceed a million
+            monomials or 2 GiB of tables.
+
     Example:
         >>> import torch, hope_attr
         >>> f = lambda x: 0.5 * x[:, :1] ** 2 + 0.5 * x[:, 1:]
@@ -513,25 +900,42 @@ def discover(
         >>> [(mean, term) for mean, spread, term in found.terms(threshold=0.01)]
         [(0.5, 'x2'), (0.5, 'x1^2')]
     """
-    x0 = torch.as_tensor(x0)
-    if not x0.is_floating_point():
-        x0 = x0.to(torch.get_default_dtype())
+    _check_order(order)
+    for name, value in (("num_points", num_points), ("seed", seed)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if num_points < 0:
+        raise ValueError(f"num_points must be >= 0, got {num_points}")
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)):
+        raise TypeError(f"radius must be a number, got {type(radius).__name__}")
+    if not math.isfinite(radius) or radius < 0:
+        raise ValueError(f"radius must be a finite number >= 0, got {radius}")
+    x0 = _checked_point(x0, None, "x0")
+    names = _checked_names(names, x0.numel())
+    _check_table_size("discover", x0.numel(), order, points=num_points + 1)
     generator = torch.Generator().manual_seed(seed)
     offsets = torch.rand(num_points, x0.numel(), generator=generator, dtype=x0.dtype) * 2 - 1
-    points = torch.cat([x0[None], x0 + radius * offsets])
-    # One batched expansion at every point, then exact re-centering at x0.
+    points = torch.cat([x0[None], x0 + radius * offsets.to(x0.device)])
+    # One batched expansion at every point, then one exact re-centering of all of them at x0.
     expansion = Expansion(forward_func, points, order)
     exponents = [(0,) * x0.numel()]
     blocks = [expansion.output.unsqueeze(1)]  # (N, 1, *O)
     for k, coefficients in enumerate(normalized_coefficients(expansion), start=1):
         exponents.extend(multi_indices(x0.numel(), k))
         blocks.append(coefficients.movedim(-1, 1))  # (N, M_k, *O)
-    coefficients = torch.cat(blocks, dim=1)
-    exponent_tensor = torch.tensor(exponents)
-    polynomials = [
-        TaylorPolynomial(point, exponent_tensor, c, names).recenter(x0)
-        for point, c in zip(points, coefficients, strict=True)
-    ]
+    coefficients = torch.cat(blocks, dim=1).detach()
+    output_shape = coefficients.shape[2:]
+    template = TaylorPolynomial._unchecked(x0, torch.tensor(exponents), coefficients[0], names)
+    closed, moved = _recenter_many(
+        template, coefficients.reshape(*coefficients.shape[:2], -1), points, x0
+    )
+    moved = moved.to(coefficients.dtype).reshape(len(points), -1, *output_shape)
+    polynomials = []
+    for c in moved:
+        polynomial = TaylorPolynomial._unchecked(x0.clone(), closed, c, names)
+        polynomial._shift = template._shift  # same monomials: the same pairs
+        polynomial._source = forward_func
+        polynomials.append(polynomial)
     return Discovery(polynomials)
 
 

@@ -74,7 +74,56 @@ def test_explicit_formulas() -> None:
     assert "a^{2} b" in poly.to_latex()
     centered = hope_attr.expand(f, torch.tensor([1.0, 0.0], dtype=torch.float64), order=3)
     # Written in powers of (x - x0): e (x2) + e (x1 - 1) x2 + ...
-    assert "x1 - 1" in str(centered.to_sympy())
+    assert "(x1 - 1.0)" in str(centered.to_sympy(readable=True))
+    assert r"\left(x_{1} - 1.0\right)" in centered.to_latex()
+
+
+def test_to_sympy_is_a_plain_expression_and_readable_on_request() -> None:
+    # exp(x1) x2 around (1, 0): substituting numbers gives a float, expand multiplies out
+    # (issue 12, item 9: the unevaluated factors made float() fail and expand() a no-op).
+    f = lambda x: torch.exp(x[:, :1]) * x[:, 1:]  # noqa: E731
+    center = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    poly = hope_attr.expand(f, center, order=3)
+    x1, x2 = sympy.symbols("x1 x2")
+    plain = poly.to_sympy()
+    point = torch.tensor([[0.5, -1.0]], dtype=torch.float64)
+    assert float(plain.subs({x1: 0.5, x2: -1.0})) == pytest.approx(poly(point).item(), rel=1e-14)
+    # The cubic Taylor polynomial around (1, 0) in closed form: e x2 (1 + u + u^2 / 2), u = x1 - 1.
+    u = x1 - 1
+    expected = sympy.expand(sympy.E * x2 * (1 + u + u**2 / 2))
+    difference = sympy.Poly(sympy.expand(plain) - expected, x1, x2)
+    assert all(abs(float(c)) < 1e-12 for c in difference.coeffs())
+    assert sympy.expand(plain) != plain  # expand does multiply out
+    readable = poly.to_sympy(readable=True)
+    assert readable.atoms(sympy.UnevaluatedExpr)
+    assert not plain.atoms(sympy.UnevaluatedExpr)
+    assert float(readable.doit().subs({x1: 0.5, x2: -1.0})) == pytest.approx(
+        poly(point).item(), rel=1e-14
+    )
+
+
+def test_names_with_spaces_or_commas_stay_one_symbol() -> None:
+    poly = TaylorPolynomial(
+        torch.zeros(2, dtype=torch.float64),
+        torch.tensor([[1, 0], [0, 1]]),
+        torch.tensor([2.0, 3.0], dtype=torch.float64),
+        names=["tank level", "a,b"],
+    )
+    expression = poly.to_sympy()
+    assert {str(s) for s in expression.free_symbols} == {"tank level", "a,b"}
+
+
+def test_expand_copies_the_callers_point() -> None:
+    x0 = torch.tensor([0.2, -0.3], dtype=torch.float64)
+    poly = hope_attr.expand(_smooth_net(), x0, order=2)
+    x = torch.tensor([[0.1, 0.1]], dtype=torch.float64)
+    before = poly(x).clone()
+    x0 += 5.0  # the caller reuses their tensor
+    torch.testing.assert_close(poly.center, torch.tensor([0.2, -0.3], dtype=torch.float64))
+    torch.testing.assert_close(poly(x), before, rtol=0, atol=0)
+    found = hope_attr.discover(_smooth_net(), x0, radius=0.1, num_points=2, order=2)
+    x0 -= 5.0
+    torch.testing.assert_close(found.mean.center, torch.tensor([5.2, 4.7], dtype=torch.float64))
 
 
 def test_remainder_bound_holds_on_a_one_dimensional_network() -> None:
