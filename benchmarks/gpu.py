@@ -145,14 +145,22 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--markdown", type=Path)
+    parser.add_argument(
+        "--no-tf32",
+        action="store_true",
+        help="full float32 convolutions (cuDNN uses TF32 by default)",
+    )
     args = parser.parse_args(argv)
+    torch.backends.cudnn.allow_tf32 = not args.no_tf32
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu.py needs a CUDA device")
     header = [
         f"# hope_attr on a GPU: {torch.cuda.get_device_name()}",
         "",
         f"torch {torch.__version__}, CUDA {torch.version.cuda}, Python {platform.python_version()};"
-        f" `python benchmarks/gpu.py --repeats {args.repeats}`; float32, times are medians.",
+        f" `python benchmarks/gpu.py --repeats {args.repeats}{' --no-tf32' * args.no_tf32}`;"
+        f" float32, times are medians; cuDNN TF32 convolutions {'off' if args.no_tf32 else 'on'}"
+        " (PyTorch's default: on).",
         "",
         "MNIST models of benchmarks/derivatives.py, all 10 classes (FA: Captum FeatureAblation, "
         "one class, 784 perturbations per batch; jvp 3: nested torch.func.jvp at order 3, "

@@ -264,5 +264,10 @@ def _replace(value: object, fn: Callable[[object], object]) -> object:
     return fn(value)
 
 
+def replace_jets(values: object) -> object:
+    """``values`` (nested tuples, lists, dicts) with every jet replaced by its primal."""
+    return _replace(values, primal_of)
+
+
 def contains_jet(*values: object) -> bool:
     return any(is_jet(leaf) for leaf in _flatten(values))

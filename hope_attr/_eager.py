@@ -13,11 +13,14 @@ Every torch function that receives a :class:`~hope_attr.Jet` reaches
 4. else :class:`~hope_attr.UnsupportedOperationError`, naming the op, the module it runs in and
    the user's source line.
 
-Module rules (``register_rule(MyModule)``) are honoured through one pair of process-wide module
-hooks that exist only while some thread runs an expansion, and act only in that thread: a module
-with a rule runs its ``forward`` on the primal (so its Python, hooks and asserts still run) and its
-rule supplies the jet. A module that carries its own forward pre-hooks is run through its
-``forward`` instead, so that the hooks see the jets. Nothing is set on the user's modules.
+Module rules that users register (``register_rule(MyModule)``) are honoured through one pair of
+process-wide module hooks that exist only while some thread runs an expansion, and act only in
+that thread: such a module runs its ``forward`` on copies of the primals (so its Python, hooks and
+asserts still run) and its rule supplies the jet. A module that carries its own forward pre-hooks,
+or runs while other global forward hooks exist, runs its ``forward`` on the jets instead, so that
+the hooks see them. The built-in module rules are not used here: torch's modules call functions
+that have rules of their own (they serve the ``nn.Sequential`` shortcut in
+:mod:`hope_attr._interpreter`). Nothing is set on the user's modules.
 
 All state is thread-local, so expansions in several threads do not interfere, and a run that
 stops half-way (an error, Ctrl-C) leaves nothing behind: the ``finally`` clauses restore it.
@@ -316,6 +319,10 @@ def _before_module(module: nn.Module, args: tuple) -> tuple | None:
         return None
     _check_module_mode(module, state.module_name(module))
     rule = _registry.module_rule(type(module))
+    if rule is not None and rule.__module__.startswith("hope_attr."):
+        # The built-in module rules only call the function rules that the module's own forward
+        # reaches: letting the forward run on jets costs no second primal pass.
+        return None
     # Hooks that must see what the module computes on jets: its own pre-hooks (they run after
     # this one) and other global forward hooks (registered before ours, they run before ours).
     # Then the forward runs on jets itself, through the function rules.

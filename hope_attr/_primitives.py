@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable
+from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -55,24 +57,77 @@ def _linear(x: Jet, weight: Tensor, bias: Tensor | None = None) -> Jet:
     return ar.map_batchwise(x, lambda s: F.linear(s, weight), primal)
 
 
+@dataclass(frozen=True)
+class _ConvCall:
+    """One convolution's weight and geometry, from a module or from an ``F.convNd`` call (the
+    seed rules below read the same attribute names as ``nn.Conv2d`` has)."""
+
+    weight: Tensor
+    bias: Tensor | None
+    stride: tuple[int, ...]
+    padding: tuple[int, ...] | str
+    dilation: tuple[int, ...]
+    groups: int
+    padding_mode: str = "zeros"
+
+    @classmethod
+    def of_module(cls, module: nn.modules.conv._ConvNd) -> _ConvCall:
+        padding = module.padding
+        return cls(
+            module.weight, module.bias, module.stride, padding, module.dilation, module.groups,
+            module.padding_mode,
+        )  # fmt: skip
+
+    @classmethod
+    def of_arguments(
+        cls, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1, groups=1
+    ) -> _ConvCall:  # noqa: ANN001
+        spatial = weight.dim() - 2
+
+        def per_axis(value: object) -> tuple[int, ...] | str:
+            if isinstance(value, str):
+                return value
+            return (value,) * spatial if isinstance(value, int) else tuple(value)
+
+        return cls(weight, bias, per_axis(stride), per_axis(padding), per_axis(dilation), groups)
+
+    def __call__(self, x: Tensor, with_bias: bool = True) -> Tensor:
+        conv = (F.conv1d, F.conv2d, F.conv3d)[self.weight.dim() - 3]
+        bias = self.bias if with_bias else None
+        return conv(x, self.weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
 @register_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def _conv_module(module: nn.modules.conv._ConvNd, x: Jet) -> Jet:
-    primal = module(x.primal)
-    if x.seed is not None and x._series is None and _reads_kernel_slices(module):
-        window = _seed_window(module, x.seed.start, x.seed.stop, x.primal.shape, primal.shape)
+    if module.padding_mode != "zeros":  # padded by the module itself, then an unpadded conv
+        return ar.map_batchwise(
+            x, lambda s: module._conv_forward(s, module.weight, None), module(x.primal)
+        )
+    return _conv(_ConvCall.of_module(module), x)
+
+
+def _conv_function(x: Jet, weight: Tensor, *args, **kwargs) -> Jet:
+    return _conv(_ConvCall.of_arguments(weight, *args, **kwargs), x)
+
+
+for _target in (F.conv1d, F.conv2d, F.conv3d):
+    register_rule(_target)(_conv_function)
+
+
+def _conv(call: _ConvCall, x: Jet) -> Jet:
+    primal = call(x.primal)
+    if x.seed is not None and x._series is None and not isinstance(call.padding, str):
+        # A model input's one-pixel directions: read the kernel instead of convolving one-hots.
+        window = _seed_window(call, x.seed.start, x.seed.stop, x.primal.shape, primal.shape)
         if window is not None:
-            return _conv_seed_window(module, x, window, primal)
-        response = _conv_seed_response(module, x.seed.start, x.seed.stop, x.primal.shape)
+            return _conv_seed_window(call, x, window, primal)
+        response = _conv_seed_response(call, x.seed.start, x.seed.stop, x.primal.shape)
         return x.with_series(primal, response.unsqueeze(0).unsqueeze(2))
-    return ar.map_batchwise(x, lambda s: module._conv_forward(s, module.weight, None), primal)
-
-
-def _reads_kernel_slices(module: nn.modules.conv._ConvNd) -> bool:
-    return module.padding_mode == "zeros" and not isinstance(module.padding, str)
+    return ar.map_batchwise(x, lambda s: call(s, with_bias=False), primal)
 
 
 def _seed_window(
-    module: nn.modules.conv._ConvNd,
+    module: _ConvCall,
     start: int,
     stop: int,
     input_shape: torch.Size,
@@ -103,9 +158,7 @@ def _seed_window(
     return window if window.is_worthwhile() else None
 
 
-def _conv_seed_window(
-    module: nn.modules.conv._ConvNd, x: Jet, window: Window, primal: Tensor
-) -> Jet:
+def _conv_seed_window(module: _ConvCall, x: Jet, window: Window, primal: Tensor) -> Jet:
     """The first convolution of an input's seed, as windows: entry ``e`` of the window of input
     ``(c, p)`` is output ``p + padding - (kernel - 1) + e``, read through tap ``kernel - 1 - e``,
     so the window is channel ``c`` of the flipped kernel (zeroed where it leaves the map)."""
@@ -121,7 +174,7 @@ def _conv_seed_window(
 
 
 def _conv_seed_response(
-    module: nn.modules.conv._ConvNd, start: int, stop: int, input_shape: torch.Size
+    module: _ConvCall, start: int, stop: int, input_shape: torch.Size
 ) -> Tensor:
     """Convolution of the one-hot images ``e_start..e_stop`` read off the kernel: ``(D, C', *out)``.
 
@@ -163,7 +216,7 @@ def _conv_seed_response(
     return response * valid
 
 
-def _conv_function(conv: Callable[..., Tensor]) -> Callable[..., Jet]:
+def _conv_transpose_function(conv: Callable[..., Tensor]) -> Callable[..., Jet]:
     def rule(x: Jet, weight: Tensor, bias: Tensor | None = None, *args, **kwargs) -> Jet:
         primal = conv(x.primal, weight, bias, *args, **kwargs)
         return ar.map_batchwise(x, lambda s: conv(s, weight, None, *args, **kwargs), primal)
@@ -171,15 +224,8 @@ def _conv_function(conv: Callable[..., Tensor]) -> Callable[..., Jet]:
     return rule
 
 
-for _conv in (
-    F.conv1d,
-    F.conv2d,
-    F.conv3d,
-    F.conv_transpose1d,
-    F.conv_transpose2d,
-    F.conv_transpose3d,
-):
-    register_rule(_conv)(_conv_function(_conv))
+for _target in (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d):
+    register_rule(_target)(_conv_transpose_function(_target))
 
 
 @register_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -203,40 +249,64 @@ def _conv_transpose_module(module: nn.modules.conv._ConvTransposeNd, x: Jet) -> 
     return ar.map_batchwise(x, lambda s: apply(s, None), apply(x.primal, module.bias))
 
 
-@register_rule(
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveAvgPool3d,
-)
-def _linear_module_without_bias(module: nn.Module, x: Jet) -> Jet:
-    primal = module(x.primal)
-    if isinstance(module, nn.modules.pooling._AvgPoolNd):
-        stride = _block_pooling_stride(module, x.primal.dim() - 2)
-        if stride is not None and x.window is not None:
-            series, window = x.window.average_pool(x._series, stride)
-            return Jet(primal, series, x.order, window=window)
-        if stride is not None:
-            return x.with_series(primal, block_mean(_expanded(x), stride))
-    return ar.map_batchwise(x, module, primal)
+_AVG_POOL = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
 
 
-def _block_pooling_stride(module: nn.Module, num_spatial: int) -> tuple[int, ...] | None:
+@register_rule(nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+def _avg_pool_module(module: nn.modules.pooling._AvgPoolNd, x: Jet) -> Jet:
+    spatial = x.primal.dim() - 2
+    arguments = dict(
+        kernel_size=module.kernel_size, stride=module.stride, padding=module.padding,
+        ceil_mode=module.ceil_mode, count_include_pad=module.count_include_pad,
+    )  # fmt: skip
+    if not isinstance(module, nn.AvgPool1d):
+        arguments["divisor_override"] = module.divisor_override
+    return _avg_pool(_AVG_POOL[spatial - 1], x, **arguments)
+
+
+def _avg_pool_function(pool: Callable[..., Tensor]) -> Callable[..., Jet]:
+    names = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")
+    names += ("divisor_override",)
+
+    def rule(x: Jet, *args, **kwargs) -> Jet:
+        return _avg_pool(pool, x, **dict(zip(names, args, strict=False)), **kwargs)
+
+    return rule
+
+
+def _avg_pool(pool: Callable[..., Tensor], x: Jet, **arguments: object) -> Jet:
+    """Average pooling; over disjoint blocks it keeps receptive-field windows, or is a block mean
+    (cheaper than a strided convolution per coefficient)."""
+    primal = pool(x.primal, **arguments)
+    stride = _block_pooling_stride(SimpleNamespace(**arguments), x.primal.dim() - 2)
+    if stride is not None and x.window is not None:
+        series, window = x.window.average_pool(x._series, stride)
+        return Jet(primal, series, x.order, window=window)
+    if stride is not None:
+        return x.with_series(primal, block_mean(_expanded(x), stride))
+    return ar.map_batchwise(x, lambda s: pool(s, **arguments), primal)
+
+
+for _pool in _AVG_POOL:
+    register_rule(_pool)(_avg_pool_function(_pool))
+
+
+def _block_pooling_stride(pooling: object, num_spatial: int) -> tuple[int, ...] | None:
     """The stride of a pooling over disjoint blocks (kernel == stride, no padding or dilation,
-    floor mode, plain mean), else ``None``."""
+    floor mode, plain mean), else ``None``. ``pooling`` has the attributes of a pooling module."""
 
     def per_axis(value: int | tuple[int, ...]) -> tuple[int, ...]:
         return (value,) * num_spatial if isinstance(value, int) else tuple(value)
 
-    kernel = per_axis(module.kernel_size)
-    stride = per_axis(module.stride if module.stride else module.kernel_size)
-    if kernel != stride or any(per_axis(module.padding)) or module.ceil_mode:
+    kernel = per_axis(pooling.kernel_size)
+    stride = per_axis(getattr(pooling, "stride", None) or pooling.kernel_size)
+    if kernel != stride or any(per_axis(getattr(pooling, "padding", 0))):
         return None
-    if any(d != 1 for d in per_axis(getattr(module, "dilation", 1))):
+    if getattr(pooling, "ceil_mode", False):
         return None
-    if getattr(module, "divisor_override", None) is not None:
+    if any(d != 1 for d in per_axis(getattr(pooling, "dilation", 1))):
+        return None
+    if getattr(pooling, "divisor_override", None) is not None:
         return None
     return stride
 
@@ -248,14 +318,12 @@ def _batchwise_function(fn: Callable[..., Tensor]) -> Callable[..., Jet]:
     return rule
 
 
-for _pool in (
-    F.avg_pool1d,
-    F.avg_pool2d,
-    F.avg_pool3d,
-    F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d,
-    F.adaptive_avg_pool3d,
-):
+@register_rule(nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+def _adaptive_avg_pool_module(module: nn.Module, x: Jet) -> Jet:
+    return ar.map_batchwise(x, module, module(x.primal))
+
+
+for _pool in (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d):
     register_rule(_pool)(_batchwise_function(_pool))
 
 
@@ -488,6 +556,28 @@ for _method in (
     register_rule(_method)(_primal_query(_method))
 
 
+# Piecewise-constant results (indices, signs, truth values, integers): read off the primal, they
+# are constants with no series, like the branch of a ReLU. Python's `if` on them, `.item()` and
+# `.tolist()` therefore see the values at the expansion point.
+for _name in (
+    "any", "all", "argmax", "argmin", "argsort", "isnan", "isinf", "isfinite", "isneginf",
+    "isposinf", "sign", "signbit", "nonzero", "count_nonzero", "equal", "allclose", "isclose",
+    "bucketize", "searchsorted", "floor", "ceil", "round", "trunc", "logical_not",
+    "logical_and", "logical_or", "logical_xor", "bincount", "unique", "histc",
+):  # fmt: skip
+    for _home in (torch, torch.Tensor):
+        _target = getattr(_home, _name, None)
+        if _target is not None:
+            register_rule(_target)(lambda *a, _f=_target, **k: _f(*ar.replace_jets(a), **k))
+for _method in (
+    torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.long,
+    torch.Tensor.int, torch.Tensor.bool, torch.Tensor.short, torch.Tensor.byte,
+    torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__, torch.Tensor.__index__,
+    torch.Tensor.__len__,
+):  # fmt: skip
+    register_rule(_method)(_primal_query(_method))
+
+
 @register_rule(getattr)
 def _getattr(x: Jet, name: str) -> object:
     if name in ("shape", "dtype", "device", "ndim", "is_cuda", "layout"):
@@ -600,10 +690,14 @@ def _smooth(table: Callable[..., list[Tensor]]) -> Callable[..., Jet]:
     return rule
 
 
+# tanh, sigmoid and exp solve Riccati ODEs: their series cost O(n^2) (hope_attr._arithmetic).
+register_rule(torch.tanh, torch.Tensor.tanh, F.tanh)(lambda x: ar.tanh(x))
+register_rule(torch.sigmoid, torch.Tensor.sigmoid, F.sigmoid, torch.special.expit)(
+    lambda x: ar.sigmoid(x)
+)
+register_rule(torch.exp, torch.Tensor.exp)(lambda x: ar.exp(x))
+
 for _targets, _table in [
-    ((torch.tanh, torch.Tensor.tanh, F.tanh), tables.tanh),
-    ((torch.sigmoid, torch.Tensor.sigmoid, F.sigmoid, torch.special.expit), tables.sigmoid),
-    ((torch.exp, torch.Tensor.exp), tables.exp),
     ((torch.log, torch.Tensor.log), tables.log),
     ((torch.sin, torch.Tensor.sin), tables.sin),
     ((torch.cos, torch.Tensor.cos), tables.cos),
@@ -837,10 +931,19 @@ def _abs(x: Jet) -> Jet:
 
 def _max_pool_rule(pool: Callable[..., tuple[Tensor, Tensor]], spatial: int):
     """Max pooling selects one entry per window: the one that is largest at the primal."""
+    names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
 
     def rule(x: Jet, *args, **kwargs) -> Jet | tuple[Jet, Tensor]:
+        kwargs = {**dict(zip(names, args, strict=False)), **kwargs}
         wants_indices = kwargs.pop("return_indices", False)
-        primal, indices = pool(x.primal, *args, return_indices=True, **kwargs)
+        primal, indices = pool(x.primal, return_indices=True, **kwargs)
+        stride = None
+        if kwargs.get("kernel_size") is not None:
+            stride = _block_pooling_stride(SimpleNamespace(**kwargs), spatial)
+        if x.window is not None and stride is not None:
+            series, window = x.window.max_pool(x._series, indices, stride)
+            out = Jet(primal, series, x.order, window=window)
+            return (out, indices) if wants_indices else out
         series = _expanded(x).flatten(-spatial)
         index = indices.flatten(-spatial)
         index = index.expand(*series.shape[:2], *index.shape)
@@ -851,52 +954,58 @@ def _max_pool_rule(pool: Callable[..., tuple[Tensor, Tensor]], spatial: int):
     return rule
 
 
-for _pool, _spatial in [
-    (F.max_pool1d, 1),
-    (F.max_pool2d, 2),
-    (F.max_pool3d, 3),
-    (F.adaptive_max_pool1d, 1),
-    (F.adaptive_max_pool2d, 2),
-    (F.adaptive_max_pool3d, 3),
-]:
+_MAX_POOL = (F.max_pool1d, F.max_pool2d, F.max_pool3d)
+for _spatial, _pool in enumerate(_MAX_POOL, 1):
     register_rule(_pool)(_max_pool_rule(_pool, _spatial))
 
 
-_MAX_POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+def _with_indices(rule: Callable[..., object]) -> Callable[..., object]:
+    # F.max_pool2d(..., return_indices=True) dispatches to F.max_pool2d_with_indices.
+    return lambda x, *args, **kwargs: rule(x, *args, **{**kwargs, "return_indices": True})
 
 
-@register_rule(*_MAX_POOL)
+for _target, _pool in (
+    (F.max_pool1d_with_indices, F.max_pool1d),
+    (F.max_pool2d_with_indices, F.max_pool2d),
+    (F.max_pool3d_with_indices, F.max_pool3d),
+):
+    register_rule(_target)(_with_indices(_registry.function_rule(_pool)))
+
+
+def _adaptive_max_pool_rule(pool: Callable[..., tuple[Tensor, Tensor]], spatial: int):
+    def with_indices(t: Tensor, return_indices: bool, output_size: object) -> tuple:
+        return pool(t, output_size, True)
+
+    gather = _max_pool_rule(with_indices, spatial)
+
+    def rule(x: Jet, output_size: object, return_indices: bool = False) -> object:
+        return gather(x, output_size=output_size, return_indices=return_indices)
+
+    return rule
+
+
+for _spatial, _pool in enumerate(
+    (F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d), 1
+):
+    register_rule(_pool)(_adaptive_max_pool_rule(_pool, _spatial))
+for _target, _pool in (
+    (F.adaptive_max_pool1d_with_indices, F.adaptive_max_pool1d),
+    (F.adaptive_max_pool2d_with_indices, F.adaptive_max_pool2d),
+    (F.adaptive_max_pool3d_with_indices, F.adaptive_max_pool3d),
+):
+    register_rule(_target)(_with_indices(_registry.function_rule(_pool)))
+
+
+@register_rule(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 def _max_pool_module(module: nn.modules.pooling._MaxPoolNd, x: Jet) -> Jet:
-    spatial = next(d for d, cls in enumerate(_MAX_POOL, 1) if isinstance(module, cls))
-    fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[spatial]
-    stride = _block_pooling_stride(module, spatial)
-    if x.window is not None and stride is not None:
-        primal, indices = fn(x.primal, module.kernel_size, module.stride, return_indices=True)
-        series, window = x.window.max_pool(x._series, indices, stride)
-        out = Jet(primal, series, x.order, window=window)
-        return (out, indices) if module.return_indices else out
-    return _max_pool_rule(fn, spatial)(
-        x,
-        module.kernel_size,
-        module.stride,
-        module.padding,
-        module.dilation,
-        ceil_mode=module.ceil_mode,
-        return_indices=module.return_indices,
-    )
+    pool = _MAX_POOL[x.primal.dim() - 3]
+    return _registry.function_rule(pool)(
+        x, module.kernel_size, module.stride, module.padding, module.dilation,
+        ceil_mode=module.ceil_mode, return_indices=module.return_indices,
+    )  # fmt: skip
 
 
-_ADAPTIVE_MAX = (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
-
-
-@register_rule(*_ADAPTIVE_MAX)
+@register_rule(nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
 def _adaptive_max_pool_module(module: nn.Module, x: Jet) -> Jet:
-    spatial = (
-        len(module.output_size)
-        if isinstance(module.output_size, tuple)
-        else {nn.AdaptiveMaxPool1d: 1, nn.AdaptiveMaxPool2d: 2, nn.AdaptiveMaxPool3d: 3}[
-            next(c for c in type(module).__mro__ if c in _ADAPTIVE_MAX)
-        ]
-    )
-    fn = {1: F.adaptive_max_pool1d, 2: F.adaptive_max_pool2d, 3: F.adaptive_max_pool3d}[spatial]
-    return _max_pool_rule(fn, spatial)(x, module.output_size, return_indices=module.return_indices)
+    pool = (F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)[x.primal.dim() - 3]
+    return _registry.function_rule(pool)(x, module.output_size, module.return_indices)

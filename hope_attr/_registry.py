@@ -16,6 +16,8 @@ arrives unchanged. Operations none of whose arguments are jets run as usual and 
 from __future__ import annotations
 
 import operator
+import types
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -84,10 +86,31 @@ def register_rule(*targets: object, override: bool = False) -> Callable[[RuleFn]
                     f"({table[target].__qualname__}); pass override=True to replace it."
                 )
         for target in targets:
+            _warn_if_never_dispatched(target)
             _table_for(target)[target] = rule
         return rule
 
     return decorator
+
+
+def _warn_if_never_dispatched(target: object) -> None:
+    """A plain Python function runs as written when a model calls it (its body then meets the
+    rules of what it calls); a rule for it is consulted only if it dispatches on its arguments."""
+    if not isinstance(target, types.FunctionType):
+        return
+    if target.__module__.startswith(("torch", "hope_attr")):
+        return
+    if {"has_torch_function", "has_torch_function_unary", "has_torch_function_variadic"} & set(
+        target.__code__.co_names
+    ):
+        return
+    warnings.warn(
+        f"{_describe(target)} is a plain Python function: a model that calls it runs its body, "
+        "so this rule would never be consulted. Decorate the function with "
+        "@torch.overrides.wrap_torch_function(lambda x, *args, **kwargs: (x,)) so that calls "
+        "on jets reach the rule (see docs/adding_a_rule.md).",
+        stacklevel=3,
+    )
 
 
 def unregister_rule(*targets: object) -> None:

@@ -25,7 +25,7 @@ def _cnn() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
         nn.Conv2d(1, 4, 5), nn.Tanh(), nn.AvgPool2d(2), nn.Conv2d(4, 8, 3), nn.Tanh(),
-        nn.Flatten(), nn.Linear(8 * 8 * 8, 10),
+        nn.Flatten(), nn.Linear(8 * 6 * 6, 10),
     ).double().eval()  # fmt: skip
 
 
