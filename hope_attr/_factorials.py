@@ -42,7 +42,9 @@ def split(value: int) -> tuple[float, int]:
     return float(value >> shift) / 2.0 ** (exponent - shift), exponent
 
 
-def times_integers(coefficients: Tensor, scales: Sequence[int], what: str = "derivatives") -> Tensor:
+def times_integers(
+    coefficients: Tensor, scales: Sequence[int], what: str = "derivatives"
+) -> Tensor:
     """``coefficients * scales`` along the last axis, in float64, rounded once to the input dtype.
 
     Args:
