@@ -59,9 +59,9 @@ def times_integers(
 
     Example:
         >>> import math, torch
-        >>> c = torch.tensor([0.0, 1e-8])  # float32; 36! = 3.7e41 does not fit in it
+        >>> c = torch.tensor([1e-8, -2e-8])  # float32; 36! = 3.7e41 does not fit in it
         >>> times_integers(c, [math.factorial(36)] * 2)
-        tensor([0.0000e+00, 3.7199e+33])
+        tensor([ 3.7199e+33, -7.4399e+33])
     """
     parts = [split(s) for s in scales]
     device = coefficients.device
