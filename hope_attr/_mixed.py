@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hope_attr import _interpreter, _mlp_taylor
+from hope_attr import _interpolation, _interpreter, _mlp_taylor
 from hope_attr._derivatives import Expansion
-from hope_attr._monomials import multi_indices
+from hope_attr._monomials import count, multi_indices
 
 # Above this many directions, a full expansion is most likely a mistake (p too large).
 _MAX_DIRECTIONS = 200_000
@@ -80,19 +80,17 @@ def normalized_coefficients(
     x = expansion.inputs[0]
     num_variables, order = x.shape[1], expansion.order
     # (D, 1, p): the same directions at every point, broadcast over the batch.
-    directions = torch.tensor(multi_indices(num_variables, order), dtype=x.dtype, device=x.device)
-    directions = directions[:, None, :]
+    directions = _interpolation.directions(num_variables, order, x.dtype).to(x.device)[:, None]
     num_directions = directions.shape[0]
     output = expansion.output
-    solvers = [
-        _solver(num_variables, order, k).to(device=output.device, dtype=output.dtype)
-        for k in range(1, order + 1)
-    ]  # (M_k, D) each
-    result = [output.new_empty((*output.shape, len(solve))) for solve in solvers]
+    result = [
+        output.new_empty((*output.shape, count(num_variables, k))) for k in range(1, order + 1)
+    ]
     for start, stop, part in _blocks(expansion, num_directions, directions_per_chunk):
         along = part.directional_coefficients((directions,), on_chunk)  # (n, D, b, *O)
-        for k, solve in enumerate(solvers, start=1):
-            result[k - 1][start:stop] = torch.tensordot(along[k - 1], solve, dims=([0], [1]))
+        for k in range(1, order + 1):
+            values = along[k - 1].movedim(0, -1)  # (b, *O, D)
+            result[k - 1][start:stop] = _interpolation.recover(values, num_variables, order, k)
     return result
 
 
@@ -145,15 +143,6 @@ def _largest_per_example(expansion: Expansion) -> int | None:
     if not isinstance(output, Tensor) or output.shape != expansion.output[:1].shape:
         return None
     return largest[0]
-
-
-@lru_cache(maxsize=64)
-def _solver(num_variables: int, order: int, degree: int) -> Tensor:
-    directions = torch.tensor(multi_indices(num_variables, order), dtype=torch.float64)
-    monomials = torch.tensor(multi_indices(num_variables, degree), dtype=torch.float64)
-    # values[d, m] = direction_d ** monomial_m (0 ** 0 = 1)
-    values = (directions[:, None, :] ** monomials[None, :, :]).prod(-1)
-    return torch.linalg.pinv(values)
 
 
 def mixed_derivatives(
