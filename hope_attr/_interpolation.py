@@ -60,6 +60,11 @@ def _interior_points(size: int, order: int) -> list[tuple[float, ...]]:
     ]
 
 
+# Up to this many entries (8 MiB in float64), the recovery is one dense (D, M) matrix product;
+# the practitioner's case (p = 5, n = 3) has 35 x 35.
+_DENSE_ENTRIES = 2**20
+
+
 @dataclass(frozen=True)
 class _FaceStep:
     """How the monomials of one degree with support of one size are recovered, for all faces of
@@ -157,7 +162,33 @@ def recover(values: Tensor, num_variables: int, order: int, degree: int) -> Tens
         >>> torch.allclose(recover(values, 2, 2, 2), f)
         True
     """
-    steps = _plan(num_variables, order, degree, values.dtype)
+    if (
+        math.comb(num_variables + order - 1, order) * math.comb(num_variables + degree - 1, degree)
+        <= _DENSE_ENTRIES
+    ):
+        return values @ _dense(num_variables, order, degree, values.dtype).to(values)
+    return _recover_by_faces(values, num_variables, order, degree)
+
+
+@lru_cache(maxsize=128)
+def _dense(num_variables: int, order: int, degree: int, dtype: torch.dtype) -> Tensor:
+    """``(D, M)``: the face steps composed into one matrix (in float64), for small problems
+    where one matrix product beats a few gathers and scatters."""
+    size = math.comb(num_variables + order - 1, order)
+    identity = torch.eye(size, dtype=torch.float64)
+    plan = _plan(num_variables, order, degree, dtype)
+    return _recover_by_faces(identity, num_variables, order, degree, plan)
+
+
+def _recover_by_faces(
+    values: Tensor,
+    num_variables: int,
+    order: int,
+    degree: int,
+    steps: list[_FaceStep] | None = None,
+) -> Tensor:
+    if steps is None:
+        steps = _plan(num_variables, order, degree, values.dtype)
     result = values.new_zeros((*values.shape[:-1], math.comb(num_variables + degree - 1, degree)))
     for step in steps:
         device = values.device
