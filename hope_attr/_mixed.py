@@ -107,16 +107,15 @@ def normalized_coefficients(
 def _check_cost(expansion: Expansion, max_bytes: int) -> None:
     """Refuses, in microseconds, an expansion whose coefficients exceed ``max_bytes`` or whose
     jets would take hours: ``C(p + n - 1, n)`` directions, each series product ``~n^2/2``
-    multiply-adds per element of every activation."""
+    multiply-adds per element of every activation (at least the output)."""
     x, order = expansion.inputs[0], expansion.order
     p, batch = x.shape[1], x.shape[0]
     outputs = math.prod(expansion.output.shape[1:])
     coefficients = batch * outputs * (math.comb(p + order, order) - 1)
     _refuse_if_too_large("the expansion", p, order, coefficients, x, max_bytes)
     num_directions = math.comb(p + order - 1, order)
-    largest = None if expansion.extra else _largest_per_example(expansion)
-    widest = largest or max(expansion.output[0].numel(), p)
-    work = num_directions * order * order * batch * widest
+    # A lower bound that needs no extra pass over the model: the output's width.
+    work = num_directions * order * order * batch * max(expansion.output[0].numel(), p)
     if num_directions > _MAX_DIRECTIONS or work > _MAX_WORK:
         raise ValueError(
             f"p = {p} variables at order {order} need {num_directions:,} jet directions of order "
