@@ -105,13 +105,12 @@ def unmixed_derivatives(
     """
     is_tuple = isinstance(inputs, tuple)
     expansion = Expansion(forward_func, inputs, order, additional_forward_args, internal_batch_size)
-    factorials = torch.tensor(
-        [float(math.factorial(k)) for k in range(1, order + 1)],
-        dtype=expansion.output.dtype,
-        device=expansion.output.device,
-    )
+    # k! is applied in float64, never formed in the output dtype (35! overflows float32).
+    from hope_attr._factorials import times_integers
+
+    factorials = [math.factorial(k) for k in range(1, order + 1)]
     results = [
-        coefficients * factorials.reshape(order, *([1] * (coefficients.dim() - 1)))
+        times_integers(coefficients.movedim(0, -1), factorials).movedim(-1, 0)
         for coefficients in expansion.unmixed_coefficients()
     ]
     return tuple(results) if is_tuple else results[0]

@@ -29,12 +29,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hope_attr import _interpreter, _mlp_taylor
+from hope_attr import _interpolation, _interpreter, _mlp_taylor
 from hope_attr._derivatives import Expansion
-from hope_attr._monomials import multi_indices
+from hope_attr._factorials import factorial_product, times_integers
+from hope_attr._monomials import count, multi_indices
 
 # Above this many directions, a full expansion is most likely a mistake (p too large).
 _MAX_DIRECTIONS = 200_000
+# Default memory budget of a result (mixed_derivatives' dense tensors, or the coefficients).
+_MAX_BYTES = 2 * 2**30
+# Multiply-adds (a lower bound: directions x order^2 x points x outputs) past which a request is
+# refused: ~1e11 is many minutes to hours on a CPU (order 10**6 would never finish).
+_MAX_WORK = 10**11
 # Bytes of the largest activation's series for one block of points (all its directions and
 # orders). Near the size of a CPU's L2 cache, the ~10 elementwise passes of a nonlinearity over it
 # stay in cache, while much smaller blocks pay the interpreter's fixed cost per block (a fraction
@@ -54,6 +60,7 @@ def normalized_coefficients(
     on_chunk: Callable[[int], None] | None = None,
     directions_per_chunk: int | None = None,
     method: str | None = None,
+    max_bytes: int | None = None,
 ) -> list[Tensor]:
     """Per order ``k``: ``f_a = d^a f / a!`` for every ``|a| = k``, shape ``(B, *O, M_k)``.
 
@@ -62,11 +69,14 @@ def normalized_coefficients(
     activations only) or ``"auto"`` (``"mlp"`` where it applies and is the cheaper one); ``None``
     reads the module's ``_METHOD`` (``"auto"``; tests pin one method through it).
     ``directions_per_chunk`` bounds how many jet directions are propagated at once (default: all
-    of a block's, within ``_CHUNK_BYTES``).
+    of a block's, within ``_CHUNK_BYTES``). A result over ``max_bytes`` (default ``_MAX_BYTES``)
+    or work over ``_MAX_WORK`` is refused up front with a ValueError that gives the size and the
+    fix.
     """
     method = _METHOD if method is None else method
     if method not in ("auto", "jets", "mlp"):
         raise ValueError(f"method must be 'auto', 'jets' or 'mlp', got {method!r}")
+    _check_cost(expansion, _MAX_BYTES if max_bytes is None else max_bytes)
     if method != "jets":
         steps = _mlp_taylor.chain_of(expansion)
         if steps is not None and (method == "mlp" or _mlp_taylor.is_cheaper(expansion)):
@@ -80,20 +90,38 @@ def normalized_coefficients(
     x = expansion.inputs[0]
     num_variables, order = x.shape[1], expansion.order
     # (D, 1, p): the same directions at every point, broadcast over the batch.
-    directions = torch.tensor(multi_indices(num_variables, order), dtype=x.dtype, device=x.device)
-    directions = directions[:, None, :]
+    directions = _interpolation.directions(num_variables, order, x.dtype).to(x.device)[:, None]
     num_directions = directions.shape[0]
     output = expansion.output
-    solvers = [
-        _solver(num_variables, order, k).to(device=output.device, dtype=output.dtype)
-        for k in range(1, order + 1)
-    ]  # (M_k, D) each
-    result = [output.new_empty((*output.shape, len(solve))) for solve in solvers]
+    result = [
+        output.new_empty((*output.shape, count(num_variables, k))) for k in range(1, order + 1)
+    ]
     for start, stop, part in _blocks(expansion, num_directions, directions_per_chunk):
         along = part.directional_coefficients((directions,), on_chunk)  # (n, D, b, *O)
-        for k, solve in enumerate(solvers, start=1):
-            result[k - 1][start:stop] = torch.tensordot(along[k - 1], solve, dims=([0], [1]))
+        for k in range(1, order + 1):
+            values = along[k - 1].movedim(0, -1)  # (b, *O, D)
+            result[k - 1][start:stop] = _interpolation.recover(values, num_variables, order, k)
     return result
+
+
+def _check_cost(expansion: Expansion, max_bytes: int) -> None:
+    """Refuses, in microseconds, an expansion whose coefficients exceed ``max_bytes`` or whose
+    jets would take hours: ``C(p + n - 1, n)`` directions, each series product ``~n^2/2``
+    multiply-adds per element of every activation (at least the output)."""
+    x, order = expansion.inputs[0], expansion.order
+    p, batch = x.shape[1], x.shape[0]
+    outputs = math.prod(expansion.output.shape[1:])
+    coefficients = batch * outputs * (math.comb(p + order, order) - 1)
+    _refuse_if_too_large("the expansion", p, order, coefficients, x, max_bytes)
+    num_directions = math.comb(p + order - 1, order)
+    # A lower bound that needs no extra pass over the model: the output's width.
+    work = num_directions * order * order * batch * max(expansion.output[0].numel(), p)
+    if num_directions > _MAX_DIRECTIONS or work > _MAX_WORK:
+        raise ValueError(
+            f"p = {p} variables at order {order} need {num_directions:,} jet directions of order "
+            f"{order} (about {work:.2g} multiply-adds at the least, hours of work); use a smaller "
+            "order or fewer features (for one feature at a time, unmixed_derivatives)"
+        )
 
 
 def _blocks(
@@ -147,15 +175,6 @@ def _largest_per_example(expansion: Expansion) -> int | None:
     return largest[0]
 
 
-@lru_cache(maxsize=64)
-def _solver(num_variables: int, order: int, degree: int) -> Tensor:
-    directions = torch.tensor(multi_indices(num_variables, order), dtype=torch.float64)
-    monomials = torch.tensor(multi_indices(num_variables, degree), dtype=torch.float64)
-    # values[d, m] = direction_d ** monomial_m (0 ** 0 = 1)
-    values = (directions[:, None, :] ** monomials[None, :, :]).prod(-1)
-    return torch.linalg.pinv(values)
-
-
 def mixed_derivatives(
     forward_func: Callable[..., Tensor],
     inputs: Tensor,
@@ -163,6 +182,7 @@ def mixed_derivatives(
     *,
     additional_forward_args: Any = None,
     internal_batch_size: int | None = None,
+    max_bytes: int | None = None,
 ) -> list[Tensor]:
     """Every partial derivative up to ``order`` of every output, at every point of a batch.
 
@@ -184,10 +204,19 @@ def mixed_derivatives(
         internal_batch_size: directions propagated at once (default: all of a block's, up to a
             memory budget). The MLP route propagates no directions (its blocks of points stay
             within a few MiB) and ignores it.
+        max_bytes: memory budget of the result (default 2 GiB): a larger result, or a
+            computation whose work would take hours, is refused before any work.
 
     Returns:
         A list whose element ``k - 1`` has shape ``(B, *O, p, ..., p)`` (``k`` trailing ``p``'s):
-        the symmetric tensor of ``k``-th partial derivatives at each point.
+        the symmetric tensor of ``k``-th partial derivatives at each point. Derivatives are
+        scaled from Taylor coefficients in float64; one that overflows the dtype is ``inf``,
+        with a ``DerivativeRangeWarning``.
+
+    Raises:
+        ValueError: inputs not ``(B, p)``; a result over ``max_bytes`` (``B O (p^(n+1) - p) /
+            (p - 1)`` values: ``p = 2, n = 36`` is 1 TiB) or too much work; the message gives
+            the size and the fix.
 
     Example:
         >>> import torch, hope_attr
@@ -203,39 +232,73 @@ def mixed_derivatives(
             f"mixed_derivatives needs flat inputs (B, p), got {shape}; flatten the features "
             "(mixed partials are for low-dimensional inputs)"
         )
-    if isinstance(order, int) and order >= 1:
-        count = math.comb(inputs.shape[1] + order - 1, order)
-        if count > _MAX_DIRECTIONS:
-            raise ValueError(
-                f"p = {inputs.shape[1]} variables at order {order} need {count} directions; "
-                "mixed partials are for low-dimensional inputs (use unmixed_derivatives)"
-            )
+    budget = _MAX_BYTES if max_bytes is None else max_bytes
+    if isinstance(order, int) and not isinstance(order, bool) and order >= 1:
+        # Before tracing: the dense tensors hold p^k entries per order, and the check must not
+        # depend on running the model at all.
+        p = inputs.shape[1]
+        entries = (p ** (order + 1) - p) // (p - 1) if p > 1 else order
+        _refuse_if_too_large(
+            "mixed_derivatives", p, order, inputs.shape[0] * entries, inputs, budget
+        )
     expansion = Expansion(forward_func, inputs, order, additional_forward_args, internal_batch_size)
+    outputs = math.prod(expansion.output.shape[1:])
+    _refuse_if_too_large(
+        "mixed_derivatives",
+        inputs.shape[1],
+        order,
+        inputs.shape[0] * entries * outputs,
+        inputs,
+        budget,
+    )
     return derivative_tensors(
-        normalized_coefficients(expansion, directions_per_chunk=internal_batch_size),
+        normalized_coefficients(
+            expansion, directions_per_chunk=internal_batch_size, max_bytes=budget
+        ),
         inputs.shape[1],
     )
+
+
+def _refuse_if_too_large(
+    what: str, num_variables: int, order: int, entries: int, like: Tensor, max_bytes: int
+) -> None:
+    """A clear ValueError, before any work, when the result alone would exceed ``max_bytes``."""
+    size = entries * like.element_size()
+    if size > max_bytes:
+        raise ValueError(
+            f"{what} with p = {num_variables} variables at order {order} would return {entries:,} "
+            f"values ({_bytes(size)}), over the memory budget max_bytes = {_bytes(max_bytes)}; "
+            "use a smaller order, fewer features or points, or raise max_bytes if the memory "
+            "is there"
+        )
+
+
+def _bytes(size: int) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit} = {size:,} bytes"
+    return f"{size} bytes"
 
 
 def derivative_tensors(coefficients_per_order: list[Tensor], num_variables: int) -> list[Tensor]:
     """Normalized coefficients per order ``(B, *O, M_k)`` -> symmetric ``(B, *O, p, ..., p)``."""
     tensors = []
     for k, coefficients in enumerate(coefficients_per_order, start=1):
-        scale, index = _tensor_layout(num_variables, k)
-        derivatives = coefficients * scale.to(coefficients)  # d^a f = a! f_a
+        scales, index = _tensor_layout(num_variables, k)
+        # d^a f = a! f_a, with a! applied in float64 (it overflows float32 from 35! on)
+        derivatives = times_integers(coefficients, scales, f"derivatives of order {k}")
         full = derivatives[..., index.to(coefficients.device)]
         tensors.append(full.reshape(*full.shape[:-1], *([num_variables] * k)))
     return tensors
 
 
 @lru_cache(maxsize=64)
-def _tensor_layout(num_variables: int, degree: int) -> tuple[Tensor, Tensor]:
-    """``a!`` per monomial, and for each entry of the ``p^k`` tensor the monomial it holds."""
+def _tensor_layout(num_variables: int, degree: int) -> tuple[tuple[int, ...], Tensor]:
+    """``a!`` per monomial (exact ints), and for each entry of the ``p^k`` tensor the monomial
+    it holds."""
     monomials = multi_indices(num_variables, degree)
     position = {m: i for i, m in enumerate(monomials)}
-    scale = torch.tensor(
-        [math.prod(math.factorial(e) for e in m) for m in monomials], dtype=torch.float64
-    )
+    scale = tuple(factorial_product(m) for m in monomials)
     grid = torch.cartesian_prod(*[torch.arange(num_variables)] * degree).reshape(-1, degree)
     counts = torch.nn.functional.one_hot(grid, num_variables).sum(1)
     index = torch.tensor([position[tuple(c.tolist())] for c in counts], dtype=torch.long)
