@@ -78,7 +78,7 @@ from torch import Tensor, nn
 from torch.func import jacfwd, jacrev, vmap
 
 import hope_attr
-from hope_attr import _mixed, _mlp_taylor
+from hope_attr import _interpolation, _mixed, _mlp_taylor
 from hope_attr._derivatives import Expansion
 
 SEED = 0
@@ -360,10 +360,10 @@ def hope_before_blocking(model: nn.Module, x: Tensor, order: int) -> list[Tensor
     directions (each chunk recomputes the primal and its Taylor tables)."""
     expansion = Expansion(model, x, order)
     p = x.shape[1]
-    directions = torch.tensor(_mixed.multi_indices(p, order), dtype=x.dtype)
+    directions = _interpolation.directions(p, order, x.dtype)
     along = expansion.directional_coefficients((directions[:, None, :].expand(-1, len(x), -1),))
     return [
-        torch.tensordot(along[k - 1], _mixed._solver(p, order, k).to(x.dtype), dims=([0], [1]))
+        _interpolation.recover(along[k - 1].movedim(0, -1), p, order, k)
         for k in range(1, order + 1)
     ]
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hope_attr import _interpolation, _interpreter, _mlp_taylor
+from hope_attr import _interpolation, _mlp_taylor
 from hope_attr._derivatives import Expansion
 from hope_attr._factorials import factorial_product, times_integers
 from hope_attr._monomials import count, multi_indices
@@ -158,21 +158,21 @@ def _blocks(
 def _largest_per_example(expansion: Expansion) -> int | None:
     """Elements of the largest intermediate value for ONE example; ``None`` if the function
     cannot run on a smaller batch (it hard-codes its batch size)."""
-    largest = [0]
+    one = tuple(x[:1] for x in expansion.inputs)
+    # The input and output count too: a function may compute nothing in between (lambda x: x).
+    largest = [max(x.numel() for x in one), expansion.output[:1].numel()]
 
     def observe(value: object) -> None:
         if isinstance(value, Tensor):
-            largest[0] = max(largest[0], value.numel())
+            largest.append(value.numel())
 
-    one = tuple(x[:1] for x in expansion.inputs)
     try:
-        with torch.no_grad():
-            output = _interpreter.run(expansion.graph, one, observe)
+        output = expansion.run(one, observe)
     except RuntimeError:  # e.g. a closure constant shaped (B, ...) that no longer broadcasts
         return None
     if not isinstance(output, Tensor) or output.shape != expansion.output[:1].shape:
         return None
-    return largest[0]
+    return max(largest)
 
 
 def mixed_derivatives(

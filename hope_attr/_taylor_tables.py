@@ -76,8 +76,9 @@ def power(x: Tensor, exponent: float, order: int) -> list[Tensor]:
     if float(exponent).is_integer() and exponent >= 0:
         # Direct powers: no division by x, so x = 0 is fine and terms above the degree are 0.
         a = int(exponent)
+        # float(): binomials past 2^63 (a = 400) are beyond torch's integer scalars.
         return [
-            math.comb(a, k) * torch.pow(x, a - k) if k <= a else torch.zeros_like(x)
+            float(math.comb(a, k)) * torch.pow(x, a - k) if k <= a else torch.zeros_like(x)
             for k in range(order + 1)
         ]
     out = [torch.pow(x, exponent)]
