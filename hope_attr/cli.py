@@ -57,7 +57,6 @@ def _checked(kind: type, lowest: float, what: str) -> Callable[[str], int | floa
             raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
         return value
 
-    parse.__name__ = what  # argparse names the type in some messages
     return parse
 
 

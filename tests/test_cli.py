@@ -379,6 +379,15 @@ def test_library_refusals_end_in_one_error_line(monkeypatch) -> None:
     message = _error(["expand", "torch.nn:Tanh", "--point", "0", "--order", "1000000"])
     assert message == "order 10**6 needs 3 TB; choose a lower --order"
 
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hope_attr.polynomial, "expand", interrupted)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+        main(["expand", "torch.nn:Tanh", "--point", "0"])
+    assert exit_.value.code == 130 and err.getvalue() == "hope-attr expand: interrupted\n"
+
     def defect(*args, **kwargs):
         raise KeyError("a bug")
 
