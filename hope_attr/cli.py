@@ -8,180 +8,56 @@
 * ``package.module:factory`` (a function or class returning the ``nn.Module``), with
   ``--state-dict PATH`` for its weights (loaded with ``weights_only=True``: no code runs);
 * a TorchScript file (``torch.jit.script(model).save(path)``) of standard ``torch.nn`` modules in
-  ``nn.Sequential`` containers (MLPs, CNNs). torch.fx cannot trace TorchScript code, so the
-  network is rebuilt as the equivalent eager modules from the file's module types, settings and
-  weights, and checked against the TorchScript network at ``--point`` before it is expanded;
-* a file saved with ``torch.save(model)`` together with ``--trust-pickle`` (unpickling runs code:
-  only for files you trust).
+  ``nn.Sequential`` containers (MLPs, CNNs), together with ``--trust-code``: TorchScript is code,
+  run when the file is loaded. torch.fx cannot trace TorchScript code, so the network is rebuilt
+  as the equivalent eager modules from the file's module types, settings and weights, and
+  checked against the TorchScript network at ``--point`` before it is expanded;
+* a file saved with ``torch.save(model)`` together with ``--trust-code`` (unpickling runs code).
+
+``--trust-pickle`` is the old name of ``--trust-code`` and still works.
+
+Every mistake in the arguments ends the command with one ``error:`` line and exit status 2. The
+parser is built, and ``--help`` answered, before torch is imported: torch takes seconds to load.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import json
-import sys
-import warnings
-import zipfile
-from collections import OrderedDict
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from hope_attr.polynomial import discover, expand
-
-
-def load_model(
-    spec: str,
-    state_dict: str | None = None,
-    trust_pickle: bool = False,
-    example: torch.Tensor | None = None,
-) -> nn.Module:
-    """Build the model named by ``spec`` (see the module docstring), in eval mode.
-
-    Args:
-        spec: ``package.module:factory``, a TorchScript file or a ``torch.save`` file.
-        state_dict: weights for ``package.module:factory``.
-        trust_pickle: allow unpickling a ``torch.save`` file (runs code).
-        example: inputs at which a network rebuilt from TorchScript must reproduce the
-            TorchScript network (skipped when ``None``).
-    """
-    if ":" in spec and not Path(spec).exists() and not spec.endswith((".pt", ".pth")):
-        module_name, _, attribute = spec.partition(":")
-        sys.path.insert(0, ".")  # let `hope-attr expand mymodels:Net` find ./mymodels.py
-        try:
-            factory = getattr(importlib.import_module(module_name), attribute)
-        finally:
-            sys.path.pop(0)
-        model = factory()
-        if state_dict is not None:
-            model.load_state_dict(torch.load(state_dict, weights_only=True))
-        return model.eval()
-    if _is_torchscript(spec):
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", FutureWarning)
-            scripted = torch.jit.load(spec, map_location="cpu")
-        return _from_torchscript(scripted, example)
-    if not trust_pickle:
-        raise SystemExit(
-            f"refusing to unpickle {spec}: a pickled model can run arbitrary code when loaded. "
-            "Pass module.path:factory with --state-dict, or a TorchScript file, or add "
-            "--trust-pickle if you trust it."
-        )
-    model = torch.load(spec, weights_only=False)
-    if isinstance(model, torch.jit.ScriptModule):
-        return _from_torchscript(model, example)
-    return model.eval()
+if TYPE_CHECKING:
+    import torch
 
 
-def _is_torchscript(path: str) -> bool:
-    """TorchScript archives carry their code under ``<name>/code/``; torch.save files do not."""
+def _point(text: str) -> tuple[float, ...]:
     try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.split("/")[1:2] == ["code"] for name in archive.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
-
-
-_SAVE_WEIGHTS = (
-    "save the weights instead (torch.save(model.state_dict(), 'weights.pt')) and pass "
-    "package.module:factory --state-dict weights.pt"
-)
-
-
-def _from_torchscript(scripted: torch.jit.ScriptModule, example: torch.Tensor | None) -> nn.Module:
-    """The eager ``torch.nn`` network a TorchScript one was made from, checked at ``example``."""
-    model = _rebuild(scripted, "the model").eval()
-    if example is not None:
-        scripted = scripted.eval().double()  # our own copy, loaded from the file
-        with torch.no_grad():
-            _check_rebuilt(model.double(), scripted, example.double(), "the model")
-    return model
-
-
-def _rebuild(scripted: torch.jit.ScriptModule, where: str) -> nn.Module:
-    name = scripted.original_name
-    module_type = getattr(nn, name, None)
-    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
-        raise SystemExit(
-            f"{where} is a TorchScript {name!r}, not a torch.nn module: its forward is "
-            f"TorchScript code, which torch.fx cannot trace. Only torch.nn modules in "
-            f"nn.Sequential containers can be rebuilt; for other models, {_SAVE_WEIGHTS}."
-        )
-    if module_type is nn.Sequential:
-        children = {
-            key: _rebuild(child, f"{where}[{key}]") for key, child in scripted.named_children()
-        }
-        return nn.Sequential(OrderedDict(children))
-    if any(True for _ in scripted.children()):
-        raise SystemExit(
-            f"{where} is a TorchScript {name} with submodules, which cannot be rebuilt from "
-            f"TorchScript; {_SAVE_WEIGHTS}."
-        )
-    weights = scripted.state_dict()
-    arguments = {}
-    for argument, parameter in inspect.signature(module_type.__init__).parameters.items():
-        if argument in ("self", "device", "dtype") or parameter.kind in (
-            parameter.VAR_POSITIONAL,
-            parameter.VAR_KEYWORD,
-        ):
-            continue
-        if argument == "bias" and isinstance(parameter.default, bool):
-            arguments[argument] = weights.get("bias") is not None  # a flag, stored as a tensor
-        elif hasattr(scripted, argument):
-            arguments[argument] = getattr(scripted, argument)
-        elif argument in ("in_features", "out_features") and "weight" in weights:
-            # Traced (not scripted) Linear layers keep their weights but not these constants.
-            arguments[argument] = weights["weight"].shape[argument == "in_features"]
-        elif parameter.default is parameter.empty:
-            raise SystemExit(
-                f"{where} is a TorchScript {name} whose setting {argument!r} the file does not "
-                "keep (torch.jit.trace drops module settings; torch.jit.script keeps them): "
-                f"save it with torch.jit.script, or {_SAVE_WEIGHTS}."
-            )
-    try:
-        module = module_type(**arguments)
-        floating = [t for t in weights.values() if t.is_floating_point()]
-        if floating:
-            module = module.to(floating[0].dtype)  # load float64 weights without rounding them
-        module.load_state_dict(weights)
-    except (TypeError, ValueError, RuntimeError) as error:
-        raise SystemExit(
-            f"{where} is a TorchScript {name} that could not be rebuilt from the file's "
-            f"settings ({error}); {_SAVE_WEIGHTS}."
-        ) from None
-    return module
-
-
-def _check_rebuilt(
-    model: nn.Module, scripted: torch.jit.ScriptModule, x: torch.Tensor, where: str
-) -> None:
-    """Raise, naming the first module that differs, unless ``model`` computes ``scripted``."""
-    if isinstance(model, nn.Sequential):
-        for (key, child), scripted_child in zip(
-            model.named_children(), scripted.children(), strict=True
-        ):
-            _check_rebuilt(child, scripted_child, x, f"{where}[{key}]")
-            x = scripted_child(x)
-        return
-    expected, found = scripted(x), model(x)
-    if expected.shape != found.shape or not torch.allclose(found, expected, rtol=1e-9, atol=1e-12):
-        raise SystemExit(
-            f"{where} (TorchScript {scripted.original_name}) could not be rebuilt: the eager "
-            f"{type(model).__name__} built from the file's settings computes something else "
-            "(a traced module keeps no settings, such as a slope or a stride). Save it with "
-            f"torch.jit.script, or {_SAVE_WEIGHTS}."
-        )
-
-
-def _point(text: str) -> torch.Tensor:
-    try:
-        return torch.tensor([float(v) for v in text.split(",")], dtype=torch.float64)
+        values = tuple(float(v) for v in text.split(","))
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"--point must be numbers like 0,0.5 ({error})") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(
+            f"--point must be finite numbers, got {text}: derivatives at NaN or Inf are undefined"
+        )
+    return values
+
+
+def _checked(kind: type, lowest: float, what: str) -> Callable[[str], int | float]:
+    """An argparse type: ``kind(text)``, finite and ``>= lowest``."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not (math.isfinite(value) and value >= lowest):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -198,32 +74,52 @@ def _parser() -> argparse.ArgumentParser:
         )
         command.add_argument("--state-dict", help="weights for module:factory models")
         command.add_argument(
+            "--trust-code",
             "--trust-pickle",
+            dest="trust_code",
             action="store_true",
-            help="allow unpickling a full model file (runs code)",
+            help="allow TorchScript and torch.save model files: loading them runs their code",
         )
-        command.add_argument("--point", type=_point, required=True, help="e.g. 0,0")
-        command.add_argument("--order", type=int, default=4, help="highest degree (default 4)")
+        command.add_argument(
+            "--point", type=_point, required=True, help="one number per input, e.g. 0,0"
+        )
+        command.add_argument(
+            "--order",
+            type=_checked(int, 1, "an integer >= 1"),
+            default=4,
+            help="highest degree (default 4)",
+        )
         command.add_argument(
             "--threshold",
-            type=float,
+            type=_checked(float, 0.0, "a number >= 0"),
             default=1e-3,
             help="hide terms whose |coefficient| is below this (default 1e-3)",
         )
-        command.add_argument("--output", type=int, default=0, help="output index to print")
+        command.add_argument(
+            "--output",
+            type=_checked(int, 0, "an integer >= 0"),
+            default=0,
+            help="which output to print, counted over the flattened outputs (default 0)",
+        )
         command.add_argument(
             "--around-zero", action="store_true", help="write powers of x instead of x - point"
         )
-        command.add_argument("--names", help="comma-separated variable names")
+        command.add_argument("--names", help="comma-separated variable names, one per input")
     expand_command = commands.choices["expand"]
     expand_command.add_argument("--latex", action="store_true", help="also print LaTeX")
     expand_command.add_argument("--json", help="save the polynomial to this JSON file")
     discover_command = commands.choices["discover"]
     discover_command.add_argument(
-        "--radius", type=float, default=1.0, help="sample points within this distance (default 1)"
+        "--radius",
+        type=_checked(float, 0.0, "a number >= 0"),
+        default=1.0,
+        help="sample points within this distance (default 1)",
     )
     discover_command.add_argument(
-        "--num", type=int, default=30, help="how many expansion points (default 30)"
+        "--num",
+        type=_checked(int, 0, "an integer >= 0"),
+        default=30,
+        help="how many expansion points (default 30)",
     )
     discover_command.add_argument(
         "--seed", type=int, default=0, help="random seed of the sampled points (default 0)"
@@ -231,35 +127,119 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _names(text: str | None, count: int) -> list[str] | None:
+    """The ``--names``, or a ``ValueError`` saying what is wrong with them."""
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",")]
+    if len(names) != count:
+        raise ValueError(
+            f"--names gives {len(names)} names for the {count} numbers of --point: give one "
+            "name per input, e.g. --names " + ",".join(f"x{i + 1}" for i in range(count))
+        )
+    bad = [name for name in names if not name or any(c.isspace() for c in name)]
+    if bad:
+        raise ValueError(f"--names must be non-empty and without spaces, got {text!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--names must be distinct, got {text!r}")
+    return names
+
+
+def _output_index(output: int, shape: Sequence[int]) -> int | tuple[int, ...]:
+    """``--output`` (a flat index) as the index :meth:`TaylorPolynomial.terms` takes."""
+    count = math.prod(shape)
+    if output >= count:
+        raise ValueError(
+            f"--output {output} is out of range: the model has {count} output"
+            f"{'s' if count != 1 else ''} at this point (shape {tuple(shape)}), numbered 0 to "
+            f"{count - 1}"
+        )
+    if len(shape) <= 1:
+        return output
+    index = []
+    for size in reversed(shape):
+        output, position = divmod(output, size)
+        index.append(position)
+    return tuple(reversed(index))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    # Where a TorchScript network is rebuilt, it must agree at the point and around it.
-    generator = torch.Generator().manual_seed(0)
-    nearby = args.point + 0.1 * torch.randn(4, args.point.numel(), generator=generator)
-    example = torch.cat([args.point[None], nearby])
-    model = load_model(args.model, args.state_dict, args.trust_pickle, example).double()
-    names = args.names.split(",") if args.names else None
+    """Run ``hope-attr`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    Mistakes in the arguments raise ``SystemExit(2)`` after printing one ``error:`` line.
+
+    Example:
+        >>> from hope_attr.cli import main
+        >>> main(["expand", "torch.nn:Tanh", "--point", "0", "--order", "3"])
+        +1  x1
+        -0.333333  x1^3
+        0
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    prog = f"{parser.prog} {args.command}"  # as argparse names the subcommand in its errors
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        parser.exit(130, f"{prog}: interrupted\n")
+    except Exception as error:
+        if not _is_user_error(error):
+            raise  # a defect: its traceback is what a bug report needs
+        message = " ".join(str(error).split())  # torch's messages span lines
+        parser.exit(2, f"{prog}: error: {message}\n")
+
+
+def _is_user_error(error: Exception) -> bool:
+    """Errors that mean a wrong argument, with a message that says which and how to fix it."""
+    if isinstance(error, ValueError | TypeError | OSError):
+        return True
+    from hope_attr._registry import TrainingModeError, UnsupportedOperationError
+
+    return isinstance(error, UnsupportedOperationError | TrainingModeError)
+
+
+def _run(args: argparse.Namespace) -> int:
+    names = _names(args.names, len(args.point))  # before the slow imports
+    if getattr(args, "json", None) and not Path(args.json).parent.is_dir():
+        raise ValueError(f"--json {args.json}: the folder {Path(args.json).parent} does not exist")
+    # torch, and the library built on it, only now that the arguments are known to be complete.
+    import torch
+
+    from hope_attr._model_loading import evaluate, load_model
+    from hope_attr.polynomial import discover, expand
+
+    point = torch.tensor(args.point, dtype=torch.float64)
+    model = load_model(args.model, args.state_dict, args.trust_code, _nearby(point)).double()
+    output = _output_index(args.output, evaluate(model, point).shape[1:])
     if args.command == "expand":
-        poly = expand(model, args.point, args.order, names=names)
-        for value, monomial in poly.terms(args.threshold, args.output, args.around_zero):
+        poly = expand(model, point, args.order, names=names)
+        for value, monomial in poly.terms(args.threshold, output, args.around_zero):
             print(f"{value:+.6g}  {monomial}")
         if args.latex:
-            print(
-                poly.to_latex(
-                    output=args.output,
-                    around_zero=args.around_zero,
-                    threshold=args.threshold,
-                    digits=4,
-                )
+            latex = poly.to_latex(
+                output=output, around_zero=args.around_zero, threshold=args.threshold, digits=4
             )
+            print(latex)
         if args.json:
-            poly.save(args.json)
+            try:
+                poly.save(args.json)
+            except OSError as error:
+                raise ValueError(f"cannot write --json {args.json}: {error.strerror}") from None
             print(f"saved {args.json}")
         return 0
-    found = discover(model, args.point, args.radius, args.num, args.order, args.seed, names)
-    rows = found.terms(args.threshold, args.output, args.around_zero)
+    found = discover(model, point, args.radius, args.num, args.order, args.seed, names)
+    rows = found.terms(args.threshold, output, args.around_zero)
     print(json.dumps([{"term": t, "mean": m, "spread": s} for m, s, t in rows], indent=1))
     return 0
+
+
+def _nearby(point: torch.Tensor) -> torch.Tensor:
+    """The point and 4 points around it, where a network rebuilt from TorchScript must agree."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    nearby = point + 0.1 * torch.randn(4, point.numel(), generator=generator, dtype=point.dtype)
+    return torch.cat([point[None], nearby])
 
 
 if __name__ == "__main__":
