@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hope_attr import _arithmetic as ar
-from hope_attr import _registry
+from hope_attr import _kinks, _registry
 from hope_attr import _taylor_tables as tables
 from hope_attr._jet import Jet
 from hope_attr._registry import TrainingModeError, UnsupportedOperationError, register_rule
@@ -670,17 +670,20 @@ def _activation_module(module: nn.Module, x: Jet) -> Jet:
 # ============================================================================ piecewise linear
 @register_rule(F.relu, torch.relu, torch.Tensor.relu)
 def _relu(x: Jet, inplace: bool = False) -> Jet:
+    _kinks.report(x, 0.0)
     return ar.scale(x, (x.primal > 0).to(x.primal.dtype), F.relu(x.primal))
 
 
 @register_rule(F.leaky_relu)
 def _leaky_relu(x: Jet, negative_slope: float = 0.01, inplace: bool = False) -> Jet:
+    _kinks.report(x, 0.0)
     slope = torch.full_like(x.primal, negative_slope).masked_fill_(x.primal > 0, 1.0)
     return ar.scale(x, slope, F.leaky_relu(x.primal, negative_slope))
 
 
 @register_rule(F.hardtanh)
 def _hardtanh(x: Jet, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> Jet:
+    _kinks.report(x, min_val, max_val)
     inside = (x.primal > min_val) & (x.primal < max_val)
     return ar.scale(x, inside.to(x.primal.dtype), F.hardtanh(x.primal, min_val, max_val))
 
@@ -693,6 +696,7 @@ def _relu6(x: Jet, inplace: bool = False) -> Jet:
 @register_rule(torch.clamp, torch.Tensor.clamp, torch.clip, torch.Tensor.clip)
 def _clamp(x: Jet, min: float | None = None, max: float | None = None) -> Jet:  # noqa: A002
     # Autograd passes the gradient where min <= x <= max (inclusive); so does this slope.
+    _kinks.report(x, min, max)
     inside = torch.ones_like(x.primal, dtype=torch.bool)
     if min is not None:
         inside &= x.primal >= min
@@ -730,6 +734,7 @@ def _selection(pick_first: Callable[[Tensor, Tensor], Tensor], name: str):
                 f"torch.{name} over a dimension (a reduction) has no Taylor rule; the elementwise "
                 f"torch.{name}imum(a, b) has one"
             )
+        _kinks.report_pair(a, b)
         pa, pb = ar.primal_of(a), ar.primal_of(b)
         tie = ar.mul(ar.linear_combination(a, b), 0.5)
         return _where(pa == pb, tie, _where(pick_first(pa, pb), a, b))
@@ -768,6 +773,7 @@ def _square(x: Jet) -> Jet:
 
 @register_rule(torch.abs, torch.Tensor.abs, operator.abs)
 def _abs(x: Jet) -> Jet:
+    _kinks.report(x, 0.0)
     return ar.scale(x, torch.sign(x.primal), torch.abs(x.primal))
 
 
@@ -776,6 +782,7 @@ def _max_pool_rule(pool: Callable[..., tuple[Tensor, Tensor]], spatial: int):
 
     def rule(x: Jet, *args, **kwargs) -> Jet | tuple[Jet, Tensor]:
         wants_indices = kwargs.pop("return_indices", False)
+        _kinks.report_max_pool(x, pool, *args, **kwargs)
         primal, indices = pool(x.primal, *args, return_indices=True, **kwargs)
         series = _expanded(x).flatten(-spatial)
         index = indices.flatten(-spatial)
@@ -806,6 +813,9 @@ def _max_pool_module(module: nn.modules.pooling._MaxPoolNd, x: Jet) -> Jet:
     spatial = next(d for d, cls in enumerate(_MAX_POOL, 1) if isinstance(module, cls))
     fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[spatial]
     stride = _block_pooling_stride(module, spatial)
+    _kinks.report_max_pool(
+        x, fn, module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode
+    )
     if x.window is not None and stride is not None:
         primal, indices = fn(x.primal, module.kernel_size, module.stride, return_indices=True)
         series, window = x.window.max_pool(x._series, indices, stride)
