@@ -114,7 +114,10 @@ def continue_paths(
         last = _convergence.tolerance_step(norms, limit)
         land = torch.where(last < 1, 1 - _LAST_STEP_MARGIN * last, torch.ones_like(last))
         step = torch.minimum(_RADIUS_FRACTION * rho, land).clamp(_MIN_STEP, 1)
-        step = torch.minimum(step, kink * (1 + _KINK_OVERSHOOT))
+        # A kink at 0 is a tie the rule may have broken the wrong way: a tiny step breaks it
+        # (the point reached is evaluated exactly, so it costs one expansion, not accuracy).
+        tie_step = torch.finfo(step.dtype).eps ** 0.5
+        step = torch.minimum(step, torch.where(kink > 0, kink * (1 + _KINK_OVERSHOOT), tie_step))
         going = active[~finish]
         position[going] = position[going] + step[~finish] * remaining[~finish]
         steps[active] += 1

@@ -73,12 +73,19 @@ def _first_order(x: Jet) -> Tensor:
     return series[0].expand(series.shape[1], *x.primal.shape)
 
 
-def _crossing(gap: Tensor, rate: Tensor) -> Tensor:
-    """Time at which ``gap + rate * t`` reaches zero, if it does for some ``t > 0``; else inf."""
+def _crossing(gap: Tensor, rate: Tensor, rising_only: bool = False) -> Tensor:
+    """Time at which ``gap + rate * t`` reaches zero, if it does for some ``t > 0``; else inf.
+
+    An entry sitting exactly on a kink (``gap == 0``, common where blank image regions make
+    units tie) that moves gets time 0: the rule chose its branch at the primal, which may be
+    the wrong one for ``t > 0``, so continuation takes a tiny step to break the tie.
+    ``rising_only``: only a positive ``rate`` leaves the branch (max pooling, where the rule's
+    choice at a tie is the current maximum and only an entry rising faster overtakes it).
+    """
     times = -gap / rate
-    # An entry sitting on the kink (gap 0) is on its branch for the rule; it only counts once
-    # it actually moves away from it, which the next expansion sees.
-    return torch.where((times > 0) & torch.isfinite(times), times, torch.inf)
+    ahead = (times > 0) & torch.isfinite(times)
+    leaving = (gap == 0) & ((rate > 0) if rising_only else (rate != 0))
+    return torch.where(ahead, times, torch.where(leaving, 0.0, torch.inf))
 
 
 def report(x: object, *thresholds: float | None) -> None:
@@ -165,6 +172,6 @@ def report_max_pool(
     top = values.gather(2, chosen)
     top_rate = rates.gather(3, chosen.expand(directions, *chosen.shape))
     # Entry j overtakes the chosen one when top - v_j = (r_j - r_top) t.
-    times = _crossing(values - top, rates - top_rate)
+    times = _crossing(values - top, rates - top_rate, rising_only=True)
     times = times.masked_fill(torch.isinf(values), torch.inf)  # padding
     watch_.add(times.reshape(directions, *batch_shape, -1))
