@@ -375,7 +375,7 @@ class HOPEAttribution(Attribution):
         error = _convergence.truncation_error(norms)
         scale = expansion.output.abs().reshape(expansion.output.shape[0], -1).amax(1)
         tolerance = self.rtol * scale.clamp_min(torch.finfo(scale.dtype).tiny)  # (B,)
-        self._flag_piecewise_linear(norms)
+        self._flag_piecewise_linear(norms, piecewise.seen)
 
         per_group = series.sum(0)  # (B, *O, G): the ablation as the series at x predicts it
         steps = None
@@ -436,12 +436,14 @@ class HOPEAttribution(Attribution):
             steps=steps,
         )
 
-    def _flag_piecewise_linear(self, norms: Tensor) -> None:
+    def _flag_piecewise_linear(self, norms: Tensor, piecewise_rule_ran: bool) -> None:
         if self.order < 2:
             self.higher_orders_vanish = None
             return
         self.higher_orders_vanish = bool((norms[1:] == 0).all()) and bool((norms[0] > 0).any())
-        if self.higher_orders_vanish and self.method != "continuation":
+        # A bilinear model (x1 * x2) has zero unmixed orders >= 2 too, without any kink: warn
+        # only where a piecewise-linear rule ran.
+        if self.higher_orders_vanish and piecewise_rule_ran and self.method != "continuation":
             if not self._warned_piecewise_linear:
                 self._warned_piecewise_linear = True
                 warnings.warn(

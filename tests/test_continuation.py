@@ -199,3 +199,12 @@ def test_public_names() -> None:
     assert "NotImplementedError" in HOPEAttribution.attribute_future.__doc__
     with pytest.raises(NotImplementedError):
         HOPEAttribution(nn.Linear(2, 1)).attribute_future(torch.rand(1, 2))
+
+
+def test_bilinear_model_is_not_called_piecewise_linear() -> None:
+    """x1 * x2 has zero unmixed orders >= 2 but no kink: no PiecewiseLinearWarning."""
+    hope = HOPEAttribution(lambda x: x[:, :1] * x[:, 1:2], order=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PiecewiseLinearWarning)
+        hope.attribute(torch.randn(2, 2, dtype=torch.float64))
+    assert hope.higher_orders_vanish is True
