@@ -6,6 +6,7 @@ The jet convention (normalized Taylor coefficients) is stated once in :mod:`hope
 import importlib.metadata
 
 from hope_attr._attribution import HOPEAttribution
+from hope_attr._convergence import ConvergenceWarning, Diagnostics, PiecewiseLinearWarning
 from hope_attr._derivatives import unmixed_derivatives
 from hope_attr._jet import Jet
 from hope_attr._mixed import mixed_derivatives
@@ -23,7 +24,10 @@ except importlib.metadata.PackageNotFoundError:  # a source tree that was never 
     __version__ = "0+unknown"
 
 __all__ = [
+    "ConvergenceWarning",
+    "Diagnostics",
     "HOPEAttribution",
+    "PiecewiseLinearWarning",
     "Jet",
     "TaylorPolynomial",
     "TrainingModeError",

@@ -11,6 +11,7 @@ sign. One jet per feature (or group) serves every output class at once.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -20,22 +21,40 @@ from captum.attr import Attribution
 from captum.log import log_usage
 from torch import Tensor
 
+from hope_attr import _convergence, _kinks
+from hope_attr._continuation import continue_paths
+from hope_attr._convergence import (
+    ConvergenceWarning,
+    Diagnostics,
+    PiecewiseLinearWarning,
+)
 from hope_attr._derivatives import Expansion
 
 TargetType = Any  # Captum's: None, int, tuple, list of int/tuple, or tensor
-_METHODS = ("exact", "diagonal")
+_METHODS = ("exact", "diagonal", "continuation")
 
 
 class HOPEAttribution(Attribution):
     """High-order Taylor attribution that predicts Captum's ``FeatureAblation``.
 
-    Args:
-        forward_func: the model or function to explain, ``(B, *I) -> (B, *O)``; see
-            :func:`hope_attr.unmixed_derivatives` for what it may contain.
-        order: the Taylor order ``n >= 1``. Order 1 is ``(x - b) * gradient``.
-        method: ``"exact"`` (Taylor-mode jets, exact to rounding) or ``"diagonal"`` (the HOPE
-            paper's one-sweep backward rule: exact only at order 1 or for networks with one
-            hidden layer, see :mod:`hope_attr._diagonal`).
+    Which ``method`` to choose (details and measured costs: ``docs/concepts.md``):
+
+    * ``"exact"`` sums the order-``n`` Taylor series of each feature's move to its baseline.
+      Cheapest, and it also gives the per-order terms; right when the baseline lies inside the
+      series' radius of convergence. Where the estimate says it does not, the call warns with
+      :class:`~hope_attr.ConvergenceWarning` (``return_diagnostics`` has the estimate per
+      feature).
+    * ``"continuation"`` follows each feature's path to its baseline in Taylor steps wherever
+      the first series does not reach it, and so gives FeatureAblation's values (to ``rtol``
+      on smooth networks, to rounding on piecewise-linear ones) for every output at once.
+    * ``"diagonal"`` is the HOPE paper's one-sweep backward rule: exact only at order 1 or for
+      networks with one hidden layer (see :mod:`hope_attr._diagonal`).
+
+    On piecewise-linear networks (ReLU, max pooling, clamp, abs) every order ``>= 2`` is zero,
+    so ``"exact"``/``"diagonal"`` at any order equal order 1, i.e. Captum's ``InputXGradient``
+    times ``(x - baseline)``, exact only up to the first kink on each path: the call warns once
+    per object with :class:`~hope_attr.PiecewiseLinearWarning` and sets
+    :attr:`higher_orders_vanish`. Use ``method="continuation"`` to get the ablation itself.
 
     Example:
         >>> import torch, hope_attr
@@ -46,16 +65,55 @@ class HOPEAttribution(Attribution):
         torch.Size([4, 3])
     """
 
+    #: After each call: whether every order ``>= 2`` was zero for all features (piecewise-linear
+    #: model around the inputs), ``None`` before the first call or at ``order=1``.
+    higher_orders_vanish: bool | None
+
     def __init__(
-        self, forward_func: Callable[..., Tensor], order: int = 4, method: str = "exact"
+        self,
+        forward_func: Callable[..., Tensor],
+        order: int = 4,
+        method: str = "exact",
+        rtol: float = 1e-6,
     ) -> None:
+        """Set up the attribution of ``forward_func``.
+
+        Args:
+            forward_func: the model or function to explain, ``(B, *I) -> (B, *O)``; see
+                :func:`hope_attr.unmixed_derivatives` for what it may contain.
+            order: the Taylor order ``n >= 1`` (``>= 2`` for ``"continuation"``, whose step
+                control compares the last two orders). Order 1 is ``(x - b) * gradient``.
+            method: ``"exact"``, ``"continuation"`` or ``"diagonal"`` (see the class docs).
+            rtol: tolerance of the truncation error relative to the largest output
+                ``|f(x)|`` of the example: the accuracy ``"continuation"`` aims at, and the
+                threshold of ``converged`` in the diagnostics.
+
+        Raises:
+            ValueError: a bad ``order``, ``method`` or ``rtol``.
+
+        Example:
+            >>> import torch, hope_attr
+            >>> model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Tanh()).eval()
+            >>> hope_attr.HOPEAttribution(model, order=6, method="continuation").method
+            'continuation'
+        """
         super().__init__(forward_func)
         if isinstance(order, bool) or not isinstance(order, int) or order < 1:
             raise ValueError(f"order must be an int >= 1, got {order!r}")
         if method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+        if method == "continuation" and order < 2:
+            raise ValueError(
+                "method='continuation' needs order >= 2 (its step control compares the last two "
+                "orders); order=4 is a good default"
+            )
+        if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 < rtol < 1:
+            raise ValueError(f"rtol must be a number in (0, 1), got {rtol!r}")
         self.order = order
         self.method = method
+        self.rtol = float(rtol)
+        self.higher_orders_vanish = None
+        self._warned_piecewise_linear = False
 
     @classmethod
     def get_name(cls) -> str:
@@ -81,6 +139,7 @@ class HOPEAttribution(Attribution):
         internal_batch_size: int | None = None,
         show_progress: bool = False,
         return_convergence_delta: bool = False,
+        return_diagnostics: bool = False,
     ) -> Any:
         """Predict FeatureAblation's attributions from the order-``n`` expansion at ``inputs``.
 
@@ -89,32 +148,49 @@ class HOPEAttribution(Attribution):
             baselines: what a feature is set to, as in Captum: ``None`` (zero), a number, a
                 tensor shaped like the input or with batch 1, or a tuple of those per input.
             target: the output to explain, as in Captum (int, tuple for outputs with more
-                than 2 axes, or a list/tensor with one per example); ``None`` for scalar
+                than 2 axes, or a list/1-d tensor with one per example); ``None`` for scalar
                 outputs. For every output at once use :meth:`attribute_all_targets`.
-            additional_forward_args: passed to ``forward_func`` after the inputs.
+            additional_forward_args: passed to ``forward_func`` after the inputs: a value or
+                a tuple of values; tensors must be entries of the tuple (not inside lists).
             feature_mask: integer group ids ``0..G-1`` broadcastable to each input (a tuple
                 for tuple inputs; ids shared across inputs form one group). A group is moved
                 to its baseline as one direction, exactly as FeatureAblation ablates it.
             return_orders: also return the per-order terms ``(order, *input.shape)`` (one per
-                input), which sum to the attributions.
+                input) of the series at ``inputs``; they sum to the attributions except where
+                ``"continuation"`` stepped.
             internal_batch_size: directions propagated at once (memory).
             show_progress: a progress bar over the feature directions (advanced chunk by chunk).
             return_convergence_delta: also return Captum's completeness delta per example,
                 ``sum over features/groups of attributions - (f(x) - f(baselines))``: what the
                 unmixed expansion leaves out (interactions plus truncation).
+            return_diagnostics: also return a :class:`hope_attr.Diagnostics` with, per feature,
+                the estimated radius of convergence, truncation error and steps taken.
 
         Returns:
             ``attributions`` shaped like ``inputs``; with ``return_orders`` then
-            ``(attributions, orders)``; with ``return_convergence_delta`` the delta comes last.
+            ``(attributions, orders)``; the delta and then the diagnostics follow, if asked.
+
+        Warns:
+            ConvergenceWarning: ``method="exact"`` and some features' baselines lie outside the
+                estimated radius of convergence (the message says how many).
+            PiecewiseLinearWarning: every order ``>= 2`` is zero (once per object).
         """
         is_tuple = isinstance(inputs, tuple)
-        inputs_tuple = inputs if is_tuple else (inputs,)
-        expansion = self._expansion(inputs_tuple, additional_forward_args, internal_batch_size)
-        baselines_tuple = _format_baselines(baselines, inputs_tuple)
-        masks = _format_feature_mask(feature_mask, inputs_tuple)
-        terms = self._terms(expansion, baselines_tuple, masks, show_progress)
-        selected = tuple(_select_target(t, target, expansion.output.shape[1:]) for t in terms)
-        attributions = tuple(t.sum(0) for t in selected)
+        inputs_tuple = _detached(inputs)
+        _check_additional_args(additional_forward_args)
+        result = self._compute(
+            inputs_tuple,
+            _format_baselines(baselines, inputs_tuple),
+            _format_feature_mask(feature_mask, inputs_tuple),
+            additional_forward_args,
+            internal_batch_size,
+            show_progress,
+        )
+        output_shape = result.output_shape
+        selected = tuple(_select_target(t, target, output_shape) for t in result.terms)
+        attributions = tuple(
+            _select_target(a.unsqueeze(0), target, output_shape)[0] for a in result.attributions
+        )
 
         results: list[Any] = [attributions if is_tuple else attributions[0]]
         if return_orders:
@@ -123,13 +199,15 @@ class HOPEAttribution(Attribution):
             results.append(
                 self.compute_convergence_delta(
                     attributions,
-                    baselines_tuple,
+                    result.baselines,
                     inputs_tuple,
                     target,
                     additional_forward_args,
-                    masks,
+                    result.masks,
                 )
             )
+        if return_diagnostics:
+            results.append(result.diagnostics(is_tuple))
         return results[0] if len(results) == 1 else tuple(results)
 
     def attribute_all_targets(
@@ -141,11 +219,13 @@ class HOPEAttribution(Attribution):
         return_orders: bool = False,
         internal_batch_size: int | None = None,
         show_progress: bool = False,
+        return_diagnostics: bool = False,
     ) -> Any:
         """The attributions of every output at the cost of one call: ``(B, *O, *I)``.
 
         ``result[:, c]`` equals ``attribute(inputs, target=c, ...)`` (the jets carry every
-        output anyway). With ``return_orders`` also the terms ``(order, B, *O, *I)``.
+        output anyway, and so do continuation's steps). With ``return_orders`` also the terms
+        ``(order, B, *O, *I)``; with ``return_diagnostics`` a :class:`hope_attr.Diagnostics`.
 
         Example:
             >>> import torch, hope_attr
@@ -154,19 +234,22 @@ class HOPEAttribution(Attribution):
             torch.Size([2, 5, 3])
         """
         is_tuple = isinstance(inputs, tuple)
-        inputs_tuple = inputs if is_tuple else (inputs,)
-        expansion = self._expansion(inputs_tuple, additional_forward_args, internal_batch_size)
-        terms = self._terms(
-            expansion,
+        inputs_tuple = _detached(inputs)
+        _check_additional_args(additional_forward_args)
+        result = self._compute(
+            inputs_tuple,
             _format_baselines(baselines, inputs_tuple),
             _format_feature_mask(feature_mask, inputs_tuple),
+            additional_forward_args,
+            internal_batch_size,
             show_progress,
         )
-        attributions = tuple(t.sum(0) for t in terms)
-        result: Any = attributions if is_tuple else attributions[0]
+        results: list[Any] = [result.attributions if is_tuple else result.attributions[0]]
         if return_orders:
-            return result, (terms if is_tuple else terms[0])
-        return result
+            results.append(result.terms if is_tuple else result.terms[0])
+        if return_diagnostics:
+            results.append(result.diagnostics(is_tuple))
+        return results[0] if len(results) == 1 else tuple(results)
 
     def paper_heat_map(
         self,
@@ -252,13 +335,126 @@ class HOPEAttribution(Attribution):
         return total - (f_end - f_start)
 
     def attribute_future(self, *args: Any, **kwargs: Any) -> Any:
+        """Not supported: raises ``NotImplementedError``, as Captum's non-perturbation methods do.
+
+        Captum's asynchronous variant suits forward functions that return
+        ``torch.futures.Future``; HOPE interprets the forward function op by op and needs its
+        tensors, so there is nothing to wait on. Call :meth:`attribute`.
+
+        Raises:
+            NotImplementedError: always.
+        """
         raise NotImplementedError("attribute_future is not implemented for HOPEAttribution")
 
     # ------------------------------------------------------------------ internals
-    def _expansion(
-        self, inputs: tuple[Tensor, ...], additional_forward_args: Any, chunk: int | None
-    ) -> Expansion:
-        return Expansion(self.forward_func, inputs, self.order, additional_forward_args, chunk)
+    def _compute(
+        self,
+        inputs: tuple[Tensor, ...],
+        baselines: tuple[Tensor, ...],
+        masks: tuple[Tensor, ...] | None,
+        additional_forward_args: Any,
+        chunk: int | None,
+        show_progress: bool,
+    ) -> _Result:
+        with _kinks.watch(measure=False) as piecewise:
+            expansion = Expansion(
+                self.forward_func, inputs, self.order, additional_forward_args, chunk
+            )
+            terms = self._terms(expansion, baselines, masks, show_progress)
+        output_shape = expansion.output.shape[1:]
+        groups = masks if masks is not None else _feature_ids(inputs)
+        # The series of each feature's (group's) move, in the layout (n, B, *O, G).
+        if masks is None:
+            series = -torch.cat(
+                [t.reshape(*t.shape[: 2 + len(output_shape)], -1) for t in terms], -1
+            )
+        else:
+            series = -_per_group(terms, masks)
+        norms = _convergence.coefficient_norms(series, len(output_shape))  # (n, B, G)
+        radius = _convergence.radius(norms)
+        error = _convergence.truncation_error(norms)
+        scale = expansion.output.abs().reshape(expansion.output.shape[0], -1).amax(1)
+        tolerance = self.rtol * scale.clamp_min(torch.finfo(scale.dtype).tiny)  # (B,)
+        self._flag_piecewise_linear(norms, piecewise.seen)
+
+        per_group = series.sum(0)  # (B, *O, G): the ablation as the series at x predicts it
+        steps = None
+        if self.method == "continuation":
+            steps = torch.zeros(norms.shape[1:], dtype=torch.long, device=norms.device)
+            moved = _moved(baselines, inputs, groups)  # (B, G)
+            settled = (radius > 2) & (error <= tolerance[:, None]) & (not piecewise.seen)
+            example, group = torch.nonzero(moved & ~settled, as_tuple=True)
+            if example.numel():
+                moves = tuple(
+                    (mask[example] == group.reshape(-1, *([1] * (mask.dim() - 1)))).to(x.dtype)
+                    * (b - x)[example]
+                    for x, b, mask in zip(inputs, baselines, groups, strict=True)
+                )
+                ends, taken = continue_paths(
+                    self.forward_func,
+                    inputs,
+                    moves,
+                    example,
+                    expansion.extra,
+                    self.order,
+                    tolerance[example],
+                    chunk,
+                )
+                change = ends - expansion.output[example]  # (P, *O)
+                per_group = per_group.movedim(-1, 1).clone()  # (B, G, *O)
+                per_group[example, group] = change
+                per_group = per_group.movedim(1, -1)
+                steps[example, group] = taken
+        else:
+            diverging = int((radius <= 1).sum())
+            if diverging:
+                warnings.warn(
+                    f"{diverging} of {radius.numel()} features (or groups, over the batch) move "
+                    "to a baseline outside the estimated radius of convergence of their Taylor "
+                    f"series at order {self.order}: their attributions are unreliable, and more "
+                    "orders make them worse. Use method='continuation' for FeatureAblation's "
+                    "values, or return_diagnostics=True for the estimate per feature.",
+                    ConvergenceWarning,
+                    stacklevel=4,
+                )
+        if masks is None:
+            attributions = tuple(t.sum(0) for t in terms)
+            if self.method == "continuation":
+                attributions = _spread(-per_group, groups, 0)
+        else:
+            attributions = _spread(-per_group, groups, 0)
+        return _Result(
+            terms=terms,
+            attributions=attributions,
+            output_shape=output_shape,
+            baselines=baselines,
+            masks=masks,
+            groups=groups,
+            radius=radius,
+            error=error,
+            converged=(radius > 1) & (error <= tolerance[:, None]),
+            steps=steps,
+        )
+
+    def _flag_piecewise_linear(self, norms: Tensor, piecewise_rule_ran: bool) -> None:
+        if self.order < 2:
+            self.higher_orders_vanish = None
+            return
+        self.higher_orders_vanish = bool((norms[1:] == 0).all()) and bool((norms[0] > 0).any())
+        # A bilinear model (x1 * x2) has zero unmixed orders >= 2 too, without any kink: warn
+        # only where a piecewise-linear rule ran.
+        if self.higher_orders_vanish and piecewise_rule_ran and self.method != "continuation":
+            if not self._warned_piecewise_linear:
+                self._warned_piecewise_linear = True
+                warnings.warn(
+                    f"every order >= 2 is zero: the model is piecewise linear (ReLU, max "
+                    f"pooling...) around these inputs, so order {self.order} equals order 1, "
+                    "i.e. InputXGradient times (x - baseline), exact only up to the first kink "
+                    "on each path. method='continuation' gives the ablations themselves. "
+                    "(Warned once per HOPEAttribution object.)",
+                    PiecewiseLinearWarning,
+                    stacklevel=5,
+                )
 
     def _terms(
         self,
@@ -292,6 +488,79 @@ class HOPEAttribution(Attribution):
             bar.close()
 
 
+class _Result:
+    """What one computation produced, before target selection."""
+
+    def __init__(self, **fields: Any) -> None:
+        self.__dict__.update(fields)
+
+    def diagnostics(self, is_tuple: bool) -> Diagnostics:
+        def spread(values: Tensor | None) -> Any:
+            if values is None:
+                return None
+            parts = _spread(values, self.groups, 0)
+            return parts if is_tuple else parts[0]
+
+        return Diagnostics(
+            radius=spread(self.radius),
+            error=spread(self.error),
+            converged=spread(self.converged),
+            steps=spread(self.steps),
+        )
+
+
+def _detached(inputs: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    # Attributions are values, not part of the caller's graph: without this, an input with
+    # requires_grad would hand back a result holding a grad_fn.
+    inputs_tuple = inputs if isinstance(inputs, tuple) else (inputs,)
+    return tuple(x.detach() if isinstance(x, Tensor) else x for x in inputs_tuple)
+
+
+def _check_additional_args(additional_forward_args: Any) -> None:
+    extra = additional_forward_args
+    extra = () if extra is None else (extra if isinstance(extra, tuple) else (extra,))
+    for index, value in enumerate(extra):
+        if isinstance(value, (list, dict, tuple, set)) and _holds_tensor(value):
+            raise TypeError(
+                f"additional_forward_args[{index}] is a {type(value).__name__} holding tensors; "
+                "the traced model takes tensors only as arguments of their own: pass them as "
+                "separate entries, e.g. additional_forward_args=(t, 0.5) with forward(x, t, s)"
+            )
+
+
+def _holds_tensor(value: Any) -> bool:
+    if isinstance(value, Tensor):
+        return True
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple, set)):
+        return any(_holds_tensor(v) for v in value)
+    return False
+
+
+def _feature_ids(inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """Every feature its own group: ids numbered across the inputs, ``(B, *I)`` each."""
+    ids, offset = [], 0
+    for x in inputs:
+        count = x[0].numel()
+        flat = torch.arange(offset, offset + count, device=x.device)
+        ids.append(flat.reshape(1, *x.shape[1:]).expand_as(x))
+        offset += count
+    return tuple(ids)
+
+
+def _moved(
+    baselines: tuple[Tensor, ...], inputs: tuple[Tensor, ...], groups: tuple[Tensor, ...]
+) -> Tensor:
+    """``(B, G)``: whether the group's move to its baseline is not zero."""
+    num_groups = int(max(g.max().item() for g in groups)) + 1
+    moved = torch.zeros(inputs[0].shape[0], num_groups, device=inputs[0].device)
+    for x, b, g in zip(inputs, baselines, groups, strict=True):
+        size = (b - x).abs().reshape(x.shape[0], -1).to(moved.dtype)
+        moved.scatter_add_(1, g.reshape(x.shape[0], -1), size)
+    return moved > 0
+
+
 def _powers(step: Tensor, order: int, output_dims: int) -> Tensor:
     """``(n, B, 1.., *I)``: ``step^k`` for ``k = 1..n``, aligned with ``(n, B, *O, *I)``."""
     powers = torch.stack([step**k for k in range(1, order + 1)])
@@ -310,14 +579,32 @@ def _group_terms(
         for mask, step in zip(masks, steps, strict=True)
     )  # (G, B, *I) each: group g moves all its features to their baselines at once
     coefficients = expansion.directional_coefficients(directions, on_chunk)  # (n, G, B, *O)
-    per_group = -coefficients.movedim(1, -1)  # (n, B, *O, G)
-    terms = []
+    return _spread(-coefficients.movedim(1, -1), masks, 1)  # (n, B, *O, G) -> per feature
+
+
+def _per_group(terms: tuple[Tensor, ...], masks: tuple[Tensor, ...]) -> Tensor:
+    """Per input ``(n, B, *O, *I)`` -> ``(n, B, *O, G)``: each group's value (held by all its
+    features) read back once."""
+    lead = terms[0].shape[: terms[0].dim() - (masks[0].dim() - 1)]
+    num_groups = int(max(m.max().item() for m in masks)) + 1
+    values = terms[0].new_zeros(*lead, num_groups)
+    for term, mask in zip(terms, masks, strict=True):
+        flat = term.reshape(*lead, -1)
+        index = mask.reshape(mask.shape[0], *([1] * (len(lead) - 2)), -1).expand(*lead, -1)
+        values.scatter_(-1, index, flat)
+    return values
+
+
+def _spread(per_group: Tensor, masks: tuple[Tensor, ...], batch_axis: int) -> tuple[Tensor, ...]:
+    """``(*L, B, *X, G)`` values per group -> per input ``(*L, B, *X, *I)``, by each mask."""
+    results = []
     for mask in masks:
-        index = mask.reshape(mask.shape[0], *([1] * (per_group.dim() - 3)), -1)
-        index = index.expand(per_group.shape[0], *per_group.shape[1:-1], -1)
+        trailing = per_group.dim() - batch_axis - 2  # the axes X between batch and groups
+        index = mask.reshape(mask.shape[0], *([1] * trailing), -1)
+        index = index.expand(*per_group.shape[:-1], index.shape[-1])
         gathered = per_group.gather(-1, index)
-        terms.append(gathered.reshape(*per_group.shape[:-1], *mask.shape[1:]))
-    return tuple(terms)
+        results.append(gathered.reshape(*per_group.shape[:-1], *mask.shape[1:]))
+    return tuple(results)
 
 
 def _progress_bar(
@@ -421,6 +708,14 @@ def _select_target(values: Tensor, target: TargetType, output_shape: torch.Size)
 
 def _targets_per_example(target: TargetType, batch: int, output_dims: int) -> list[tuple]:
     if isinstance(target, Tensor):
+        if target.dim() > 1 and target.numel() > 1:
+            raise ValueError(
+                f"a target tensor must be a number or 1-d (one index per example), got shape "
+                f"{tuple(target.shape)}; flatten it with target.reshape(-1), or pass a list of "
+                "tuples for outputs with more than 2 axes"
+            )
+        if target.is_floating_point() or target.is_complex():
+            raise TypeError(f"a target tensor must hold integers, got dtype {target.dtype}")
         target = target.item() if target.numel() == 1 else target.tolist()
     if isinstance(target, int):
         entries = [(target,)] * batch

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hope_attr import _arithmetic as ar
-from hope_attr import _registry
+from hope_attr import _kinks, _registry
 from hope_attr import _taylor_tables as tables
 from hope_attr._jet import Jet
 from hope_attr._registry import TrainingModeError, UnsupportedOperationError, register_rule
@@ -828,17 +828,20 @@ def _activation_module(module: nn.Module, x: Jet) -> Jet:
 # ============================================================================ piecewise linear
 @register_rule(F.relu, torch.relu, torch.Tensor.relu)
 def _relu(x: Jet, inplace: bool = False) -> Jet:
+    _kinks.report(x, 0.0)
     return ar.scale(x, (x.primal > 0).to(x.primal.dtype), F.relu(x.primal))
 
 
 @register_rule(F.leaky_relu)
 def _leaky_relu(x: Jet, negative_slope: float = 0.01, inplace: bool = False) -> Jet:
+    _kinks.report(x, 0.0)
     slope = torch.full_like(x.primal, negative_slope).masked_fill_(x.primal > 0, 1.0)
     return ar.scale(x, slope, F.leaky_relu(x.primal, negative_slope))
 
 
 @register_rule(F.hardtanh)
 def _hardtanh(x: Jet, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> Jet:
+    _kinks.report(x, min_val, max_val)
     inside = (x.primal > min_val) & (x.primal < max_val)
     return ar.scale(x, inside.to(x.primal.dtype), F.hardtanh(x.primal, min_val, max_val))
 
@@ -851,6 +854,7 @@ def _relu6(x: Jet, inplace: bool = False) -> Jet:
 @register_rule(torch.clamp, torch.Tensor.clamp, torch.clip, torch.Tensor.clip)
 def _clamp(x: Jet, min: float | None = None, max: float | None = None) -> Jet:  # noqa: A002
     # Autograd passes the gradient where min <= x <= max (inclusive); so does this slope.
+    _kinks.report(x, min, max)
     inside = torch.ones_like(x.primal, dtype=torch.bool)
     if min is not None:
         inside &= x.primal >= min
@@ -888,6 +892,7 @@ def _selection(pick_first: Callable[[Tensor, Tensor], Tensor], name: str):
                 f"torch.{name} over a dimension (a reduction) has no Taylor rule; the elementwise "
                 f"torch.{name}imum(a, b) has one"
             )
+        _kinks.report_pair(a, b)
         pa, pb = ar.primal_of(a), ar.primal_of(b)
         tie = ar.mul(ar.linear_combination(a, b), 0.5)
         return _where(pa == pb, tie, _where(pick_first(pa, pb), a, b))
@@ -926,6 +931,7 @@ def _square(x: Jet) -> Jet:
 
 @register_rule(torch.abs, torch.Tensor.abs, operator.abs)
 def _abs(x: Jet) -> Jet:
+    _kinks.report(x, 0.0)
     return ar.scale(x, torch.sign(x.primal), torch.abs(x.primal))
 
 
@@ -936,6 +942,8 @@ def _max_pool_rule(pool: Callable[..., tuple[Tensor, Tensor]], spatial: int):
     def rule(x: Jet, *args, **kwargs) -> Jet | tuple[Jet, Tensor]:
         kwargs = {**dict(zip(names, args, strict=False)), **kwargs}
         wants_indices = kwargs.pop("return_indices", False)
+        geometry = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
+        _kinks.report_max_pool(x, pool, **{k: v for k, v in kwargs.items() if k in geometry})
         primal, indices = pool(x.primal, return_indices=True, **kwargs)
         stride = None
         if kwargs.get("kernel_size") is not None:

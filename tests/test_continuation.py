@@ -1,0 +1,210 @@
+"""Convergence detection and Taylor continuation, against Captum's FeatureAblation."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from captum.attr import FeatureAblation
+from torch import nn
+
+import hope_attr
+from hope_attr import ConvergenceWarning, HOPEAttribution, PiecewiseLinearWarning, _kinks
+from hope_attr._derivatives import Expansion
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _steep_tanh_mlp(width: int = 16, features: int = 12) -> nn.Module:
+    """Weights x25, as the issue's 784-64-64-10 net: baselines far outside the radius."""
+    torch.manual_seed(0)
+    model = (
+        nn.Sequential(
+            nn.Linear(features, width),
+            nn.Tanh(),
+            nn.Linear(width, width),
+            nn.Tanh(),
+            nn.Linear(width, 3),
+        )
+        .double()
+        .eval()
+    )
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(25 / features**0.5)
+    return model
+
+
+def _relu_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return (
+        nn.Sequential(
+            nn.Conv2d(1, 4, 3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(4, 6, 3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(6, 8),
+            nn.ReLU(),
+            nn.Linear(8, 3),
+        )
+        .double()
+        .eval()
+    )
+
+
+def _relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual - expected).norm() / expected.norm()).item()
+
+
+def test_exact_warns_where_the_series_diverges_and_continuation_matches_ablation() -> None:
+    model = _steep_tanh_mlp()
+    x = torch.rand(3, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    expected = FeatureAblation(model).attribute(x, target=1)
+    with pytest.warns(ConvergenceWarning, match=r"\d+ of 36 features"):
+        exact, diagnostics = HOPEAttribution(model, order=4).attribute(
+            x, target=1, return_diagnostics=True
+        )
+    assert _relative(exact, expected) > 0.1  # the warning is warranted
+    assert (diagnostics.radius <= 1).any() and diagnostics.steps is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # continuation does not warn
+        continued, diagnostics = HOPEAttribution(
+            model, order=4, method="continuation", rtol=1e-8
+        ).attribute(x, target=1, return_diagnostics=True)
+    assert _relative(continued, expected) < 1e-6
+    assert diagnostics.steps.max() > 1  # some paths really were continued
+
+
+def test_continuation_serves_every_output_and_feature_masks() -> None:
+    model = _steep_tanh_mlp()
+    x = torch.rand(2, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    baseline = 0.5
+    mask = torch.arange(12).reshape(1, 12) // 3
+    hope = HOPEAttribution(model, order=5, method="continuation", rtol=1e-8)
+    every = hope.attribute_all_targets(x, baselines=baseline, feature_mask=mask)
+    for target in range(3):
+        expected = FeatureAblation(model).attribute(
+            x, baselines=baseline, target=target, feature_mask=mask
+        )
+        assert _relative(every[:, target], expected) < 1e-6
+
+
+def test_convergent_series_is_not_flagged() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)).double().eval()
+    x = 0.1 * torch.rand(2, 4, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, diagnostics = HOPEAttribution(model, order=8).attribute(
+            x, baselines=x + 0.05, target=0, return_diagnostics=True
+        )
+    assert (diagnostics.radius > 1).all() and diagnostics.converged.all()
+
+
+def test_relu_maxpool_continuation_matches_ablation_to_rounding() -> None:
+    model = _relu_cnn()
+    generator = torch.Generator().manual_seed(2)
+    x = torch.rand(2, 1, 12, 12, dtype=torch.float64, generator=generator)
+    x[:, :, :4] = 0  # a blank region: tied max-pool windows, as in MNIST backgrounds
+    for baseline in (0.0, torch.rand(2, 1, 12, 12, dtype=torch.float64, generator=generator)):
+        expected = FeatureAblation(model).attribute(x, baselines=baseline, target=2)
+        actual = HOPEAttribution(model, order=2, method="continuation").attribute(
+            x, baselines=baseline, target=2
+        )
+        assert _relative(actual, expected) < 1e-6
+
+
+def test_piecewise_linear_flag_warns_once_and_equals_input_x_gradient() -> None:
+    from captum.attr import InputXGradient
+
+    model = _relu_cnn()
+    x = torch.rand(2, 1, 12, 12, dtype=torch.float64)
+    hope = HOPEAttribution(model, order=4)
+    assert hope.higher_orders_vanish is None
+    with pytest.warns(PiecewiseLinearWarning, match="InputXGradient"):
+        first = hope.attribute(x, target=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PiecewiseLinearWarning)
+        hope.attribute(x, target=0)  # once per object
+    assert hope.higher_orders_vanish is True
+    torch.testing.assert_close(first, InputXGradient(model).attribute(x, target=0))
+    smooth = HOPEAttribution(_steep_tanh_mlp(), order=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        smooth.attribute(torch.rand(1, 12, dtype=torch.float64), target=0)
+    assert smooth.higher_orders_vanish is False
+
+
+@pytest.mark.parametrize(
+    ("module", "threshold"),
+    [(nn.ReLU(), 0.0), (nn.Hardtanh(-0.5, 0.5), 0.5), (nn.LeakyReLU(0.1), 0.0)],
+)
+def test_kinks_are_where_the_branch_changes(module: nn.Module, threshold: float) -> None:
+    """The first crossing a rule reports is the closed form ``(threshold - z) / v``."""
+    z = torch.tensor([[0.2, -0.3, 0.45]], dtype=torch.float64)
+    v = torch.tensor([[[-0.4, 0.5, 0.1]]], dtype=torch.float64)
+    with _kinks.watch() as watch:
+        Expansion(module, z, 1).directional_coefficients((v,))
+    crossings = torch.cat([(0.0 - z) / v[0], (threshold - z) / v[0], (-threshold - z) / v[0]])
+    expected = crossings[crossings > 0].min()
+    if isinstance(module, (nn.ReLU, nn.LeakyReLU)):
+        expected = ((0.0 - z) / v[0])[((0.0 - z) / v[0]) > 0].min()
+    torch.testing.assert_close(watch.first, expected.reshape(1))
+
+
+def test_max_pool_kink_is_where_another_entry_overtakes() -> None:
+    z = torch.tensor([[[1.0, 0.5, 0.2, 0.9]]], dtype=torch.float64)  # two windows of 2
+    v = torch.tensor([[[[0.0, 1.0, 0.0, 0.2]]]], dtype=torch.float64)
+    with _kinks.watch() as watch:
+        Expansion(nn.MaxPool1d(2), z, 1).directional_coefficients((v,))
+    torch.testing.assert_close(watch.first, torch.tensor([0.5], dtype=torch.float64))
+
+
+def test_kink_observer_is_off_outside_its_context() -> None:
+    assert _kinks._active() is None
+
+
+def test_bad_arguments_are_refused_clearly() -> None:
+    model = nn.Sequential(nn.Linear(3, 2), nn.Tanh())
+    with pytest.raises(ValueError, match="order >= 2"):
+        HOPEAttribution(model, order=1, method="continuation")
+    with pytest.raises(ValueError, match="rtol"):
+        HOPEAttribution(model, rtol=0)
+
+
+def test_issue_12_item_6_inputs() -> None:
+    """Containers with tensors in extra args, 2-d target tensors, inputs with requires_grad."""
+
+    class Scaled(nn.Module):
+        def forward(self, x: torch.Tensor, extra: list) -> torch.Tensor:
+            return torch.tanh(x * extra[1] + extra[0])
+
+    x = torch.rand(2, 3)
+    hope = HOPEAttribution(Scaled())
+    with pytest.raises(TypeError, match="list holding tensors"):
+        hope.attribute(x, target=0, additional_forward_args=([torch.rand(2, 3), 0.5],))
+    linear = nn.Sequential(nn.Linear(3, 4), nn.Tanh())
+    with pytest.raises(ValueError, match="reshape"):
+        HOPEAttribution(linear).attribute(x, target=torch.tensor([[1], [2]]))
+    result = HOPEAttribution(linear).attribute(x.clone().requires_grad_(), target=1)
+    assert result.grad_fn is None and not result.requires_grad
+
+
+def test_public_names() -> None:
+    assert issubclass(hope_attr.ConvergenceWarning, UserWarning)
+    assert "Set up the attribution" in HOPEAttribution.__init__.__doc__
+    assert "NotImplementedError" in HOPEAttribution.attribute_future.__doc__
+    with pytest.raises(NotImplementedError):
+        HOPEAttribution(nn.Linear(2, 1)).attribute_future(torch.rand(1, 2))
+
+
+def test_bilinear_model_is_not_called_piecewise_linear() -> None:
+    """x1 * x2 has zero unmixed orders >= 2 but no kink: no PiecewiseLinearWarning."""
+    hope = HOPEAttribution(lambda x: x[:, :1] * x[:, 1:2], order=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PiecewiseLinearWarning)
+        hope.attribute(torch.randn(2, 2, dtype=torch.float64))
+    assert hope.higher_orders_vanish is True
