@@ -1,41 +1,66 @@
 """hope_attr: exact high-order Taylor expansions of PyTorch networks, served as Captum attributions.
 
 The jet convention (normalized Taylor coefficients) is stated once in :mod:`hope_attr._jet`.
+The public names are imported on first use (PEP 562), so that ``hope-attr --help`` and
+``import hope_attr.cli`` do not pay for importing torch and captum.
 """
 
+import importlib
 import importlib.metadata
-
-from hope_attr._attribution import HOPEAttribution
-from hope_attr._convergence import ConvergenceWarning, Diagnostics, PiecewiseLinearWarning
-from hope_attr._derivatives import unmixed_derivatives
-from hope_attr._jet import Jet
-from hope_attr._mixed import mixed_derivatives
-from hope_attr._registry import (
-    TrainingModeError,
-    UnsupportedOperationError,
-    register_rule,
-    unregister_rule,
-)
-from hope_attr.polynomial import TaylorPolynomial, discover, expand
+from typing import TYPE_CHECKING
 
 try:  # the version lives in pyproject.toml alone
     __version__ = importlib.metadata.version("hope_attr")
 except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = [
-    "ConvergenceWarning",
-    "Diagnostics",
-    "HOPEAttribution",
-    "PiecewiseLinearWarning",
-    "Jet",
-    "TaylorPolynomial",
-    "TrainingModeError",
-    "discover",
-    "expand",
-    "mixed_derivatives",
-    "UnsupportedOperationError",
-    "register_rule",
-    "unmixed_derivatives",
-    "unregister_rule",
-]
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "ConvergenceWarning": "hope_attr._convergence",
+    "DerivativeRangeWarning": "hope_attr._factorials",
+    "Diagnostics": "hope_attr._convergence",
+    "HOPEAttribution": "hope_attr._attribution",
+    "Jet": "hope_attr._jet",
+    "PiecewiseLinearWarning": "hope_attr._convergence",
+    "TaylorPolynomial": "hope_attr.polynomial",
+    "TrainingModeError": "hope_attr._registry",
+    "UnsupportedOperationError": "hope_attr._registry",
+    "discover": "hope_attr.polynomial",
+    "expand": "hope_attr.polynomial",
+    "mixed_derivatives": "hope_attr._mixed",
+    "register_rule": "hope_attr._registry",
+    "unmixed_derivatives": "hope_attr._derivatives",
+    "unregister_rule": "hope_attr._registry",
+}
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
+    from hope_attr._attribution import HOPEAttribution
+    from hope_attr._convergence import ConvergenceWarning, Diagnostics, PiecewiseLinearWarning
+    from hope_attr._derivatives import unmixed_derivatives
+    from hope_attr._factorials import DerivativeRangeWarning
+    from hope_attr._jet import Jet
+    from hope_attr._mixed import mixed_derivatives
+    from hope_attr._registry import (
+        TrainingModeError,
+        UnsupportedOperationError,
+        register_rule,
+        unregister_rule,
+    )
+    from hope_attr.polynomial import TaylorPolynomial, discover, expand
+
+
+def __getattr__(name: str) -> object:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'hope_attr' has no attribute {name!r}")
+    # The built-in rules first: a user's register_rule(torch.tanh, override=...) must meet them.
+    importlib.import_module("hope_attr._derivatives")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = sorted(_EXPORTS)

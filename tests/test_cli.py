@@ -425,10 +425,6 @@ def test_help_is_answered_before_torch_is_imported() -> None:
     assert "usage: hope-attr expand" in done.stdout and done.stdout.endswith("[]\n")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hope_attr/__init__.py imports torch eagerly; passes once it imports lazily (PEP 562)",
-)
 def test_help_of_the_installed_module_does_not_import_torch() -> None:
     code = (
         "import runpy, sys; sys.argv = ['hope-attr', '--help']\n"
