@@ -398,3 +398,14 @@ def test_spray_reads_a_store_by_data_set_index_and_plots(tmp_path: Path) -> None
         spray(maps[:8])
     with pytest.raises(TypeError, match="AttributionStore or an array"):
         spray([1, 2, 3])
+
+
+@pytest.mark.slow
+def test_the_throughput_benchmark_runs_its_quick_budget(tmp_path: Path) -> None:
+    from benchmarks import audit as benchmark
+
+    assert (
+        benchmark.main(["--quick", "--engines", "local", "--markdown", str(tmp_path / "a.md")]) == 0
+    )
+    text = (tmp_path / "a.md").read_text()
+    assert "| MLP 784-64-10 | 60 | local |" in text and "| CNN 8-16-64 | 20 | local |" in text

@@ -88,7 +88,12 @@ def run_on_ray(
 
     # from_items: the batch numbers live in this process, so no read task competes with the
     # actors for CPUs (with a read task, a pool as large as the cluster waited forever).
-    rows = ray.data.from_items([{"batch": batch} for batch in pending])
+    # One block per batch: a block is one actor task, whose output reaches this process (and
+    # is written) when the task ends. With fewer blocks, one task ran many batches, nothing was
+    # written until it ended, and a killed run lost them all.
+    rows = ray.data.from_items(
+        [{"batch": batch} for batch in pending], override_num_blocks=len(pending)
+    )
     results = rows.map_batches(
         _Worker,
         fn_constructor_kwargs={
