@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
 def _git() -> str:
     try:
         return subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
             capture_output=True, text=True, check=True,
         ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
