@@ -89,8 +89,9 @@ def run_on_ray(
     # from_items: the batch numbers live in this process, so no read task competes with the
     # actors for CPUs (with a read task, a pool as large as the cluster waited forever).
     # One block per batch: a block is one actor task, whose output reaches this process (and
-    # is written) when the task ends. With fewer blocks, one task ran many batches, nothing was
-    # written until it ended, and a killed run lost them all.
+    # is written) when the task ends. With Ray's default blocking, one task ran many batches:
+    # auditing 5000 digits with 1 worker wrote its first shard after 36 of 43 s, so a run killed
+    # before then would have kept nothing.
     rows = ray.data.from_items(
         [{"batch": batch} for batch in pending], override_num_blocks=len(pending)
     )
