@@ -384,8 +384,9 @@ def where() -> str:
                     module_path = f"module '{name}'" if name else "the model"
                     module_path += f" ({type(owner).__name__})"
         if source is None:
-            filename = os.path.realpath(frame.f_code.co_filename)
-            if not filename.startswith(_SKIPPED_ROOTS) and not filename.startswith("<"):
+            raw = frame.f_code.co_filename
+            filename = os.path.realpath(raw)
+            if not filename.startswith(_SKIPPED_ROOTS) and not raw.startswith("<frozen"):
                 source = _source_line(frame)
         frame = frame.f_back
     parts = [f"in {module_path}" if module_path else "called in the forward"]

@@ -15,6 +15,7 @@ the notebooks and validates every link.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import re
@@ -105,6 +106,7 @@ def isolated(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     if "matplotlib" in sys.modules:
         sys.modules["matplotlib"].use("Agg")
+    importlib.import_module("hope_attr._derivatives")  # the built-in rules, before the snapshot
     module_rules = dict(_registry._MODULE_RULES)
     function_rules = dict(_registry._FUNCTION_RULES)
     default_dtype = torch.get_default_dtype()
