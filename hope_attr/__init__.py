@@ -63,4 +63,21 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
 
 
-__all__ = sorted(_EXPORTS)
+__all__ = [  # the keys of _EXPORTS, spelled out for linters and `from hope_attr import *`
+    "ConvergenceWarning",
+    "DerivativeRangeWarning",
+    "Diagnostics",
+    "HOPEAttribution",
+    "Jet",
+    "PiecewiseLinearWarning",
+    "TaylorPolynomial",
+    "TrainingModeError",
+    "UnsupportedOperationError",
+    "discover",
+    "expand",
+    "mixed_derivatives",
+    "register_rule",
+    "unmixed_derivatives",
+    "unregister_rule",
+]
+assert sorted(__all__) == sorted(_EXPORTS)
