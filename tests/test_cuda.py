@@ -70,7 +70,7 @@ def test_eager_engine_on_real_architectures() -> None:
     for model, forward in (
         (resnet, None),
         (vit, None),
-        (lstm, lambda m: lambda t: m(t.flatten(2).transpose(1, 2))[0][:, -1]),
+        (lstm, lambda m: lambda t: m(t.permute(0, 2, 1, 3).reshape(1, 32, 96))[0][:, -1]),
     ):
         model = model.double().eval()
         call = forward(model) if forward else model
