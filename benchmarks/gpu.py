@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         mnist_rows(args.repeats),
     )
     resnet = table(["model", "method", "ms", "vs FA"], resnet_rows(args.repeats))
-    text = "\n".join(header) + mnist + "\n\n" + resnet + "\n"
+    text = "\n".join(header) + "\n" + mnist + "\n\n" + resnet + "\n"
     print(text)
     if args.markdown:
         args.markdown.write_text(text)
