@@ -169,7 +169,14 @@ def vector_norm(
     total = _reduce(powered, dims, mean=False)
     if not keepdim:
         total = ar.map_per_sample(lambda t: t.squeeze(dims), total)
-    return ar.power(total, 1.0 / float(ord))
+    norm = ar.power(total, 1.0 / float(ord))
+    at_zero = norm.primal == 0
+    if bool(at_zero.any()):
+        # The kink of a norm at 0 (a cone): slope 0 there, PyTorch's convention for |x| and ReLU
+        # too (F.normalize of a zero vector, SwinV2's padded keys). The raw series holds NaN.
+        series = norm.series.expand(*norm.series.shape[:2], *norm.primal.shape)
+        norm = Jet(norm.primal, torch.where(at_zero, 0.0, series), x.order)
+    return norm
 
 
 @register_rule(torch.norm, torch.Tensor.norm)

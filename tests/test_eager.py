@@ -259,3 +259,15 @@ def test_unsupported_op_names_op_module_source_line_and_fix() -> None:
     assert "module 'inner.1' (Lgamma)" in message
     assert "test_eager.py" in message and "the line the error must point at" in message
     assert "register_rule" in message
+
+
+def test_normalize_of_a_zero_vector_has_no_nan() -> None:
+    # SwinV2's cosine attention normalizes padded (all-zero) keys: the norm's kink at 0 takes
+    # PyTorch's slope 0, and the NaN of sqrt's series at 0 must not leak (found by the zoo).
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    x[0, 1] = 0
+    _check(
+        lambda t: F.normalize(t, dim=-1) * torch.linalg.vector_norm(t + 1, dim=1, keepdim=True),
+        x,
+        order=2,
+    )

@@ -123,7 +123,7 @@ def test_every_architecture_family_at_small_width(family: str) -> None:
 
 
 # Every torchvision classification constructor at its own width: `-m zoo`.
-_SIZE = {"swin": 64, "maxvit": 64, "inception": 80, "alexnet": 64}
+_SIZE = {"swin": 64, "maxvit": 224, "inception": 80, "alexnet": 64, "vit_h_14": 28}
 _TOO_BIG = 150_000_000  # parameters: vit_h_14, regnet_y_128gf... (float64 nested jvp)
 
 
@@ -140,7 +140,7 @@ def test_torchvision_constructor(name: str) -> None:
     size = next((s for prefix, s in _SIZE.items() if name.startswith(prefix)), 32)
     kwargs: dict[str, object] = {"num_classes": 10}
     if name.startswith("vit"):
-        kwargs["image_size"] = 32
+        kwargs["image_size"] = size
     if name.startswith(("inception", "googlenet")):
         kwargs.update(aux_logits=False, init_weights=True)
     model = models.get_model(name, **kwargs)
