@@ -65,10 +65,6 @@ class HOPEAttribution(Attribution):
         torch.Size([4, 3])
     """
 
-    #: After each call: whether every order ``>= 2`` was zero for all features (piecewise-linear
-    #: model around the inputs), ``None`` before the first call or at ``order=1``.
-    higher_orders_vanish: bool | None
-
     def __init__(
         self,
         forward_func: Callable[..., Tensor],
@@ -112,8 +108,17 @@ class HOPEAttribution(Attribution):
         self.order = order
         self.method = method
         self.rtol = float(rtol)
-        self.higher_orders_vanish = None
+        # Results of the last call, not configuration: private, so that the configuration is
+        # exactly the public attributes (hope_attr.audit records and compares them).
+        self._higher_orders_vanish: bool | None = None
         self._warned_piecewise_linear = False
+
+    @property
+    def higher_orders_vanish(self) -> bool | None:
+        """After each call: whether every order ``>= 2`` was zero for all features
+        (piecewise-linear model around the inputs); ``None`` before the first call or at
+        ``order=1``."""
+        return self._higher_orders_vanish
 
     @classmethod
     def get_name(cls) -> str:
@@ -438,9 +443,9 @@ class HOPEAttribution(Attribution):
 
     def _flag_piecewise_linear(self, norms: Tensor, piecewise_rule_ran: bool) -> None:
         if self.order < 2:
-            self.higher_orders_vanish = None
+            self._higher_orders_vanish = None
             return
-        self.higher_orders_vanish = bool((norms[1:] == 0).all()) and bool((norms[0] > 0).any())
+        self._higher_orders_vanish = bool((norms[1:] == 0).all()) and bool((norms[0] > 0).any())
         # A bilinear model (x1 * x2) has zero unmixed orders >= 2 too, without any kink: warn
         # only where a piecewise-linear rule ran.
         if self.higher_orders_vanish and piecewise_rule_ran and self.method != "continuation":

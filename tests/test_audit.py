@@ -409,3 +409,15 @@ def test_the_throughput_benchmark_runs_its_quick_budget(tmp_path: Path) -> None:
     )
     text = (tmp_path / "a.md").read_text()
     assert "| MLP 784-64-10 | 60 | local |" in text and "| CNN 8-16-64 | 20 | local |" in text
+
+
+def test_an_attribution_object_used_in_between_still_resumes_its_run(tmp_path: Path) -> None:
+    # HOPEAttribution keeps results of its last call (higher_orders_vanish): they are state, not
+    # settings, and must not make a resumed run look like another run (the audit notebook did).
+    model, dataset = mlp(), data()
+    method = hope_attr.HOPEAttribution(model, order=3)
+    options = dict(out=tmp_path, batch_size=5, show_progress=False)
+    first = attribute_dataset(method, dataset, **options)
+    method.attribute(dataset.tensors[0][:2], target=0)
+    again = attribute_dataset(method, dataset, **options)
+    np.testing.assert_array_equal(again.numpy(), first.numpy())

@@ -392,7 +392,8 @@ def _settings(attribution: Attribution, dataset: Any, plan: Plan) -> dict[str, A
         "method_options": {
             key: value
             for key, value in sorted(vars(attribution).items())
-            if isinstance(value, (bool, int, float, str)) or value is None
+            if not key.startswith("_")  # private state (results of earlier calls), not settings
+            and (isinstance(value, (bool, int, float, str)) or value is None)
         },
         "model": _fingerprint_model(attribution.forward_func),
         "num_examples": plan.num_examples,
