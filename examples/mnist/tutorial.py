@@ -187,7 +187,10 @@ def paper_figure(model: nn.Module, image: Tensor, outputs: Path, order: int) -> 
         if name != perturbation
     }
     figure = figures.class_maps(
-        image, maps, "Paper Fig. 7b: change of each class score when pixel i moves by dx = +1"
+        image,
+        maps,
+        "Paper Fig. 7b: change of each class score when one pixel moves by dx = +1",
+        "change of the class score\n(logit) when the pixel\nmoves by +1",
     )
     path = figures.save(figure, outputs / "paper_fig7b.png")
     return PaperComparison(path, spearman, seconds)
