@@ -678,3 +678,54 @@ def plot_time_vs_agreement(rows: Sequence[Row], title: str = "") -> Figure:
     )
     _place_labels(axis, points, list(range(1, len(rows) + 1)))
     return figure
+
+
+# --------------------------------------------------------------------------- command line
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python benchmarks/attribution.py --quantus``: the Quantus evaluation's results page."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if str(root) not in sys.path:  # run as a script: make `benchmarks` importable
+        sys.path.insert(0, str(root))
+    from benchmarks import quantus_eval
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--quantus", action="store_true", help="run the Quantus evaluation")
+    parser.add_argument("--digits", type=int, default=8, help="test digits explained")
+    parser.add_argument("--epochs", type=int, default=8, help="training epochs (the tutorial's)")
+    parser.add_argument("--cache", type=Path, default=quantus_eval.MNIST_EXAMPLE / ".cache")
+    parser.add_argument("--markdown", type=Path, default=root / "benchmarks/results/quantus.md")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--tiny", action="store_true", help="smoke test: 2 digits, 1 epoch, 3 methods, tiny budget"
+    )
+    arguments = parser.parse_args(argv)
+    if not arguments.quantus:
+        parser.error("choose an evaluation: --quantus")
+    torch.set_num_threads(arguments.threads)
+    import warnings
+
+    warnings.simplefilter("ignore", UserWarning)  # Captum's advice on hooks, repeated per call
+    command = "python benchmarks/attribution.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    if arguments.tiny:
+        result = quantus_eval.run(
+            digits=2,
+            epochs=1,
+            cache=arguments.cache,
+            budget=Budget.tiny(),
+            method_names=("HOPE exact n=2", "Saliency", "LRP"),
+        )
+    else:
+        result = quantus_eval.run(arguments.digits, arguments.epochs, arguments.cache)
+    arguments.markdown.parent.mkdir(parents=True, exist_ok=True)
+    arguments.markdown.write_text(quantus_eval.markdown(result, command.strip()))
+    print(f"wrote {arguments.markdown} in {result.seconds:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
