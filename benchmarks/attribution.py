@@ -694,7 +694,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--quantus", action="store_true", help="run the Quantus evaluation")
-    parser.add_argument("--digits", type=int, default=8, help="test digits explained")
+    parser.add_argument("--digits", type=int, default=4, help="test digits explained")
     parser.add_argument("--epochs", type=int, default=8, help="training epochs (the tutorial's)")
     parser.add_argument("--cache", type=Path, default=quantus_eval.MNIST_EXAMPLE / ".cache")
     parser.add_argument("--markdown", type=Path, default=root / "benchmarks/results/quantus.md")

@@ -282,7 +282,7 @@ def _models(digits: int, epochs: int, cache: Path) -> tuple[dict[str, nn.Module]
 
 
 def run(
-    digits: int = 8,
+    digits: int = 4,
     epochs: int = 8,
     cache: Path = MNIST_EXAMPLE / ".cache",
     budget: harness.Budget | None = None,
