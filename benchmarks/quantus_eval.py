@@ -249,19 +249,23 @@ def evaluate(
         for metric in metrics:
             torch.manual_seed(0)
             np.random.seed(0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                value = metric.make(quantus, classes)(
-                    model=model,
-                    x_batch=x,
-                    y_batch=y,
-                    a_batch=a,
-                    explain_func=explain,
-                    channel_first=True,
-                    softmax=False,  # scores are logits, as in the rest of the project
-                    device="cpu",
-                )
-            scores[method.name][metric.name] = metric.reduce(value)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    value = metric.make(quantus, classes)(
+                        model=model,
+                        x_batch=x,
+                        y_batch=y,
+                        a_batch=a,
+                        explain_func=explain,
+                        channel_first=True,
+                        softmax=False,  # scores are logits, as in the rest of the project
+                        device="cpu",
+                    )
+                scores[method.name][metric.name] = metric.reduce(value)
+            except AssertionError as refusal:  # e.g. an all-zero map on a randomized model
+                log(f"  {method.name}, {metric.name}: Quantus refused ({str(refusal)[:80]})")
+                scores[method.name][metric.name] = math.nan
         log(f"  {method.name}: done")
     return scores
 
@@ -322,7 +326,9 @@ def markdown(result: QuantusResult, command: str, metrics: Sequence[Metric] = ME
         + ", ".join(f"{k} {100 * v:.1f}%" for k, v in result.accuracies.items())
         + ". Every value is the mean over the digits (ROAD: its area over the removal "
         "percentages). ↑: higher is better, ↓: lower is better; the best value of each column is "
-        "in bold. With this few digits, differences in the second digit are noise.",
+        "in bold. With this few digits, differences in the second digit are noise. n/a: Quantus "
+        "refused the method's maps (an all-zero map, e.g. Lime's few samples on a randomized "
+        "model in MPRT).",
     ]
     for model, per_method in result.scores.items():
         names = [m.name for m in metrics if m.name in next(iter(per_method.values()))]
@@ -335,7 +341,7 @@ def markdown(result: QuantusResult, command: str, metrics: Sequence[Metric] = ME
         for method, values in per_method.items():
             cells = []
             for n in names:
-                text = f"{values[n]:.3g}"
+                text = f"{values[n]:.3g}" if math.isfinite(values[n]) else "n/a"
                 cells.append(f"**{text}**" if values[n] == best[n] else text)
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", "## What each metric rewards", ""]

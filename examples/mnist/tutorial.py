@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python examples/mnist/tutorial.py            # 1-2 minutes on 2 CPU cores
+    python examples/mnist/tutorial.py            # about 9 minutes on a loaded 2-core machine
     python examples/mnist/tutorial.py --full     # more digits, every selection level
     python examples/mnist/tutorial.py --tiny     # a smoke test (about 15 s)
 
