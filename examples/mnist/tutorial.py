@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python examples/mnist/tutorial.py            # about 9 minutes on a loaded 2-core machine
+    python examples/mnist/tutorial.py            # 206 s on a shared 2-core machine (cached weights)
     python examples/mnist/tutorial.py --full     # more digits, every selection level
     python examples/mnist/tutorial.py --tiny     # a smoke test (about 15 s)
 
