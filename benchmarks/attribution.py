@@ -553,30 +553,179 @@ def markdown_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+_FLOOR = 1e-6  # where a disagreement of 0 is drawn on the log axis
+_CAPTUM_COLORS = ("tab:blue", "tab:green", "tab:purple", "tab:pink", "tab:gray", "tab:olive")
+_MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def _style(name: str, counters: dict[str, int]) -> tuple[str, str]:
+    """A colour per family (HOPE exact, HOPE diagonal, other HOPE, Captum), a marker per member."""
+    if name.startswith("HOPE exact"):
+        family, colors = "exact", ("tab:red",)
+    elif name.startswith("HOPE diagonal"):
+        family, colors = "diagonal", ("tab:orange",)
+    elif name.startswith("HOPE"):
+        family, colors = "hope", ("tab:brown",)
+    else:
+        family, colors = "captum", _CAPTUM_COLORS
+    count = counters.get(family, 0)
+    counters[family] = count + 1
+    return colors[count % len(colors)], _MARKERS[(count // len(colors)) % len(_MARKERS)]
+
+
+def _place_labels(axis: Any, points: Sequence[tuple[float, float]], numbers: Sequence[int]) -> None:
+    """Number the points, each label where it overlaps no other label or point.
+
+    Points closer than a few pixels (e.g. methods that all reproduce the reference) share one
+    label, "3,4,9". Candidate positions around the point are tried in turn, further out when all
+    are taken; a line joins a label to its point when it had to move away.
+    """
+    renderer = axis.figure.canvas.get_renderer()
+    pixels = axis.transData.transform(np.asarray(points))
+    groups: list[list[int]] = []
+    for index, pixel in enumerate(pixels):
+        for group in groups:
+            if np.abs(pixels[group[0]] - pixel).max() < 5:
+                group.append(index)
+                break
+        else:
+            groups.append([index])
+    radius = 5.0
+    taken = [
+        (p[0] - radius, p[1] - radius, p[0] + radius, p[1] + radius) for p in pixels
+    ]  # the markers
+    frame = axis.get_window_extent(renderer)
+    directions = [(1, 0.2), (1, -1), (-1, 0.2), (-1, -1), (0, 1), (0, -1.6), (1, 1), (-1, 1)]
+    for group in groups:
+        text = ",".join(str(numbers[i]) for i in group)
+        placed = None
+        for distance in (6, 14, 24, 36):
+            for dx, dy in directions:
+                label = axis.annotate(
+                    text,
+                    points[group[0]],
+                    xytext=(dx * distance, dy * distance),
+                    textcoords="offset points",
+                    ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                    va="center",
+                    fontsize=7,
+                    arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"}
+                    if distance > 6
+                    else None,
+                )
+                box = label.get_window_extent(renderer)
+                inside = frame.x0 <= box.x0 and box.x1 <= frame.x1
+                inside = inside and frame.y0 <= box.y0 and box.y1 <= frame.y1
+                free = all(
+                    box.x1 < x0 or box.x0 > x1 or box.y1 < y0 or box.y0 > y1
+                    for x0, y0, x1, y1 in taken
+                )
+                if inside and free:
+                    placed = box
+                    break
+                label.remove()
+            if placed is not None:
+                break
+        if placed is None:  # crowded beyond every candidate: keep the first one
+            label = axis.annotate(
+                text, points[group[0]], xytext=(6, 1), textcoords="offset points", fontsize=7
+            )
+            placed = label.get_window_extent(renderer)
+        taken.append((placed.x0, placed.y0, placed.x1, placed.y1))
+
+
 def plot_time_vs_agreement(rows: Sequence[Row], title: str = "") -> Figure:
     """Median time per image against disagreement with FA, ``1 - Spearman`` (both log scale).
 
     The log of ``1 - Spearman`` separates methods that all agree closely (0.97 vs 0.9999).
+    Every method has its own colour and marker, a number next to its point and a legend entry;
+    labels are placed so that they overlap neither each other nor the points.
+
+    Example:
+        >>> row = Row("A", 0.01, 0.9, 0.5, 0.1, 0.5, 0.1, 0.1, None)
+        >>> figure = plot_time_vs_agreement([row])
+        >>> figure.axes[0].get_legend().get_texts()[0].get_text()
+        '1  A'
     """
-    figure = Figure(figsize=(8, 5.5))
-    axis = figure.subplots()
-    offsets = [(4, 2), (4, -9), (4, 9), (4, -16)]  # cycled, so neighbouring labels differ
-    for index, row in enumerate(rows):
-        point = (1000 * row.seconds_per_image, max(1.0 - row.spearman, 1e-6))
-        color = "tab:red" if row.method.startswith("HOPE") else "tab:blue"
-        axis.scatter(*point, color=color, s=18)
-        axis.annotate(
-            row.method,
-            point,
-            xytext=offsets[index % len(offsets)],
-            textcoords="offset points",
-            fontsize=6,
-        )
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure = Figure(figsize=(9, 5.5))
+    FigureCanvasAgg(figure)  # label placement measures text on a renderer
+    axis = figure.add_axes((0.1, 0.1, 0.56, 0.82))  # fixed: the legend takes the right side
+    points = [(1000 * row.seconds_per_image, max(1.0 - row.spearman, _FLOOR)) for row in rows]
+    counters: dict[str, int] = {}
+    for number, (row, point) in enumerate(zip(rows, points, strict=True), start=1):
+        color, marker = _style(row.method, counters)
+        axis.scatter(*point, color=color, marker=marker, s=28, label=f"{number}  {row.method}")
     axis.set_xscale("log")
     axis.set_yscale("log")
+    if points:
+        times = [p[0] for p in points]
+        axis.set_xlim(min(times) / 1.8, max(times) * 1.8)
+        axis.set_ylim(_FLOOR / 4, 4.0)
     axis.set_xlabel("median ms per image (log)")
-    axis.set_ylabel(f"1 - Spearman vs single-pixel {REFERENCE} (log; 0 drawn at 1e-6)")
+    axis.set_ylabel(f"1 - Spearman vs single-pixel {REFERENCE}\n(log; 0 drawn at {_FLOOR:g})")
     axis.set_title(title or "time vs agreement", fontsize=9)
     axis.grid(alpha=0.3, which="both")
-    figure.tight_layout()
+    axis.legend(
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        fontsize=7,
+        frameon=False,
+        title="lower left is better:\nfaster and closer to FeatureAblation",
+        title_fontsize=7,
+        ncols=1 if len(rows) <= 24 else 2,
+    )
+    _place_labels(axis, points, list(range(1, len(rows) + 1)))
     return figure
+
+
+# --------------------------------------------------------------------------- command line
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python benchmarks/attribution.py --quantus``: the Quantus evaluation's results page."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if str(root) not in sys.path:  # run as a script: make `benchmarks` importable
+        sys.path.insert(0, str(root))
+    from benchmarks import quantus_eval
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--quantus", action="store_true", help="run the Quantus evaluation")
+    parser.add_argument("--digits", type=int, default=4, help="test digits explained")
+    parser.add_argument("--epochs", type=int, default=8, help="training epochs (the tutorial's)")
+    parser.add_argument("--cache", type=Path, default=quantus_eval.MNIST_EXAMPLE / ".cache")
+    parser.add_argument("--markdown", type=Path, default=root / "benchmarks/results/quantus.md")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--tiny", action="store_true", help="smoke test: 2 digits, 1 epoch, 3 methods, tiny budget"
+    )
+    arguments = parser.parse_args(argv)
+    if not arguments.quantus:
+        parser.error("choose an evaluation: --quantus")
+    torch.set_num_threads(arguments.threads)
+    import warnings
+
+    warnings.simplefilter("ignore", UserWarning)  # Captum's advice on hooks, repeated per call
+    command = "python benchmarks/attribution.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    if arguments.tiny:
+        result = quantus_eval.run(
+            digits=2,
+            epochs=1,
+            cache=arguments.cache,
+            budget=Budget.tiny(),
+            method_names=("HOPE exact n=2", "Saliency", "LRP"),
+        )
+    else:
+        result = quantus_eval.run(arguments.digits, arguments.epochs, arguments.cache)
+    arguments.markdown.parent.mkdir(parents=True, exist_ok=True)
+    arguments.markdown.write_text(quantus_eval.markdown(result, command.strip()))
+    print(f"wrote {arguments.markdown} in {result.seconds:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

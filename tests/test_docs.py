@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 import re
 import sys
@@ -315,3 +316,53 @@ def test_the_version_is_the_newest_release_in_the_changelog() -> None:
     releases = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d{2}-\d{2}$", changelog, re.MULTILINE)
     assert releases and releases[0] == version
     assert hope_attr.__version__ == version
+
+
+# ------------------------------------------------------------------------------ the notebooks
+NOTEBOOKS = sorted((ROOT / "docs" / "notebooks").glob("*.ipynb"))
+
+
+def _hook_module(name: str) -> ModuleType:
+    path = ROOT / "docs" / "hooks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_is_committed_with_its_figures(path: Path) -> None:
+    # GitHub shows the committed outputs; the site re-executes the notebook (the hook
+    # notebook_figures.py checks the rendered page the same way).
+    notebook = json.loads(path.read_text(encoding="utf-8"))
+    code = [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
+    first = "".join(code[0]["source"])
+    assert "%matplotlib inline" in first, "MPLBACKEND=Agg (CI) would make plt.show() draw nothing"
+    assert "IProgress not found" in first, "filter tqdm's warning before anything imports tqdm"
+    assert all(cell["execution_count"] is not None for cell in code), "commit it executed"
+    images = 0
+    for cell in code:
+        for output in cell["outputs"]:
+            assert output["output_type"] != "error", path.name
+            data = output.get("data", {})
+            images += "image/png" in data
+            text = "".join(data.get("text/plain", []))
+            assert "<Figure" not in text or "image/png" in data, f"{path.name}: {text}"
+            if output["output_type"] == "stream":
+                assert "TqdmWarning" not in "".join(output["text"]), f"{path.name}: tqdm warning"
+    expected = _hook_module("notebook_figures").drawing_cells(notebook)
+    assert expected > 0 and images >= expected, f"{path.name}: {images} images, {expected} cells"
+
+
+def test_notebook_hook_rejects_pages_without_figures() -> None:
+    hook = _hook_module("notebook_figures")
+    notebook = {"cells": [{"cell_type": "code", "source": ["x = 1\n", "plt.show()"]}]}
+    image = '<img alt="a figure" src="data:image/png;base64,iVBO">'
+    assert hook.problems(f"<p>{image}</p>", notebook) == []
+    assert "1 drawing cell" in hook.problems("<p>nothing drawn</p>", notebook)[0]
+    as_text = image + "&lt;Figure size 640x480 with 1 Axes&gt;"
+    assert "text instead" in hook.problems(as_text, notebook)[0]
+    assert "IProgress" in hook.problems(image + "TqdmWarning: IProgress not found", notebook)[0]
+    plugins = _config()["hooks"]
+    assert "docs/hooks/notebook_figures.py" in plugins

@@ -158,3 +158,32 @@ def test_every_registry_method_runs() -> None:
         assert result.attributions[row.method].shape == x.shape
         assert -1.0 <= row.spearman <= 1.0 and 0.0 <= row.top_overlap <= 1.0
         assert 0.0 <= row.deletion_auc <= 1.0 and 0.0 <= row.insertion_auc <= 1.0
+
+
+def _boxes_overlap(a, b) -> bool:
+    return not (a.x1 <= b.x0 or b.x1 <= a.x0 or a.y1 <= b.y0 or b.y1 <= a.y0)
+
+
+def test_time_vs_agreement_labels_do_not_overlap_and_have_a_legend() -> None:
+    # Regression: the labels were method names next to the points and overlapped where methods
+    # had close times and agreement (and coincided where they reproduce the reference).
+    names = [*(m.name for m in harness.hope_methods()), *(m.name for m in harness.CAPTUM_METHODS)]
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for index, name in enumerate(names):
+        seconds = 0.01 * (1 + index % 3) * (1 + 0.05 * torch.rand(1, generator=generator).item())
+        agreement = 1.0 if index in (2, 3, 14) else 0.9 + 0.01 * (index % 4)  # ties: 1 - 0 = 0
+        rows.append(harness.Row(name, seconds, agreement, 0, 0, 0, 0, 0, None))
+    figure = harness.plot_time_vs_agreement(rows, "crowded")
+    axis = figure.axes[0]
+    legend = [text.get_text() for text in axis.get_legend().get_texts()]
+    assert legend == [f"{i}  {name}" for i, name in enumerate(names, start=1)]
+    renderer = figure.canvas.get_renderer()
+    labels = [child for child in axis.texts]
+    numbers = sorted(int(n) for label in labels for n in label.get_text().split(","))
+    assert numbers == list(range(1, len(names) + 1)), "every point is numbered once"
+    boxes = [label.get_window_extent(renderer) for label in labels]
+    for i, first in enumerate(boxes):
+        assert not any(_boxes_overlap(first, second) for second in boxes[i + 1 :])
+    frame = axis.get_window_extent(renderer)
+    assert all(frame.x0 <= box.x0 and box.x1 <= frame.x1 for box in boxes)

@@ -114,3 +114,54 @@ def test_missing_data_package_names_the_fix(monkeypatch, source: str, package: s
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(ImportError, match=f"pip install {package}"):
         load_mnist(source, root="unused")
+
+
+# ------------------------------------------------------------------------------ the figures
+def _figures_module():
+    sys.path.insert(0, str(TUTORIAL.parent))
+    try:
+        return importlib.import_module("figures")
+    finally:
+        sys.path.remove(str(TUTORIAL.parent))
+
+
+def _inside(box, frame) -> bool:
+    return frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+
+
+@pytest.mark.parametrize("scale", ["shared", "row", "panel"])
+def test_heat_map_grid_labels_fit_and_colours_are_keyed(scale: str) -> None:
+    # Regression (the README's Fig. 7b): long row labels overlapped and were cut at the edge,
+    # and no figure said what a colour means.
+    import torch
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figures = _figures_module()
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.rand(1, 8, 8, generator=generator) for _ in range(3)]
+    rows = [[torch.randn(1, 8, 8, generator=generator) * 10**r for _ in range(4)] for r in range(3)]
+    labels = ["HOPE exact n=4", "HOPE diagonal n=4", "perturbation (10 FeatureAblation calls)"]
+    figure = figures.draw_grid(images, rows, labels, [f"class {c}" for c in range(4)], scale)
+    FigureCanvasAgg(figure)
+    renderer = figure.canvas.get_renderer()
+    figure.draw(renderer)
+    frame = figure.bbox
+    texts = [t for axis in figure.axes for t in axis.texts]
+    assert [t.get_text().replace("\n", " ") for t in texts] == labels
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    assert all(_inside(box, frame) for box in boxes), "a row label is cut off"
+    for upper, lower in zip(boxes[:-1], boxes[1:], strict=True):
+        assert upper.y0 > lower.y1, "row labels overlap"
+    bars = [axis for axis in figure.axes if axis.get_label() == "<colorbar>"]
+    assert len(bars) == (3 if scale == "row" else 1)
+    assert all("red < 0 < green" in bar.get_ylabel() for bar in bars)
+    if scale == "panel":
+        assert "each panel scaled to its own" in bars[0].get_ylabel()
+    else:  # the colour bar's end is the scale: the maps' 99th percentile of |value|
+        values = torch.cat([m.flatten() for m in rows[-1]]).abs()
+        if scale == "shared":
+            values = torch.cat([m.flatten() for row in rows for m in row]).abs()
+        limit = np.percentile(values.numpy(), figures.PERCENTILE)
+        assert np.isclose(bars[-1].get_ylim()[1], limit)
+    input_column = [axis for axis in figure.axes if axis.get_title() == "input"]
+    assert len(input_column) == 1 and input_column[0].images  # the input digit is drawn
