@@ -655,6 +655,12 @@ def _format_baselines(baselines: Any, inputs: tuple[Tensor, ...]) -> tuple[Tenso
                 f"to the input's {tuple(x.shape)}: use the input's shape, batch size 1, or a "
                 "number"
             ) from error
+    for index, baseline in enumerate(formatted):
+        if not torch.isfinite(baseline).all():
+            raise ValueError(
+                f"baselines[{index}] contains NaN or Inf; the attribution of a move to it is "
+                "undefined: use finite baselines"
+            )
     return tuple(formatted)
 
 

@@ -315,10 +315,16 @@ def _user_frame(node: fx.Node) -> str:
         for i, line in enumerate(lines)
         if line.strip().startswith("File ")
     ]
+    # By the packages' own folders, not by name: a clone of this repository is itself a folder
+    # named hope_attr (git's default), whose tests and examples are the user's code.
     for location, code in reversed(frames):
-        if (
-            f"{os.sep}torch{os.sep}" not in location
-            and f"{os.sep}hope_attr{os.sep}" not in location
-        ):
+        path = location.split('"')[1] if location.count('"') >= 2 else location
+        if not os.path.realpath(path).startswith(_SKIPPED_ROOTS):
             return f"{location}: {code}"
     return ""
+
+
+_SKIPPED_ROOTS = tuple(
+    os.path.dirname(os.path.realpath(module.__file__)) + os.sep
+    for module in (torch, fx, __import__("hope_attr"))
+)

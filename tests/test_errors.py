@@ -431,3 +431,24 @@ def test_internal_batch_size_does_not_change_results(make, shape: tuple[int, ...
     assert torch.equal(results[1], results[3]), (results[1] - results[3]).abs().max()
     assert torch.equal(results[1], results[None]), (results[1] - results[None]).abs().max()
     assert relative_error(results[None], unmixed_reference(model, x, ORDER)) <= TOLERANCE
+
+
+def test_source_line_found_in_a_clone_folder_named_hope_attr(tmp_path) -> None:
+    # A clone of this repository is a folder named hope_attr (git's default): the user's code in
+    # it is still the user's (the old check skipped every path containing '/hope_attr/').
+    import importlib.util
+
+    folder = tmp_path / "hope_attr" / "tests"
+    folder.mkdir(parents=True)
+    (folder / "user_model.py").write_text(
+        "import torch\n"
+        "class Gamma(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return torch.lgamma(x + 3.0)  # the user's line\n"
+    )
+    spec = importlib.util.spec_from_file_location("user_model", folder / "user_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(hope_attr.UnsupportedOperationError) as info:
+        hope_attr.unmixed_derivatives(module.Gamma(), _x(2, 3), ORDER)
+    assert "user_model.py" in str(info.value) and "the user's line" in str(info.value)
