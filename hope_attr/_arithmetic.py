@@ -72,13 +72,17 @@ def map_batchwise(jet: Jet, linear: Callable[[Tensor], Tensor], primal: Tensor) 
     return jet.with_series(primal, out.reshape(m, d, b, *out.shape[1:]))
 
 
-def map_per_sample(fn: Callable[..., Tensor], *args: object, **kwargs: object) -> Jet:
+def map_per_sample(
+    fn: Callable[..., Tensor], *args: object, keep_constants: bool = False, **kwargs: object
+) -> Jet:
     """Apply ``fn`` -- jointly linear in its jet arguments -- through ``torch.vmap``.
 
     For structural ops whose arguments refer to the model's own layout (``view(B, -1)``,
     ``permute(0, 2, 1)``, ``cat(dim=1)``, indexing): ``vmap`` hides the order and direction axes
     so those arguments keep their meaning. Tensor constants among ``args`` enter the series as
-    zeros (they shift the primal only), which is right for ``cat``, ``stack``, ``add``, ``sub``.
+    zeros (they shift the primal only), which is right for ``cat``, ``stack``, ``add``, ``sub``;
+    ``keep_constants`` passes them unchanged instead, for ops where a constant is an index or a
+    factor (``gather``'s index, ``einsum`` with a weight).
     """
     jets = [a for a in _flatten(args) if is_jet(a)]
     order = jets[0].order
@@ -92,7 +96,9 @@ def map_per_sample(fn: Callable[..., Tensor], *args: object, **kwargs: object) -
         replaced = _replace(
             args,
             lambda a: (
-                next(it) if is_jet(a) else (torch.zeros_like(a) if isinstance(a, Tensor) else a)
+                next(it)
+                if is_jet(a)
+                else (torch.zeros_like(a) if isinstance(a, Tensor) and not keep_constants else a)
             ),
         )
         return fn(*replaced, **kwargs)

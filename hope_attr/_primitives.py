@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from hope_attr import _arithmetic as ar
 from hope_attr import _kinks, _registry
 from hope_attr import _taylor_tables as tables
-from hope_attr._jet import Jet
+from hope_attr._jet import Jet, cauchy_product
 from hope_attr._registry import TrainingModeError, UnsupportedOperationError, register_rule
 from hope_attr._windows import Window, block_mean
 
@@ -404,6 +404,15 @@ def _structural(fn: Callable[..., Tensor]) -> Callable[..., object]:
     return rule
 
 
+def _selecting(fn: Callable[..., Tensor]) -> Callable[..., object]:
+    """Like :func:`_structural`, for ops whose tensor constants are indices or factors."""
+
+    def rule(*args, **kwargs) -> object:
+        return ar.map_per_sample(fn, *args, keep_constants=True, **kwargs)
+
+    return rule
+
+
 def _reshaping(fn: Callable[..., Tensor]) -> Callable[..., Jet]:
     """Like :func:`_structural`, but a reshape of a seed that keeps the batch axis stays a seed."""
     structural = _structural(fn)
@@ -440,16 +449,19 @@ for _targets, _fn in [
     ((torch.roll, torch.Tensor.roll), torch.Tensor.roll),
     ((torch.narrow, torch.Tensor.narrow), torch.Tensor.narrow),
     ((operator.getitem, torch.Tensor.__getitem__), operator.getitem),
-    ((torch.cat, torch.concat, torch.concatenate), torch.cat),
-    ((torch.stack,), torch.stack),
     ((torch.sum, torch.Tensor.sum), torch.sum),
     ((torch.mean, torch.Tensor.mean), torch.mean),
     ((F.pad,), F.pad),
 ]:
-    register_rule(*_targets)(_structural(_fn))
+    register_rule(*_targets)(_selecting(_fn))
+
+# Concatenating jets with constant blocks: a constant block has a zero series.
+register_rule(torch.cat, torch.concat, torch.concatenate)(_structural(torch.cat))
+register_rule(torch.stack)(_structural(torch.stack))
 
 
-# More ops that only move, select, repeat or sum entries (each linear, applied per sample).
+# More ops that only move, select, repeat or sum entries (each linear, applied per sample). Their
+# tensor arguments are indices or counts, never added to the result: passed unchanged.
 for _targets, _fn in [
     ((torch.gather, torch.Tensor.gather), torch.gather),
     ((torch.index_select, torch.Tensor.index_select), torch.index_select),
@@ -472,14 +484,43 @@ for _targets, _fn in [
     ((F.fold,), F.fold),
     ((F.pixel_shuffle,), F.pixel_shuffle),
     ((F.pixel_unshuffle,), F.pixel_unshuffle),
-    ((torch.einsum,), torch.einsum),
 ]:
-    register_rule(*_targets)(_structural(_fn))
+    register_rule(*_targets)(_selecting(_fn))
 
 
 _LINEAR_RESAMPLING = (
     "nearest", "nearest-exact", "linear", "bilinear", "bicubic", "trilinear", "area",
 )  # fmt: skip
+
+
+@register_rule(torch.einsum)
+def _einsum(equation: str, *operands: object) -> Jet:
+    """Linear in one jet operand; two jet operands form a product (a Cauchy product of their
+    series, with the order and direction axes carried by an ellipsis)."""
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    jets = [o for o in operands if ar.is_jet(o)]
+    if len(jets) == 1:  # the other operands are factors: kept, not zeroed
+        return ar.map_per_sample(
+            lambda *ops: torch.einsum(equation, *ops), *operands, keep_constants=True
+        )
+    compact = equation.replace(" ", "")
+    if len(operands) != 2 or "->" not in compact or "..." in compact:
+        raise UnsupportedOperationError(
+            f"torch.einsum({equation!r}) of {len(jets)} tensors that depend on the input has no "
+            "Taylor rule: hope_attr handles two operands with an explicit '->' output and no "
+            "'...'; write it as matmul or as two einsums"
+        )
+    inputs, output = compact.split("->")
+    first, second = inputs.split(",")
+    lifted = f"...{first},...{second}->...{output}"
+    a, b = operands
+    primal = torch.einsum(compact, a.primal, b.primal)
+    series = cauchy_product(
+        a.primal, _expanded(a), b.primal, _expanded(b), a.order,
+        op=lambda x, y: torch.einsum(lifted, x, y),
+    )  # fmt: skip
+    return Jet(primal, series, a.order)
 
 
 @register_rule(F.interpolate, F.upsample)

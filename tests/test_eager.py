@@ -271,3 +271,31 @@ def test_normalize_of_a_zero_vector_has_no_nan() -> None:
         x,
         order=2,
     )
+
+
+def test_einsum_of_two_jets_is_a_product_not_a_linear_map() -> None:
+    # MaxViT's attention: einsum(q, k) with both depending on the input (0.97 off before).
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 6).double()
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    _check(lambda t: torch.einsum("b i d, b j d -> b i j", lin(t), torch.tanh(lin(t))), x)
+    _check(lambda t: torch.einsum("bid,de->bie", lin(t), lin.weight), x)
+
+
+@pytest.mark.parametrize(
+    "select",
+    [
+        lambda h: h[:, torch.tensor([4, 0, 2])],
+        lambda h: h[:, torch.tensor([True, False, True, True, False])],
+        lambda h: torch.gather(h, 1, torch.tensor([[4, 0, 2], [1, 1, 3]])),
+        lambda h: h.index_select(1, torch.tensor([3, 3, 0])),
+        lambda h: torch.einsum("bi,ij->bj", h, torch.arange(15.0, dtype=h.dtype).reshape(5, 3)),
+        lambda h: torch.cat([h, torch.ones(2, 1, dtype=h.dtype)], 1),
+    ],
+    ids=["long index", "bool mask", "gather", "index_select", "einsum with a weight", "cat"],
+)
+def test_tensor_indices_and_factors_are_kept(select) -> None:
+    # Tensor constants among the arguments of a selection are indices or factors: zeroing them
+    # (right only for the blocks of cat/stack) picked index 0 silently.
+    x = torch.randn(2, 5, dtype=torch.float64)
+    _check(lambda t: select(torch.tanh(t)), x)

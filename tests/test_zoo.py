@@ -104,6 +104,13 @@ def _tiny_builders() -> dict[str, Callable[[], tuple[nn.Module, int]]]:
             _vit_head_randomized(models.VisionTransformer(32, 8, 2, 2, 16, 32, num_classes=10)),
             32,
         ),
+        "maxvit": lambda: (
+            models.MaxVit(
+                (32, 32), 8, 2, [8, 16], [1, 1], head_dim=4, stochastic_depth_prob=0.0,
+                num_classes=10,
+            ),
+            32,
+        ),
         "regnet": lambda: (models.regnet_x_400mf(num_classes=10), 32),
         "shufflenet": lambda: (models.shufflenet_v2_x0_5(num_classes=10), 32),
         "squeezenet": lambda: (models.squeezenet1_1(num_classes=10), 32),
