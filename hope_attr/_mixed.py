@@ -183,6 +183,7 @@ def mixed_derivatives(
     additional_forward_args: Any = None,
     internal_batch_size: int | None = None,
     max_bytes: int | None = None,
+    route: str = "auto",
 ) -> list[Tensor]:
     """Every partial derivative up to ``order`` of every output, at every point of a batch.
 
@@ -204,6 +205,9 @@ def mixed_derivatives(
         internal_batch_size: directions propagated at once (default: all of a block's, up to a
             memory budget). The MLP route propagates no directions (its blocks of points stay
             within a few MiB) and ignores it.
+        route: ``"auto"`` (the cheaper route that applies), ``"jets"`` (univariate jets, any
+            model) or ``"mlp"`` (multivariate polynomials; chains of Linear layers and elementwise
+            activations only); the results agree to rounding.
         max_bytes: memory budget of the result (default 2 GiB): a larger result, or a
             computation whose work would take hours, is refused before any work.
 
@@ -253,7 +257,7 @@ def mixed_derivatives(
     )
     return derivative_tensors(
         normalized_coefficients(
-            expansion, directions_per_chunk=internal_batch_size, max_bytes=budget
+            expansion, directions_per_chunk=internal_batch_size, method=route, max_bytes=budget
         ),
         inputs.shape[1],
     )

@@ -36,23 +36,16 @@ class Residual(nn.Module):
 ACTIVATIONS = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "softplus": nn.Softplus}
 
 
-@pytest.fixture
-def jets_only(monkeypatch) -> None:
-    """Pin the univariate jets: these tests exercise their blocks and chunks."""
-    monkeypatch.setattr(_mixed, "_METHOD", "jets")
-
-
 @pytest.mark.parametrize("method", ["jets", "mlp"])
 @pytest.mark.parametrize("p", [1, 2, 3, 4, 5, 6])
 @pytest.mark.parametrize("activation", list(ACTIVATIONS))
-def test_mixed_partials_match_nested_jacfwd(monkeypatch, p: int, activation: str, method) -> None:
-    monkeypatch.setattr(_mixed, "_METHOD", method)
+def test_mixed_partials_match_nested_jacfwd(p: int, activation: str, method) -> None:
     torch.manual_seed(p)
     act = ACTIVATIONS[activation]
     model = nn.Sequential(nn.Linear(p, 6), act(), nn.Linear(6, 5), act(), nn.Linear(5, 2))
     model = model.double().eval()
     x = torch.randn(3, p, dtype=torch.float64)
-    actual = hope_attr.mixed_derivatives(model, x, ORDER)
+    actual = hope_attr.mixed_derivatives(model, x, ORDER, route=method)
     for k, (a, e) in enumerate(zip(actual, _nested_jacfwd(model, x, ORDER), strict=True), 1):
         assert a.shape == (3, 2, *([p] * k))
         assert ((a - e).abs().max() / e.abs().max()).item() <= 1e-9
@@ -111,17 +104,15 @@ def _mlp(p: int) -> nn.Module:
 
 
 @pytest.mark.parametrize("block_bytes, chunk_bytes", [(1, 1), (1, 10**9), (3000, 1), (3000, 10**9)])
-@pytest.mark.usefixtures("jets_only")
 def test_blocks_of_points_and_chunks_of_directions(monkeypatch, block_bytes, chunk_bytes) -> None:
     # One point per block or several, all directions at once or one per chunk: same numbers.
     monkeypatch.setattr(_mixed, "_BLOCK_BYTES", block_bytes)
     monkeypatch.setattr(_mixed, "_CHUNK_BYTES", chunk_bytes)
     model, x = _mlp(3), torch.randn(7, 3, dtype=torch.float64)
-    actual = hope_attr.mixed_derivatives(model, x, 3)
+    actual = hope_attr.mixed_derivatives(model, x, 3, route="jets")
     assert _relative_error(actual, _nested_jacfwd(model, x, 3)) <= 1e-9
 
 
-@pytest.mark.usefixtures("jets_only")
 def test_many_points_are_cut_into_blocks(monkeypatch) -> None:
     monkeypatch.setattr(_mixed, "_BLOCK_BYTES", 3000)
     model, x = _mlp(2), torch.randn(50, 2, dtype=torch.float64)
@@ -132,16 +123,15 @@ def test_many_points_are_cut_into_blocks(monkeypatch) -> None:
     assert [(start, stop) for start, stop, _ in blocks][:2] == [(0, 3), (3, 6)]
     assert blocks[-1][1] == 50
     assert all(part.chunk_size == 4 for _, _, part in blocks)
-    actual = hope_attr.mixed_derivatives(model, x, 3)
+    actual = hope_attr.mixed_derivatives(model, x, 3, route="jets")
     assert _relative_error(actual, _nested_jacfwd(model, x, 3)) <= 1e-9
 
 
-@pytest.mark.usefixtures("jets_only")
 def test_internal_batch_size_sets_the_directions_per_chunk(monkeypatch) -> None:
     model, x = _mlp(3), torch.randn(4, 3, dtype=torch.float64)
     blocks = list(_mixed._blocks(Expansion(model, x, 3), 10, directions_per_chunk=3))
     assert {part.chunk_size for _, _, part in blocks} == {3}
-    actual = hope_attr.mixed_derivatives(model, x, 3, internal_batch_size=3)
+    actual = hope_attr.mixed_derivatives(model, x, 3, internal_batch_size=3, route="jets")
     assert _relative_error(actual, _nested_jacfwd(model, x, 3)) <= 1e-9
 
 
@@ -150,7 +140,6 @@ def _scaled(weights: torch.Tensor, derivatives: list[torch.Tensor]) -> list[torc
     return [weights.reshape(-1, *([1] * (d.dim() - 1))) * d for d in derivatives]
 
 
-@pytest.mark.usefixtures("jets_only")
 def test_function_with_a_batch_sized_constant_runs_in_one_block(monkeypatch) -> None:
     # f works only on the whole batch: a block of fewer points would not broadcast (or, for one
     # point, would silently broadcast to the whole batch). It must fall back to one block.
@@ -160,33 +149,32 @@ def test_function_with_a_batch_sized_constant_runs_in_one_block(monkeypatch) -> 
     f = lambda z: model(z) * weights  # noqa: E731
     assert len(list(_mixed._blocks(Expansion(f, x, 3), 4, None))) == 1
     expected = _scaled(weights, _nested_jacfwd(model, x, 3))
-    assert _relative_error(hope_attr.mixed_derivatives(f, x, 3), expected) <= 1e-9
+    assert _relative_error(hope_attr.mixed_derivatives(f, x, 3, route="jets"), expected) <= 1e-9
 
 
-@pytest.mark.usefixtures("jets_only")
 def test_per_example_additional_arguments(monkeypatch) -> None:
     monkeypatch.setattr(_mixed, "_BLOCK_BYTES", 1)
     model, x = _mlp(2), torch.randn(5, 2, dtype=torch.float64)
     weights = torch.linspace(1.0, 2.0, 5, dtype=torch.float64)[:, None]
     actual = hope_attr.mixed_derivatives(
-        lambda z, w: model(z) * w, x, 3, additional_forward_args=(weights,)
+        lambda z, w: model(z) * w, x, 3, additional_forward_args=(weights,), route="jets"
     )
     assert _relative_error(actual, _scaled(weights, _nested_jacfwd(model, x, 3))) <= 1e-9
 
 
 @pytest.mark.parametrize("method", ["jets", "mlp"])
-def test_float32_blocks_match_float64(monkeypatch, method: str) -> None:
-    monkeypatch.setattr(_mixed, "_METHOD", method)
+def test_float32_blocks_match_float64(method: str) -> None:
     model, x = _mlp(5), torch.randn(300, 5, dtype=torch.float64)
-    single = hope_attr.mixed_derivatives(model.float(), x.float(), 3)
-    double = hope_attr.mixed_derivatives(model.double(), x, 3)
+    single = hope_attr.mixed_derivatives(model.float(), x.float(), 3, route=method)
+    double = hope_attr.mixed_derivatives(model.double(), x, 3, route=method)
     assert _relative_error([s.double() for s in single], double) <= 1e-5
 
 
-@pytest.mark.usefixtures("jets_only")
 def test_output_independent_of_the_inputs_gives_zeros_per_block(monkeypatch) -> None:
     monkeypatch.setattr(_mixed, "_BLOCK_BYTES", 1)
     x = torch.randn(6, 2, dtype=torch.float64)
-    derivatives = hope_attr.mixed_derivatives(lambda z: (z > 100).to(z.dtype) + 2.0, x, 2)
+    derivatives = hope_attr.mixed_derivatives(
+        lambda z: (z > 100).to(z.dtype) + 2.0, x, 2, route="jets"
+    )
     assert [tuple(d.shape) for d in derivatives] == [(6, 2, 2), (6, 2, 2, 2)]
     assert all(d.abs().max() == 0 for d in derivatives)
