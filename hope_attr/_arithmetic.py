@@ -37,6 +37,12 @@ def _pad_orders(series: Tensor, m: int) -> Tensor:
     return torch.cat([series, series.new_zeros((m - series.shape[0], *series.shape[1:]))])
 
 
+def expanded_series(jet: Jet) -> Tensor:
+    """The stored coefficients with the batch axis materialized (a view, no copy)."""
+    series = jet.series
+    return series.expand(*series.shape[:2], *jet.primal.shape)
+
+
 def lifted_series(jet: Jet, ndim: int) -> Tensor:
     """``jet.series`` laid out for a result of rank ``ndim`` that ``jet`` broadcasts into.
 

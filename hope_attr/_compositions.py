@@ -1,5 +1,8 @@
 """Taylor rules derived by identities over the primitive rules.
 
+SiLU, Mish, softmax and log-softmax are registered with the other activations in
+:mod:`hope_attr._rules_elementwise`; the rest are registered here.
+
 Each function here only encodes an identity (``silu(x) = x sigmoid(x)``, softmax as ``exp`` over a
 sum, layer norm from means and ``rsqrt``); exactness follows from the primitives'. Constants that
 are read off the primal -- the max subtracted for a stable softmax -- do not change the function,
@@ -31,12 +34,10 @@ def _reduce(x: Jet, dims: Sequence[int], mean: bool) -> Jet:
     return Jet(reduce(x.primal, tuple(dims), keepdim=True), series, x.order)
 
 
-@register_rule(F.silu)
 def silu(x: Jet, inplace: bool = False) -> Jet:
     return x * ar.sigmoid(x)
 
 
-@register_rule(F.mish)
 def mish(x: Jet, inplace: bool = False) -> Jet:
     return x * ar.tanh(ar.softplus(x))
 
@@ -47,7 +48,6 @@ def gelu_tanh(x: Jet) -> Jet:
     return 0.5 * x * (1 + ar.tanh(inner))
 
 
-@register_rule(F.softmax, torch.softmax, torch.Tensor.softmax)
 def softmax(x: Jet, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> Jet:
     if dim is None:
         raise ValueError("softmax needs an explicit dim")
@@ -56,7 +56,6 @@ def softmax(x: Jet, dim: int | None = None, _stacklevel: int = 3, dtype=None) ->
     return e / _reduce(e, (dim,), mean=False)
 
 
-@register_rule(F.log_softmax, torch.log_softmax, torch.Tensor.log_softmax)
 def log_softmax(x: Jet, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> Jet:
     if dim is None:
         raise ValueError("log_softmax needs an explicit dim")

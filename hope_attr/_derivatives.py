@@ -13,8 +13,12 @@ from hope_attr import (  # noqa: F401  (register the built-in rules)
     _compositions,
     _eager,
     _interpreter,
-    _primitives,
+    _rules_arithmetic,
     _rules_attention,
+    _rules_elementwise,
+    _rules_linear,
+    _rules_pooling,
+    _rules_structure,
 )
 from hope_attr._jet import InputSeed, Jet
 

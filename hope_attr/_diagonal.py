@@ -32,31 +32,8 @@ from torch import Tensor, nn
 from hope_attr import _interpreter, _registry
 from hope_attr._derivatives import Expansion
 from hope_attr._jet import Jet
-from hope_attr._primitives import ELEMENTWISE_ACTIVATIONS
+from hope_attr._rules_elementwise import ELEMENTWISE_ACTIVATIONS, ELEMENTWISE_FUNCTIONS
 
-_ELEMENTWISE_FUNCTIONS = {
-    torch.tanh,
-    torch.sigmoid,
-    torch.exp,
-    torch.sin,
-    torch.cos,
-    torch.relu,
-    F.relu,
-    F.gelu,
-    F.silu,
-    F.softplus,
-    F.elu,
-    F.leaky_relu,
-    F.mish,
-    F.tanh,
-    F.sigmoid,
-    torch.Tensor.tanh,
-    torch.Tensor.sigmoid,
-    torch.Tensor.exp,
-    torch.Tensor.sin,
-    torch.Tensor.cos,
-    torch.Tensor.relu,
-}
 _RESHAPES = {
     torch.flatten,
     torch.reshape,
@@ -159,7 +136,7 @@ def _backward_rule(
             return _linear_backward(args[1])
         if target in _RESHAPES:
             return _reshape_backward
-        if target in _ELEMENTWISE_FUNCTIONS:
+        if target in ELEMENTWISE_FUNCTIONS:
             rule = _registry.function_rule(target)
             return _elementwise_backward(lambda jet: rule(jet, *args[1:], **kwargs))
     raise ValueError(

@@ -3,7 +3,8 @@
 A ReLU, clamp, abs, elementwise maximum or max pooling takes one branch per entry, chosen at the
 primal; its jet is exact only until some entry crosses to another branch (a *kink*). Taylor
 continuation (:mod:`hope_attr._continuation`) must step no further than the first kink of each
-path. The piecewise-linear rules in :mod:`hope_attr._primitives` call :func:`report` (or
+path. The piecewise-linear rules in :mod:`hope_attr._rules_elementwise` and
+:mod:`hope_attr._rules_pooling` call :func:`report` (or
 :func:`report_pair`, :func:`report_max_pool`) with their input jets; the call does nothing unless
 a :func:`watch` context is active on this thread, so ordinary expansions pay one attribute lookup.
 

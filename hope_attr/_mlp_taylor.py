@@ -8,7 +8,7 @@ than from the univariate jets of :mod:`hope_attr._mixed`:
   coefficients ``(B, M_d, W)`` per degree ``d`` (``M_d`` monomials, ordered as
   :func:`hope_attr._monomials.multi_indices`). A linear layer acts on every coefficient (its bias on
   the primal only); an activation ``g`` composes with its Taylor table ``T_j = g^(j)(z0) / j!``
-  (:func:`hope_attr._primitives.activation_table`, or its registered rule applied to a
+  (:func:`hope_attr._rules_elementwise.activation_table`, or its registered rule applied to a
   one-direction jet): ``g(z0 + D) - g(z0) = T_1 D + D R`` with
   ``R = sum_{j >= 2} T_j D^(j-1)``, products truncated by degree.
 * **The top degree n is not propagated.** A degree-``n`` coefficient reaches every later layer
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hope_attr import _primitives, _registry
+from hope_attr import _registry, _rules_elementwise, _rules_linear
 from hope_attr._jet import Jet
 from hope_attr._monomials import count, multi_indices
 
@@ -89,11 +89,11 @@ def chain_of(expansion: Expansion) -> list[_Step] | None:
             return None
         module = expansion.graph.get_submodule(node.target)
         rule = _registry.module_rule(type(module))
-        if isinstance(module, nn.Linear) and rule is _primitives._linear_module:
+        if isinstance(module, nn.Linear) and rule is _rules_linear._linear_module:
             steps.append(_Step(module, True))
-        elif isinstance(module, _primitives.ELEMENTWISE_ACTIVATIONS) and rule is not None:
+        elif isinstance(module, _rules_elementwise.ELEMENTWISE_ACTIVATIONS) and rule is not None:
             steps.append(_Step(module, False))  # its table comes from its rule: any rule will do
-        elif not (isinstance(module, _PASS_THROUGH) and rule is _primitives._identity_module):
+        elif not (isinstance(module, _PASS_THROUGH) and rule is _rules_linear._identity_module):
             return None
         previous = node
     return steps if nodes[-1].args == (previous,) and steps else None
@@ -190,7 +190,7 @@ def _primal_pass(steps: list[_Step], x: Tensor, order: int) -> tuple[list[Table 
 def _table(module: nn.Module, z0: Tensor, order: int) -> Table:
     """``[g(z0), g'(z0), g''(z0)/2!, ...]``: read off directly where the built-in rule is a plain
     table, else from the module's own Taylor rule on a unit jet."""
-    table = _primitives.activation_table(module, z0, order)
+    table = _rules_elementwise.activation_table(module, z0, order)
     if table is not None:
         return table
     unit = Jet(z0, torch.ones_like(z0).unsqueeze(0).unsqueeze(0), order)

@@ -222,9 +222,9 @@ def test_activation_tables_are_the_rules_series(module: nn.Module) -> None:
     """The table read off directly (where there is one) is what the rule gives a unit jet, and
     either is the derivatives of the module itself."""
     z = torch.linspace(-2.95, 3.05, 13, dtype=DTYPE).reshape(1, 13)  # no kink on the grid
-    from hope_attr import _primitives
+    from hope_attr import _rules_elementwise
 
-    direct = _primitives.activation_table(module, z, 4)
+    direct = _rules_elementwise.activation_table(module, z, 4)
     # Plain tables are read off directly; compositions come from the rule.
     composition = (
         isinstance(module, (nn.SiLU, nn.Mish)) or getattr(module, "approximate", "") == "tanh"
@@ -246,14 +246,14 @@ def test_activation_tables_are_the_rules_series(module: nn.Module) -> None:
 
 
 def test_a_user_rule_for_an_activation_is_used(monkeypatch) -> None:
-    from hope_attr import _primitives, _registry
+    from hope_attr import _registry, _rules_elementwise
 
     def doubled_tanh(module: nn.Tanh, x: hope_attr.Jet) -> hope_attr.Jet:
         return 2.0 * torch.tanh(x)
 
     monkeypatch.setitem(_registry._MODULE_RULES, nn.Tanh, doubled_tanh)
     z = torch.randn(2, 3, dtype=DTYPE)
-    assert _primitives.activation_table(nn.Tanh(), z, 3) is None
+    assert _rules_elementwise.activation_table(nn.Tanh(), z, 3) is None
     table = _mlp_taylor._table(nn.Tanh(), z, 3)
     torch.testing.assert_close(table[1], 2.0 * (1 - torch.tanh(z) ** 2))
     # Both routes follow the user's rule, so they agree with each other (not with the module).

@@ -272,7 +272,7 @@ def test_operator_targets_are_registered() -> None:
 )
 def test_first_conv_reads_kernel_slices(conv: nn.Module, shape: tuple[int, ...]) -> None:
     # The seed's response is gathered from the kernel; it must equal convolving one-hot images.
-    from hope_attr._primitives import _conv_seed_response
+    from hope_attr._rules_linear import _conv_seed_response
 
     conv = conv.double()
     features = torch.Size(shape).numel()
