@@ -182,15 +182,10 @@ class HOPEAttribution(Attribution):
         """
         is_tuple = isinstance(inputs, tuple)
         inputs_tuple = _detached(inputs)
-        _check_additional_args(additional_forward_args)
-        result = self._compute(
-            inputs_tuple,
-            _format_baselines(baselines, inputs_tuple),
-            _format_feature_mask(feature_mask, inputs_tuple),
-            additional_forward_args,
-            internal_batch_size,
+        result = self._checked_compute(
+            inputs_tuple, baselines, feature_mask, additional_forward_args, internal_batch_size,
             show_progress,
-        )
+        )  # fmt: skip
         output_shape = result.output_shape
         selected = tuple(_select_target(t, target, output_shape) for t in result.terms)
         attributions = tuple(
@@ -239,16 +234,10 @@ class HOPEAttribution(Attribution):
             torch.Size([2, 5, 3])
         """
         is_tuple = isinstance(inputs, tuple)
-        inputs_tuple = _detached(inputs)
-        _check_additional_args(additional_forward_args)
-        result = self._compute(
-            inputs_tuple,
-            _format_baselines(baselines, inputs_tuple),
-            _format_feature_mask(feature_mask, inputs_tuple),
-            additional_forward_args,
-            internal_batch_size,
+        result = self._checked_compute(
+            inputs, baselines, feature_mask, additional_forward_args, internal_batch_size,
             show_progress,
-        )
+        )  # fmt: skip
         results: list[Any] = [result.attributions if is_tuple else result.attributions[0]]
         if return_orders:
             results.append(result.terms if is_tuple else result.terms[0])
@@ -352,6 +341,27 @@ class HOPEAttribution(Attribution):
         raise NotImplementedError("attribute_future is not implemented for HOPEAttribution")
 
     # ------------------------------------------------------------------ internals
+    def _checked_compute(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        baselines: Any,
+        feature_mask: Any,
+        additional_forward_args: Any,
+        internal_batch_size: int | None,
+        show_progress: bool,
+    ) -> Any:
+        """Validate the Captum-style arguments, then :meth:`_compute` on detached inputs."""
+        inputs_tuple = _detached(inputs)
+        _check_additional_args(additional_forward_args)
+        return self._compute(
+            inputs_tuple,
+            _format_baselines(baselines, inputs_tuple),
+            _format_feature_mask(feature_mask, inputs_tuple),
+            additional_forward_args,
+            internal_batch_size,
+            show_progress,
+        )
+
     def _compute(
         self,
         inputs: tuple[Tensor, ...],

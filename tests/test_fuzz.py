@@ -47,6 +47,20 @@ def _clear(error: Exception) -> None:
     assert "Traceback" not in message
 
 
+_REFUSED = object()
+
+
+def _call(call, own_error: type[Exception] | None) -> object:
+    """``call()``; ``_REFUSED`` if it raised a clear error or the model's own (both checked)."""
+    try:
+        return call()
+    except CLEAR as error:
+        _clear(error)
+    except Exception as error:
+        assert own_error is not None and isinstance(error, own_error), error
+    return _REFUSED
+
+
 def _model_error(model: nn.Module, x: torch.Tensor) -> type[Exception] | None:
     """The error the model itself raises on ``x`` (a float32 input to a float64 model): an entry
     point may raise the same, as Captum's methods do."""
@@ -77,13 +91,8 @@ def test_unmixed_derivatives(batch, features, outputs, dtype, order, nan) -> Non
     if nan and batch and dtype.is_floating_point:
         x[0, 0] = float("nan")
     own_error = _model_error(model, x) if batch else None
-    try:
-        d = hope_attr.unmixed_derivatives(model, x, order)
-    except CLEAR as error:
-        _clear(error)
-        return
-    except Exception as error:
-        assert own_error is not None and isinstance(error, own_error), error
+    d = _call(lambda: hope_attr.unmixed_derivatives(model, x, order), own_error)
+    if d is _REFUSED:
         return
     assert isinstance(order, int) and 1 <= order <= 1000 and batch > 0 and not nan
     assert d.shape == (order, batch, outputs, features)
@@ -192,22 +201,12 @@ def test_mixed_derivatives_and_expand(points, features, order, dtype) -> None:
     model = Quadratic(features, 2).double().eval()
     x = torch.rand(points, features, dtype=torch.float64).to(dtype)
     own_error = _model_error(model, x) if points else None
-    try:
-        tensors = hope_attr.mixed_derivatives(model, x, order)
-    except CLEAR as error:
-        _clear(error)
-    except Exception as error:
-        assert own_error is not None and isinstance(error, own_error), error
-    else:
+    tensors = _call(lambda: hope_attr.mixed_derivatives(model, x, order), own_error)
+    if tensors is not _REFUSED:
         assert len(tensors) == order and all(torch.isfinite(t).all() for t in tensors)
         assert tensors[0].shape == (points, 2, features)
-    try:
-        polynomial = hope_attr.expand(model, x[0] if points else x, order)
-    except CLEAR as error:
-        _clear(error)
-        return
-    except Exception as error:
-        assert own_error is not None and isinstance(error, own_error), error
+    polynomial = _call(lambda: hope_attr.expand(model, x[0] if points else x, order), own_error)
+    if polynomial is _REFUSED:
         return
     probe = torch.rand(4, features, dtype=torch.float64)
     if isinstance(order, int) and order >= 2:
