@@ -25,9 +25,14 @@ from hope_attr._jet import InputSeed, Jet
 # Memory the series of one activation may take. The default chunk of directions is sized so that
 # the largest series (with the temporaries of a nonlinearity, ~4 copies) fits in it. Every chunk
 # pays the interpreter's dispatch and the Taylor tables of the primal again (about 5 ms on the
-# MNIST CNN at order 10), so fewer, larger chunks win until memory runs short: on that CNN one
-# chunk of 784 directions took 57 ms and nine chunks of 91 took 108 ms.
-_SERIES_BUDGET_BYTES = 256 * 2**20
+# MNIST CNN at order 10), so fewer chunks win, up to a point set by the C allocator: glibc serves
+# blocks above its mmap threshold (at most 32 MiB) with fresh pages from the kernel, which fault
+# in on first touch and go back on free, for every temporary of every chunk. Keeping the largest
+# series at 16 MiB keeps all temporaries on the reused heap. Measured on the MNIST CNN, a batch of
+# 16 digits, order 10, one thread, glibc defaults: chunks of 24-32 directions (16-21 MiB series)
+# 1.8 s, 48 directions (31 MiB) 2.5 s, the former 64 MiB budget 3.5 s (1.7 s with
+# MALLOC_MMAP_MAX_=0, which users do not set).
+_SERIES_BUDGET_BYTES = 64 * 2**20
 # On a GPU, every chunk costs hundreds of kernel launches (resnet18 at 224 px: 40 chunks of 5
 # directions spent 0.6 s launching 68 ms of kernels on an H200), so the budget is a share of the
 # device's free memory instead.

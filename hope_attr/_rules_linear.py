@@ -102,7 +102,56 @@ def _conv(call: _ConvCall, x: Jet) -> Jet:
             return _conv_seed_window(call, x, window, primal)
         response = _conv_seed_response(call, x.seed.start, x.seed.stop, x.primal.shape)
         return x.with_series(primal, response.unsqueeze(0).unsqueeze(2))
+    if x.window is not None and _keeps_windows(call):
+        return _conv_window(call, x, primal)
     return ar.map_batchwise(x, lambda s: call(s, with_bias=False), primal)
+
+
+def _keeps_windows(call: _ConvCall) -> bool:
+    return (
+        not isinstance(call.padding, str)
+        and call.padding_mode == "zeros"
+        and all(s == 1 for s in call.stride)
+        and all(d == 1 for d in call.dilation)
+    )
+
+
+def _conv_window(call: _ConvCall, x: Jet, primal: Tensor) -> Jet:
+    """A convolution of windowed series, computed on the windows themselves.
+
+    Window entry ``e`` of a direction whose window sits at ``q`` is map position ``q + e``; with
+    stride 1 it reaches outputs ``q + padding - (kernel - 1) + j`` for ``j`` in
+    ``[0, size + kernel - 1)``, through tap ``e - j + kernel - 1``. That is the "full"
+    correlation of the window with the kernel (padding ``kernel - 1``): a convolution of the
+    small windows instead of the whole, mostly zero, maps (9x cheaper for a 3x3 window in a
+    12x12 map). The result stays windowed if that is still worthwhile, else it is scattered.
+    """
+    window = x.window
+    assert window is not None
+    kernel = call.weight.shape[2:]
+    series = x._series  # (m, D, B|1, C, *size)
+    m, d, b = series.shape[:3]
+    full_padding = tuple(k - 1 for k in kernel)
+    out = (F.conv1d, F.conv2d, F.conv3d)[len(kernel) - 1](
+        series.reshape(m * d * b, *series.shape[3:]),
+        call.weight,
+        None,
+        1,
+        full_padding,
+        1,
+        call.groups,
+    )
+    out = out.reshape(m, d, b, *out.shape[1:])
+    shift = torch.tensor(
+        [p - (k - 1) for p, k in zip(call.padding, kernel, strict=True)],
+        device=window.offsets.device,
+    )
+    grown = Window(window.offsets + shift, tuple(out.shape[4:]), tuple(primal.shape[2:]))
+    if not grown.is_worthwhile():
+        return Jet(primal, grown.scatter(out), x.order)
+    _, inside = grown.layout()  # entries that left the map must be zero (the invariant)
+    out = out * inside.reshape(1, inside.shape[0], 1, 1, *grown.size)
+    return Jet(primal, out, x.order, window=grown)
 
 
 def _seed_window(

@@ -92,6 +92,42 @@ STEMS: dict[str, tuple[nn.Module, tuple[int, ...]]] = {
         lambda x: torch.nn.functional.avg_pool2d(torch.tanh(_CONV(x)) + _CONV(x), 2).sum((2, 3)),
         (2, 1, 12, 12),
     ),
+    "a second convolution on the windows (they stay windowed)": (
+        nn.Sequential(
+            nn.Conv2d(1, 2, 3),
+            nn.Tanh(),
+            nn.Conv2d(2, 3, 3, padding=1),
+            nn.Tanh(),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(3 * 9 * 9, 2),
+        ),
+        (2, 1, 20, 20),
+    ),  # fmt: skip
+    "a grouped, padded second convolution whose windows cover the map (scattered)": (
+        nn.Sequential(
+            nn.Conv2d(2, 4, 3),
+            nn.Sigmoid(),
+            nn.AvgPool2d(2),
+            nn.Conv2d(4, 4, (3, 5), padding=(2, 1), groups=2),
+            nn.Tanh(),
+            nn.Flatten(),
+            nn.Linear(4 * 6 * 2, 2),
+        ),
+        (2, 2, 11, 11),
+    ),  # fmt: skip
+    "Conv1d on Conv1d windows": (
+        nn.Sequential(
+            nn.Conv1d(2, 3, 4),
+            nn.GELU(),
+            nn.Conv1d(3, 2, 3),
+            nn.Tanh(),
+            nn.AvgPool1d(2),
+            nn.Flatten(),
+            nn.Linear(2 * 13, 2),
+        ),
+        (2, 2, 32),
+    ),  # fmt: skip
 }
 _CONV = nn.Conv2d(1, 2, 3).double()
 _CONV1D = nn.Conv1d(2, 3, 4).double()
@@ -127,6 +163,24 @@ def test_windowed_stem_matches_nested_jvp(name: str, window_calls: dict[str, int
     assert window_calls["scatter"] > 0
     if "residual" not in name:
         assert window_calls["average_pool"] + window_calls["max_pool"] > 0
+
+
+@pytest.mark.parametrize(
+    "name", [name for name in STEMS if "second convolution" in name or "on Conv1d" in name]
+)
+def test_second_convolution_runs_on_the_windows(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The convolution of windowed series must take the windowed path (else the stems above
+    would test the dense path twice)."""
+    from hope_attr import _rules_linear
+
+    calls = []
+    original = _rules_linear._conv_window
+    monkeypatch.setattr(
+        _rules_linear, "_conv_window", lambda *args: calls.append(1) or original(*args)
+    )
+    model, shape = STEMS[name]
+    hope_attr.unmixed_derivatives(model.double().eval(), torch.randn(shape, dtype=torch.float64), 2)
+    assert calls
 
 
 def test_window_is_skipped_when_it_covers_most_of_the_map(window_calls: dict[str, int]) -> None:
