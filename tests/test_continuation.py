@@ -10,10 +10,23 @@ from captum.attr import FeatureAblation
 from torch import nn
 
 import hope_attr
-from hope_attr import ConvergenceWarning, HOPEAttribution, PiecewiseLinearWarning, _kinks
+from hope_attr import (
+    ConvergenceWarning,
+    HOPEAttribution,
+    PiecewiseLinearWarning,
+    _continuation,
+    _kinks,
+)
 from hope_attr._derivatives import Expansion
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(params=[0, 200], ids=["end-by-forward", "taylor-steps"])
+def taylor_steps(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Both ways continuation reaches a path's end: the default forward pass, Taylor steps."""
+    monkeypatch.setattr(_continuation, "TAYLOR_STEPS", request.param)
+    return request.param
 
 
 def _steep_tanh_mlp(width: int = 16, features: int = 12) -> nn.Module:
@@ -60,7 +73,9 @@ def _relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).norm() / expected.norm()).item()
 
 
-def test_exact_warns_where_the_series_diverges_and_continuation_matches_ablation() -> None:
+def test_exact_warns_where_the_series_diverges_and_continuation_matches_ablation(
+    taylor_steps: int,
+) -> None:
     model = _steep_tanh_mlp()
     x = torch.rand(3, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     expected = FeatureAblation(model).attribute(x, target=1)
@@ -76,10 +91,12 @@ def test_exact_warns_where_the_series_diverges_and_continuation_matches_ablation
             model, order=4, method="continuation", rtol=1e-8
         ).attribute(x, target=1, return_diagnostics=True)
     assert _relative(continued, expected) < 1e-6
-    assert diagnostics.steps.max() > 1  # some paths really were continued
+    assert (diagnostics.steps[~diagnostics.converged] >= 1).all()  # continued, not summed
+    if taylor_steps:
+        assert diagnostics.steps.max() > 2  # some paths took several Taylor steps
 
 
-def test_continuation_serves_every_output_and_feature_masks() -> None:
+def test_continuation_serves_every_output_and_feature_masks(taylor_steps: int) -> None:
     model = _steep_tanh_mlp()
     x = torch.rand(2, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     baseline = 0.5
@@ -104,7 +121,7 @@ def test_convergent_series_is_not_flagged() -> None:
     assert (diagnostics.radius > 1).all() and diagnostics.converged.all()
 
 
-def test_relu_maxpool_continuation_matches_ablation_to_rounding() -> None:
+def test_relu_maxpool_continuation_matches_ablation_to_rounding(taylor_steps: int) -> None:
     model = _relu_cnn()
     generator = torch.Generator().manual_seed(2)
     x = torch.rand(2, 1, 12, 12, dtype=torch.float64, generator=generator)
@@ -232,7 +249,7 @@ class _Gated(nn.Module):
 
 
 @pytest.mark.parametrize("kind", ["where", "masked_fill", "jet_vs_jet"])
-def test_continuation_stops_at_data_dependent_conditions(kind: str) -> None:
+def test_continuation_stops_at_data_dependent_conditions(kind: str, taylor_steps: int) -> None:
     """torch.where / masked_fill whose condition flips along the path: FeatureAblation's values
     (before, the series stepped over the flip silently)."""
     model = _Gated(kind).double().eval()
@@ -256,7 +273,7 @@ def test_continuation_stops_at_data_dependent_conditions(kind: str) -> None:
         assert _relative(actual, expected) < 1e-6
 
 
-def test_kink_brought_forward_by_curvature_is_not_stepped_over() -> None:
+def test_kink_brought_forward_by_curvature_is_not_stepped_over(taylor_steps: int) -> None:
     """z(t) = 0.1 + 0.5 t - 2 t^2 moves away from ReLU's kink at first order but crosses it at
     t = 0.38: the first-order estimate alone summed the positive branch's polynomial to t = 1."""
     model = lambda x: torch.relu(0.1 + 0.5 * x - 2 * x**2)  # noqa: E731
@@ -271,7 +288,7 @@ def test_kink_brought_forward_by_curvature_is_not_stepped_over() -> None:
     assert watch.first.item() <= (0.5 + (0.25 + 0.8) ** 0.5) / 4  # never later than the crossing
 
 
-def test_undecidable_decisions_fall_back_to_the_ablation() -> None:
+def test_undecidable_decisions_fall_back_to_the_ablation(taylor_steps: int) -> None:
     """An argmax on a jet: where it flips is unknown, so every path ends by a forward pass.
     (Each branch is a quadratic, so the series at x looked exact and was summed across the flip.)"""
 
