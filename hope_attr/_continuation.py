@@ -20,8 +20,8 @@ single series gives it. Two exact ways to get it, both here:
 Every expansion evaluates ``f`` exactly at the point it is taken, so the steps' truncation errors
 never accumulate, and the forward pass at the end is never less exact than the last step. It is
 also cheaper than a single step (an order-``n`` expansion costs several forward passes): measured
-by ``benchmarks/continuation.py``, Taylor steps took 1.2x to 18x the time of the forward pass at
-the end, at equal or larger error, on every model there. Hence the default of no steps; the
+by ``benchmarks/continuation.py``, continuation with Taylor steps took 1.3x to 12x the time of
+continuation ending paths by the forward pass, at equal or larger error, on every model there. Hence the default of no steps; the
 per-order series of the first step, at ``x``, is what ``method="continuation"`` keeps of HOPE.
 """
 
