@@ -21,8 +21,9 @@ Every expansion evaluates ``f`` exactly at the point it is taken, so the steps' 
 never accumulate, and the forward pass at the end is never less exact than the last step. It is
 also cheaper than a single step (an order-``n`` expansion costs several forward passes): measured
 by ``benchmarks/continuation.py``, continuation with Taylor steps took 1.3x to 12x the time of
-continuation ending paths by the forward pass, at equal or larger error, on every model there. Hence the default of no steps; the
-per-order series of the first step, at ``x``, is what ``method="continuation"`` keeps of HOPE.
+continuation ending paths by the forward pass, at equal or larger error, on every model there.
+Hence the default of no steps; the per-order series at ``x`` is what ``method="continuation"``
+keeps of HOPE.
 """
 
 from __future__ import annotations
@@ -109,6 +110,8 @@ def continue_paths(
         norms = _convergence.coefficient_norms(series, output_dims)  # (n, P')
         rho = _convergence.radius(norms)
         kink = watch.first if watch.first is not None else torch.full_like(rho, torch.inf)
+        if watch.everywhere:
+            kink = torch.zeros_like(rho)
         limit = tolerance[active]
         finish = (
             (_convergence.truncation_error(norms) <= limit)

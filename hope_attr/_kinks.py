@@ -15,9 +15,9 @@ Each entry is ``z(t) = z0 + z1 t + r(t)`` with ``|r(t)| <= R t^2`` for ``0 <= t 
 reported is the earliest ``t`` at which ``z`` *can* reach its threshold under that bound: exact
 where ``R = 0`` (piecewise-linear networks, whose higher coefficients vanish), a lower bound
 otherwise, so a crossing that the curvature brings forward is never stepped over. Decisions whose
-crossing cannot be located (``argmax``, ``sort`` indices, ``.item()`` on a jet...) report time 0
-for every point. Times are in units of the jet's direction, per point of the batch (continuation
-gives every point one direction).
+crossing cannot be located (``argmax``, ``argsort``, ``.item()`` on a jet...) set
+``everywhere``: every point may change branch at once. Times are in units of the jet's
+direction, per point of the batch (continuation gives every point one direction).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class _Watch:
         self.measure = measure
         self.seen = False
         self.first: Tensor | None = None  # (B,) earliest crossing time > 0, inf if none
+        self.everywhere = False  # an unlocated decision: every point may change branch at once
 
     def add(self, times: Tensor) -> None:
         """``times``: ``(D, B, ...)`` crossing times, ``inf`` where an entry never crosses."""
@@ -161,10 +162,8 @@ def report_unlocated(*args: object) -> None:
     watch_ = _active()
     if watch_ is None:
         return
-    jets = [v for v in args if isinstance(v, Jet)]
-    if jets:
-        points = jets[0].primal.shape[0] if jets[0].primal.dim() else 1
-        watch_.add(jets[0].primal.new_zeros(1, points))
+    if any(isinstance(v, Jet) for v in args):
+        watch_.everywhere = True
 
 
 def report_max_pool(
