@@ -230,7 +230,7 @@ def _rounding_steps(x: object, *args: object, **kwargs: object) -> None:
         _kinks.report(x, nearest - 0.5, nearest + 0.5)
 
 
-_CHANGES_AT: dict[str, Callable[..., None]] = {
+_CHANGES_AT: dict[str, Callable[..., None] | None] = {
     "sign": lambda x, *a, **k: _kinks.report(x, 0.0),
     "signbit": lambda x, *a, **k: _kinks.report(x, 0.0),
     "floor": _integer_steps, "ceil": _integer_steps, "trunc": _integer_steps,
