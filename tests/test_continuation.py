@@ -341,15 +341,15 @@ def test_crossing_time_is_never_later_than_the_true_crossing() -> None:
     """For polynomials z(t) = z0 + z1 t + z2 t^2 + z3 t^3, the reported time (with the bound
     R = |z2| + |z3|) is at most the first t in (0, 1] where z reaches 0 (found on a fine grid)."""
     generator = torch.Generator().manual_seed(6)
-    z = torch.randn(4, 2000, dtype=torch.float64, generator=generator)
-    z[2:] *= torch.rand(2000, dtype=torch.float64, generator=generator) * 3
+    z = torch.randn(4, 1000, dtype=torch.float64, generator=generator)
+    z[2:] *= torch.rand(1000, dtype=torch.float64, generator=generator) * 3
     reported = _kinks._crossing(z[0], z[1], z[2].abs() + z[3].abs())
-    t = torch.linspace(0, 1, 20001, dtype=torch.float64).reshape(-1, 1)
+    t = torch.linspace(0, 1, 5001, dtype=torch.float64).reshape(-1, 1)
     values = z[0] + z[1] * t + z[2] * t**2 + z[3] * t**3
     crosses = torch.sign(values[1:]) != torch.sign(values[:1])
     cross = crosses.any(0)
     first = t[1:, 0][crosses.int().argmax(0)][cross]
-    assert cross.sum() > 100  # many of them do cross
-    assert (reported[cross] <= first + 1e-4).all()
+    assert cross.sum() > 50  # many of them do cross
+    assert (reported[cross] <= first + 2e-4).all()  # the grid step
     linear = _kinks._crossing(z[0], z[1])  # without the bound: later than the truth somewhere
     assert (linear[cross] > first + 1e-3).any()
