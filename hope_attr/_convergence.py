@@ -33,6 +33,8 @@ class ConvergenceWarning(UserWarning):
 
     ``HOPEAttribution(method="exact")`` warns with it once per call, with the number of features
     affected; ``method="continuation"`` gives those features FeatureAblation's values.
+    torchvision's ``mobilenet_v3_small`` and ``efficientnet_b0`` with realistic BatchNorm
+    statistics warn on 8x8 patches (``tests/test_continuation.py``).
     """
 
 
@@ -55,8 +57,9 @@ class Diagnostics:
         error: the estimated truncation error of the ``order``-term sum at the baseline, in the
             output's units (largest over the outputs).
         converged: ``radius > 1`` and ``error <= rtol * |f(x)|`` (largest output).
-        steps: Taylor steps continuation took (``0`` where the first series sufficed, ``None``
-            for ``method="exact"``).
+        steps: how continuation reached the feature's baseline: ``0`` where the first series
+            sufficed, else the Taylor expansions taken plus one for the forward pass at the end
+            (by default no expansion: ``1``); ``None`` for ``method="exact"``.
     """
 
     radius: Tensor | tuple[Tensor, ...]

@@ -177,17 +177,19 @@ class Jet:
     def __abs__(self) -> Jet:
         return torch.abs(self)
 
-    def __gt__(self, other: object) -> Tensor:  # comparisons are constants: primal only
-        return self.primal > _primal(other)
+    # Comparisons are constants (primal only), through their rules, which also tell Taylor
+    # continuation where their truth value flips (hope_attr._kinks).
+    def __gt__(self, other: object) -> Tensor:
+        return torch.gt(self, other)
 
     def __lt__(self, other: object) -> Tensor:
-        return self.primal < _primal(other)
+        return torch.lt(self, other)
 
     def __ge__(self, other: object) -> Tensor:
-        return self.primal >= _primal(other)
+        return torch.ge(self, other)
 
     def __le__(self, other: object) -> Tensor:
-        return self.primal <= _primal(other)
+        return torch.le(self, other)
 
     def __getattr__(self, name: str) -> object:
         """Tensor methods (``x.tanh()``, ``x.view(...)``) dispatch to their Taylor rules;

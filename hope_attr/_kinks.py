@@ -1,17 +1,23 @@
-"""Where the branches of piecewise-linear operations change along a jet's directions.
+"""Where the branches of piecewise-linear operations and comparisons may change along a jet.
 
-A ReLU, clamp, abs, elementwise maximum or max pooling takes one branch per entry, chosen at the
-primal; its jet is exact only until some entry crosses to another branch (a *kink*). Taylor
-continuation (:mod:`hope_attr._continuation`) must step no further than the first kink of each
-path. The piecewise-linear rules in :mod:`hope_attr._rules_elementwise` and
-:mod:`hope_attr._rules_pooling` call :func:`report` (or
-:func:`report_pair`, :func:`report_max_pool`) with their input jets; the call does nothing unless
-a :func:`watch` context is active on this thread, so ordinary expansions pay one attribute lookup.
+A ReLU, clamp, abs, elementwise maximum, max pooling or comparison (``x > 0.3`` feeding
+``torch.where`` or ``masked_fill``) takes one branch per entry, chosen at the primal; the jet is
+exact only until some entry crosses to another branch (a *kink*). Taylor continuation
+(:mod:`hope_attr._continuation`) must know, per path, how far it may go before the first one. The
+rules in :mod:`hope_attr._rules_elementwise`, :mod:`hope_attr._rules_pooling` and
+:mod:`hope_attr._rules_structure` call :func:`report` (or :func:`report_pair`,
+:func:`report_max_pool`, :func:`report_unlocated`) with their input jets; the call does nothing
+unless a :func:`watch` context is active on this thread, so ordinary expansions pay one attribute
+lookup.
 
-Crossings are computed from the first-order coefficient ``z1`` of each entry ``z(t) = z0 + z1 t``:
-exact on piecewise-linear networks (every higher coefficient is zero there), and the linear
-estimate of the crossing otherwise. Times are in units of the jet's direction, per point of the
-batch (continuation gives every point one direction).
+Each entry is ``z(t) = z0 + z1 t + r(t)`` with ``|r(t)| <= R t^2`` for ``0 <= t <= 1``, where
+``R = sum_{k>=2} |z_k|`` (twice that, as a margin for the orders the jet does not hold). The time
+reported is the earliest ``t`` at which ``z`` *can* reach its threshold under that bound: exact
+where ``R = 0`` (piecewise-linear networks, whose higher coefficients vanish), a lower bound
+otherwise, so a crossing that the curvature brings forward is never stepped over. Decisions whose
+crossing cannot be located (``argmax``, ``argsort``, ``.item()`` on a jet...) set
+``everywhere``: every point may change branch at once. Times are in units of the jet's
+direction, per point of the batch (continuation gives every point one direction).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class _Watch:
         self.measure = measure
         self.seen = False
         self.first: Tensor | None = None  # (B,) earliest crossing time > 0, inf if none
+        self.everywhere = False  # an unlocated decision: every point may change branch at once
 
     def add(self, times: Tensor) -> None:
         """``times``: ``(D, B, ...)`` crossing times, ``inf`` where an entry never crosses."""
@@ -68,40 +75,66 @@ def _active() -> _Watch | None:
     return current if current.measure else None
 
 
+# Margin on the curvature bound for the orders past the jet's (estimates, as in _convergence).
+_CURVATURE_MARGIN = 2.0
+
+
 def _first_order(x: Jet) -> Tensor:
     """``(D, B, *S)``: the first coefficient of every entry, batch broadcast out."""
     series = x.series
     return series[0].expand(series.shape[1], *x.primal.shape)
 
 
-def _crossing(gap: Tensor, rate: Tensor, rising_only: bool = False) -> Tensor:
-    """Time at which ``gap + rate * t`` reaches zero, if it does for some ``t > 0``; else inf.
+def _curvature(x: Jet) -> Tensor | float:
+    """``(D, B, *S)``: ``R``, the margin times ``sum_{k>=2} |z_k|`` (0.0 for a linear jet)."""
+    series = x.series
+    if series.shape[0] < 2:
+        return 0.0
+    bound = series[1:].abs().sum(0) * _CURVATURE_MARGIN
+    return bound.expand(series.shape[1], *x.primal.shape)
+
+
+def _crossing(
+    gap: Tensor, rate: Tensor, curvature: Tensor | float = 0.0, rising_only: bool = False
+) -> Tensor:
+    """Earliest ``t > 0`` at which ``gap + rate * t + r(t)``, ``|r(t)| <= curvature * t^2``, can
+    reach zero; inf if it cannot. With ``curvature = 0`` the exact crossing of the line.
 
     An entry sitting exactly on a kink (``gap == 0``, common where blank image regions make
     units tie) that moves gets time 0: the rule chose its branch at the primal, which may be
-    the wrong one for ``t > 0``, so continuation takes a tiny step to break the tie.
-    ``rising_only``: only a positive ``rate`` leaves the branch (max pooling, where the rule's
-    choice at a tie is the current maximum and only an entry rising faster overtakes it).
+    the wrong one for ``t > 0``. ``rising_only``: only a positive ``rate`` leaves the branch
+    (max pooling, where the rule's choice at a tie is the current maximum and only an entry
+    rising faster overtakes it).
     """
-    times = -gap / rate
-    ahead = (times > 0) & torch.isfinite(times)
-    leaving = (gap == 0) & ((rate > 0) if rising_only else (rate != 0))
-    return torch.where(ahead, times, torch.where(leaving, 0.0, torch.inf))
+    size = gap.abs()
+    approach = -torch.sign(gap) * rate  # > 0: the line heads for the threshold
+    bent = torch.as_tensor(curvature, dtype=gap.dtype, device=gap.device)
+    root = torch.sqrt(approach**2 + 4 * bent * size)
+    # The positive root of bent t^2 + approach t - size, in its cancellation-free form.
+    towards = 2 * size / (approach + root)
+    away = torch.where(
+        bent > 0, (root - approach) / bent.clamp_min(torch.finfo(gap.dtype).tiny) / 2, torch.inf
+    )
+    times = torch.where(approach > 0, towards, away)
+    moving = ((rate > 0) if rising_only else (rate != 0)) | (bent > 0)
+    on_kink = torch.where(moving, 0.0, torch.inf)
+    return torch.where(gap == 0, on_kink, torch.nan_to_num(times, nan=torch.inf))
 
 
-def report(x: object, *thresholds: float | None) -> None:
+def report(x: object, *thresholds: float | Tensor | None) -> None:
     """A rule whose branch changes where the input crosses one of ``thresholds``."""
     watch_ = _active()
     if watch_ is None or not isinstance(x, Jet):
         return
-    z1 = _first_order(x)
+    z1, bent = _first_order(x), _curvature(x)
     for threshold in thresholds:
         if threshold is not None:
-            watch_.add(_crossing(x.primal - threshold, z1))
+            watch_.add(_crossing(x.primal - threshold, z1, bent))
 
 
 def report_pair(a: object, b: object) -> None:
-    """Elementwise ``maximum``/``minimum`` of ``a`` and ``b``: the branch changes at ``a = b``."""
+    """Elementwise ``maximum``/``minimum`` or a comparison of ``a`` and ``b``: the branch (the
+    truth value) changes at ``a = b``."""
     watch_ = _active()
     if watch_ is None or not (isinstance(a, Jet) or isinstance(b, Jet)):
         return
@@ -110,14 +143,27 @@ def report_pair(a: object, b: object) -> None:
         *(v.primal.shape if isinstance(v, Jet) else torch.as_tensor(v).shape for v in (a, b))
     )
 
-    def parts(v: object) -> tuple[Tensor, Tensor | float]:
+    def parts(v: object) -> tuple[Tensor, Tensor | float, Tensor | float]:
         if isinstance(v, Jet):
-            return v.primal, _first_order(v)
-        return torch.as_tensor(v, dtype=jet.primal.dtype, device=jet.primal.device), 0.0
+            return v.primal, _first_order(v), _curvature(v)
+        return torch.as_tensor(v, dtype=jet.primal.dtype, device=jet.primal.device), 0.0, 0.0
 
-    (pa, ra), (pb, rb) = parts(a), parts(b)
+    (pa, ra, ca), (pb, rb, cb) = parts(a), parts(b)
     gap = (pa - pb).expand(shape)
-    watch_.add(_crossing(gap, torch.as_tensor(ra - rb).expand(jet.num_directions, *shape)))
+    full = (jet.num_directions, *shape)
+    rate = torch.as_tensor(ra - rb).expand(full)
+    bent = torch.as_tensor(ca + cb).expand(full)
+    watch_.add(_crossing(gap, rate, bent))
+
+
+def report_unlocated(*args: object) -> None:
+    """A decision on a jet whose crossing this module cannot locate (argmax, ``.item()``...):
+    every point may change branch at once, so continuation must not step past its start."""
+    watch_ = _active()
+    if watch_ is None:
+        return
+    if any(isinstance(v, Jet) for v in args):
+        watch_.everywhere = True
 
 
 def report_max_pool(
@@ -153,8 +199,10 @@ def report_max_pool(
     pad = (0, *pair(padding, (0, 0))[1:]) if spatial == 1 else pair(padding, (0, 0))
     dil = pair(dilation, (1, 1))
     primal = x.primal if spatial == 2 else x.primal.unsqueeze(-2)
-    rate = _first_order(x)
+    rate, bent = _first_order(x), _curvature(x)
     rate = rate if spatial == 2 else rate.unsqueeze(-2)
+    if isinstance(bent, Tensor):
+        bent = bent if spatial == 2 else bent.unsqueeze(-2)
     directions = rate.shape[0]
     # Windows as columns; padding is never selected, so it enters as -inf.
     padded = F.pad(primal, (pad[1], pad[1], pad[0], pad[0]), value=-torch.inf)
@@ -172,7 +220,12 @@ def report_max_pool(
     chosen = values.argmax(2, keepdim=True)
     top = values.gather(2, chosen)
     top_rate = rates.gather(3, chosen.expand(directions, *chosen.shape))
-    # Entry j overtakes the chosen one when top - v_j = (r_j - r_top) t.
-    times = _crossing(values - top, rates - top_rate, rising_only=True)
+    curvature: Tensor | float = 0.0
+    if isinstance(bent, Tensor):  # entry j and the chosen one both bend: R_j + R_top
+        padded_bent = F.pad(bent.flatten(0, 1), (pad[1], pad[1], pad[0], pad[0]))
+        bents = columns(padded_bent).reshape(rates.shape)
+        curvature = bents + bents.gather(3, chosen.expand(directions, *chosen.shape))
+    # Entry j overtakes the chosen one when top - v_j = (r_j - r_top) t (+ the curvature).
+    times = _crossing(values - top, rates - top_rate, curvature, rising_only=True)
     times = times.masked_fill(torch.isinf(values), torch.inf)  # padding
     watch_.add(times.reshape(directions, *batch_shape, -1))

@@ -261,8 +261,14 @@ register_rule(torch.minimum, torch.Tensor.minimum, torch.min, torch.Tensor.min)(
 
 
 def _comparison(compare: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """Comparisons are piecewise constant: evaluate them on the primal."""
-    return lambda a, b: compare(ar.primal_of(a), ar.primal_of(b))
+    """Comparisons are piecewise constant: evaluate them on the primal. Their truth value (which
+    ``torch.where``/``masked_fill`` then select with) flips where ``a = b``: a kink."""
+
+    def rule(a: object, b: object) -> Tensor:
+        _kinks.report_pair(a, b)
+        return compare(ar.primal_of(a), ar.primal_of(b))
+
+    return rule
 
 
 for _targets, _compare in [

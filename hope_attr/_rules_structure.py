@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hope_attr import _arithmetic as ar
+from hope_attr import _kinks
 from hope_attr._arithmetic import expanded_series as _expanded
 from hope_attr._jet import Jet, cauchy_product
 from hope_attr._registry import UnsupportedOperationError, register_rule
@@ -216,6 +217,40 @@ for _method in (
 # Piecewise-constant results (indices, signs, truth values, integers): read off the primal, they
 # are constants with no series, like the branch of a ReLU. Python's `if` on them, `.item()` and
 # `.tolist()` therefore see the values at the expansion point.
+# Taylor continuation must not step past a change of these values (hope_attr._kinks): each
+# reports where its value changes, or that it cannot say (then continuation stops there).
+def _integer_steps(x: object, *args: object, **kwargs: object) -> None:
+    if ar.is_jet(x):
+        _kinks.report(x, torch.floor(x.primal), torch.ceil(x.primal))
+
+
+def _rounding_steps(x: object, *args: object, **kwargs: object) -> None:
+    if ar.is_jet(x):
+        nearest = torch.round(x.primal)
+        _kinks.report(x, nearest - 0.5, nearest + 0.5)
+
+
+_CHANGES_AT: dict[str, Callable[..., None] | None] = {
+    "sign": lambda x, *a, **k: _kinks.report(x, 0.0),
+    "signbit": lambda x, *a, **k: _kinks.report(x, 0.0),
+    "floor": _integer_steps, "ceil": _integer_steps, "trunc": _integer_steps,
+    "round": _rounding_steps,
+    # Never change along a finite path:
+    "isnan": None, "isinf": None, "isfinite": None, "isneginf": None, "isposinf": None,
+}  # fmt: skip
+
+
+def _piecewise_constant(target: Callable[..., object], name: str) -> Callable[..., object]:
+    report = _CHANGES_AT.get(name, lambda *a, **k: _kinks.report_unlocated(*a))
+
+    def rule(*args: object, **kwargs: object) -> object:
+        if report is not None:
+            report(*args, **kwargs)
+        return target(*ar.replace_jets(args), **kwargs)
+
+    return rule
+
+
 for _name in (
     "any", "all", "argmax", "argmin", "argsort", "isnan", "isinf", "isfinite", "isneginf",
     "isposinf", "sign", "signbit", "nonzero", "count_nonzero", "equal", "allclose", "isclose",
@@ -225,14 +260,26 @@ for _name in (
     for _home in (torch, torch.Tensor):
         _target = getattr(_home, _name, None)
         if _target is not None:
-            register_rule(_target)(lambda *a, _f=_target, **k: _f(*ar.replace_jets(a), **k))
+            register_rule(_target)(_piecewise_constant(_target, _name))
+
+
+def _value_query(method: Callable[..., object]) -> Callable[..., object]:
+    """A value leaving the jet (``.item()``, ``int(x)``...): where it changes is unknown."""
+
+    def rule(x: Jet, *args: object, **kwargs: object) -> object:
+        _kinks.report_unlocated(x)
+        return method(x.primal, *args, **kwargs)
+
+    return rule
+
+
 for _method in (
     torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.long,
     torch.Tensor.int, torch.Tensor.bool, torch.Tensor.short, torch.Tensor.byte,
     torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__, torch.Tensor.__index__,
-    torch.Tensor.__len__,
 ):  # fmt: skip
-    register_rule(_method)(_primal_query(_method))
+    register_rule(_method)(_value_query(_method))
+register_rule(torch.Tensor.__len__)(_primal_query(torch.Tensor.__len__))
 
 
 @register_rule(getattr)
