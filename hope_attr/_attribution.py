@@ -44,9 +44,10 @@ class HOPEAttribution(Attribution):
       series' radius of convergence. Where the estimate says it does not, the call warns with
       :class:`~hope_attr.ConvergenceWarning` (``return_diagnostics`` has the estimate per
       feature).
-    * ``"continuation"`` follows each feature's path to its baseline in Taylor steps wherever
-      the first series does not reach it, and so gives FeatureAblation's values (to ``rtol``
-      on smooth networks, to rounding on piecewise-linear ones) for every output at once.
+    * ``"continuation"`` keeps the series where it converges to ``rtol`` and gives every other
+      feature (every feature, where a branch decision such as a ReLU or a ``torch.where`` on a
+      comparison lies on its path) ``f`` at its baseline by one forward pass: FeatureAblation's
+      values for every output at once.
     * ``"diagonal"`` is the HOPE paper's one-sweep backward rule: exact only at order 1 or for
       networks with one hidden layer (see :mod:`hope_attr._diagonal`).
 
@@ -162,7 +163,7 @@ class HOPEAttribution(Attribution):
                 to its baseline as one direction, exactly as FeatureAblation ablates it.
             return_orders: also return the per-order terms ``(order, *input.shape)`` (one per
                 input) of the series at ``inputs``; they sum to the attributions except where
-                ``"continuation"`` stepped.
+                ``"continuation"`` evaluated the baseline instead.
             internal_batch_size: directions propagated at once (memory).
             show_progress: a progress bar over the feature directions (advanced chunk by chunk).
             return_convergence_delta: also return Captum's completeness delta per example,
