@@ -65,17 +65,28 @@ def times_integers(
     """
     parts = [split(s) for s in scales]
     device = coefficients.device
-    mantissas = torch.tensor([m for m, _ in parts], dtype=torch.float64, device=device)
-    exponents = torch.tensor([e for _, e in parts], dtype=torch.float64, device=device)
-    result = coefficients.to(torch.float64) * mantissas
-    while bool((exponents > 0).any()):
-        step = exponents.clamp(max=_STEP)
-        result = result * torch.exp2(step)  # exact: a power of two, below 2^1024
-        exponents = exponents - step
-    out = result.to(coefficients.dtype)
     info = torch.finfo(coefficients.dtype)
-    overflow = torch.isinf(out) & torch.isfinite(coefficients)
-    if bool(overflow.any()):
+    if all(e < _STEP for _, e in parts):
+        # Every scale is a float64 (rounded once, as its mantissa would be): one product.
+        floats = torch.tensor([m * 2.0**e for m, e in parts], dtype=torch.float64, device=device)
+        out = (coefficients.to(torch.float64) * floats).to(coefficients.dtype)
+    else:
+        mantissas = torch.tensor([m for m, _ in parts], dtype=torch.float64, device=device)
+        exponents = torch.tensor([e for _, e in parts], dtype=torch.float64, device=device)
+        result = coefficients.to(torch.float64) * mantissas
+        while bool((exponents > 0).any()):
+            step = exponents.clamp(max=_STEP)
+            result = result * torch.exp2(step)  # exact: a power of two, below 2^1024
+            exponents = exponents - step
+        out = result.to(coefficients.dtype)
+    # A product within range of float64 that the dtype cannot hold (an overflow) is inf in
+    # `out` only; checked on the (smaller) coefficients' side only when it can happen at all.
+    largest_scale = max(m * 2.0**e if e < 1024 else math.inf for m, e in parts)
+    magnitude = coefficients.detach().abs()
+    biggest = float(magnitude.max()) if magnitude.numel() else 0.0
+    overflow_possible = largest_scale * biggest > info.max
+    overflow = torch.isinf(out) & torch.isfinite(coefficients) if overflow_possible else None
+    if overflow is not None and bool(overflow.any()):
         warnings.warn(
             f"{int(overflow.sum())} {what} exceed the range of {coefficients.dtype} "
             f"(max {info.max:.3g}) and were returned as inf; compute in float64 if possible, or "
@@ -84,7 +95,8 @@ def times_integers(
             DerivativeRangeWarning,
             stacklevel=3,
         )
-    magnitude = coefficients.abs()
+    if coefficients.numel() == 0 or not float(magnitude.min()) < info.tiny:
+        return out  # no coefficient is subnormal or 0 (NaN compares False: nothing to say)
     tiny_log2 = math.log2(info.tiny)
     coarse = torch.tensor([math.log2(m) + e + tiny_log2 > 0 for m, e in parts], device=device)
     lost = ((magnitude > 0) & (magnitude < info.tiny)) | ((magnitude == 0) & coarse)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import operator
 import os
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -136,12 +137,25 @@ def sequential_chain(
         for m in forward_func.modules()
     ):
         return None
-    chain = _sequential_chain(forward_func)
+    # The chain of a model is cached for as long as the model lives, and rebuilt when its module
+    # tree or the rules change (building it is a tenth of a small MLP's expansion).
+    signature = (_registry.generation(), *((id(m), type(m)) for m in forward_func.modules()))
+    cached = _CHAINS.get(forward_func)
+    if cached is not None and cached[0] == signature:
+        chain = cached[1]
+    else:
+        chain = _sequential_chain(forward_func)
+        _CHAINS[forward_func] = (signature, chain)  # the graph names modules: no reference
     if chain is None:
         return None
     holder = nn.Module()
     holder.add_module("model", forward_func)  # a reference: nothing copied
     return TracedGraph(chain, holder)
+
+
+_CHAINS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, fx.Graph | None]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 @contextlib.contextmanager

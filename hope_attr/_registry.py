@@ -28,6 +28,8 @@ RuleFn = TypeVar("RuleFn", bound=Callable[..., Any])
 
 _MODULE_RULES: dict[type, Callable[..., Any]] = {}
 _FUNCTION_RULES: dict[object, Callable[..., Any]] = {}
+# Bumped by every (un)registration, so that what was derived from the rules can be cached.
+_generation = 0
 
 _HOW_TO_ADD = (
     "Register a Taylor rule with @hope_attr.register_rule({target}) (see docs/adding_a_rule.md), "
@@ -85,9 +87,11 @@ def register_rule(*targets: object, override: bool = False) -> Callable[[RuleFn]
                     f"{_describe(target)} already has a Taylor rule "
                     f"({table[target].__qualname__}); pass override=True to replace it."
                 )
+        global _generation
         for target in targets:
             _warn_if_never_dispatched(target)
             _table_for(target)[target] = rule
+        _generation += 1
         return rule
 
     return decorator
@@ -115,8 +119,15 @@ def _warn_if_never_dispatched(target: object) -> None:
 
 def unregister_rule(*targets: object) -> None:
     """Remove the rules of ``targets`` (e.g. a rule registered in a test)."""
+    global _generation
     for target in targets:
         _table_for(target).pop(target, None)
+    _generation += 1
+
+
+def generation() -> int:
+    """A number that changes whenever a rule is registered or removed."""
+    return _generation
 
 
 def module_rule(module_type: type) -> Callable[..., Any] | None:

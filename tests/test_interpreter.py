@@ -66,3 +66,30 @@ def test_other_modules_are_traced_by_fx(name: str) -> None:
     assert _interpreter._sequential_chain(model) is None
     actual = hope_attr.unmixed_derivatives(model, x, 4)
     assert relative_error(actual, unmixed_reference(model, x, 4)) <= 1e-9
+
+
+def test_cached_chain_follows_changes_to_the_model_and_the_rules() -> None:
+    """The Sequential shortcut is cached per model: replacing a layer, or registering a rule
+    for a module that had none, must be seen by the next call."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double().eval()
+    x = torch.randn(2, 3, dtype=torch.float64)
+    hope_attr.unmixed_derivatives(model, x, 3)
+    model[1] = nn.Sigmoid()
+    actual = hope_attr.unmixed_derivatives(model, x, 3)
+    assert relative_error(actual, unmixed_reference(model, x, 3)) <= 1e-12
+
+    class Cube(nn.Module):
+        def forward(self, h):
+            return h * h * h
+
+    model[1] = Cube()
+    assert _interpreter.sequential_chain(model, (x,), ()) is None  # no rule: runs eagerly
+    hope_attr.register_rule(Cube)(lambda module, h: h * h * h)
+    try:
+        assert _interpreter.sequential_chain(model, (x,), ()) is not None
+        actual = hope_attr.unmixed_derivatives(model, x, 3)
+        assert relative_error(actual, unmixed_reference(model, x, 3)) <= 1e-12
+    finally:
+        hope_attr.unregister_rule(Cube)
+    assert _interpreter.sequential_chain(model, (x,), ()) is None
