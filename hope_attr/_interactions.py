@@ -45,6 +45,7 @@ from hope_attr._attribution import (
     _select_target,
 )
 from hope_attr._convergence import ConvergenceWarning
+from hope_attr._eager import check_eval_mode
 
 if TYPE_CHECKING:
     from shapiq import InteractionValues
@@ -161,6 +162,7 @@ def interactions(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not callable(forward_func):
         raise TypeError(f"forward_func must be a model or a function, got {type(forward_func)}")
+    check_eval_mode(forward_func)  # Dropout in training mode would make the game random
     inputs_tuple = _detached(inputs)
     _check_inputs(inputs_tuple)
     _check_additional_args(additional_forward_args)
@@ -392,7 +394,9 @@ def _warn_if_diverging(series: Tensor) -> None:
     # players only act together (x1 * x2 along 1_{12}): scale by the largest of the first half.
     scaled = norms.clone()
     scaled[0] = norms[: max(1, math.ceil(len(norms) / 2))].amax(0)
-    diverging = int((_convergence.radius(scaled) <= 1).sum())
+    # A series whose last two orders vanish has ended (a polynomial): nothing is left to diverge.
+    ended = _convergence.truncation_error(norms) == 0
+    diverging = int(((_convergence.radius(scaled) <= 1) & ~ended).sum())
     if diverging:
         warnings.warn(
             f"{diverging} of {norms[0].numel()} coalition moves (over the batch) reach the "
