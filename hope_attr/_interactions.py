@@ -187,7 +187,8 @@ def interactions(
         game = _coalition_values(
             forward_func, inputs_tuple, baselines_tuple, players, extra, target, lattice
         )
-        moebius = lattice.moebius(game)  # (N, B)
+        # The transforms add and subtract up to 2^n values: in float64, on the lattice's device.
+        moebius = lattice.moebius(game.to("cpu", torch.float64))  # (N, B)
         # What order - 1 would have given: the same coefficients without the largest coalitions.
         previous = torch.where((lattice.sizes < size)[:, None], moebius, 0.0)
     else:
@@ -196,6 +197,7 @@ def interactions(
             internal_batch_size,
         )  # fmt: skip
         _warn_if_diverging(series)
+        series, at_baseline = series.to("cpu", torch.float64), at_baseline.to("cpu", torch.float64)
         moebius = lattice.moebius(_vertex_sums(series, at_baseline))
         previous = lattice.moebius(_vertex_sums(series[:-1], at_baseline))
 
@@ -323,7 +325,7 @@ def _coalition_values(
             _check_output(output, count * batch)
             output = output.reshape(count, batch, *output.shape[1:])
             values.append(_select_target(output, target, output.shape[2:]))
-    return torch.cat(values).to(inputs[0].dtype)
+    return torch.cat(values)
 
 
 def _check_output(output: object, rows: int) -> None:
@@ -374,7 +376,8 @@ def _vertex_series(
     chunks = []
     coalitions = lattice.masks[1:]
     for start in range(0, coalitions.numel(), _DIRECTIONS_PER_CALL):
-        members = _members(coalitions[start : start + _DIRECTIONS_PER_CALL], players, inputs)
+        chunk = coalitions[start : start + _DIRECTIONS_PER_CALL].to(inputs[0].device)
+        members = _members(chunk, players, inputs)
         directions = tuple(m * s for m, s in zip(members, steps, strict=True))
         coefficients = expansion.directional_coefficients(directions)  # (n, D, B, *O)
         n, count = coefficients.shape[:2]

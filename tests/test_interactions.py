@@ -345,3 +345,32 @@ def test_lattice_holds_every_small_coalition_once() -> None:
     lattice = Lattice(6, 3)
     expected = sorted(sum(1 << i for i in s) for k in range(4) for s in combinations(range(6), k))
     assert lattice.masks.tolist() == expected
+
+
+def test_float32_models_get_float64_transforms() -> None:
+    """The Moebius transform sums 2^n signed values: done in float64 whatever the model's dtype."""
+    model = _mlp(6)
+    x = _points(2, 6)
+    exact = hope_attr.interactions(model, x, index="FSII", max_order=3)
+    single = hope_attr.interactions(model.float(), x.float(), index="FSII", max_order=3)
+    for a, b in zip(exact, single, strict=True):
+        assert np.abs(a.values - b.values).max() < 1e-5
+
+
+@pytest.mark.slow
+def test_benchmark_quick_mode_runs(tmp_path) -> None:
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "benchmarks/interactions.py", "--quick", "--markdown", tmp_path / "o.md"],
+        cwd=root,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "## Targets" in (tmp_path / "o.md").read_text()
