@@ -181,7 +181,7 @@ def interactions(
             "with feature_mask, or raise max_coalitions"
         )
 
-    lattice = _moebius.Lattice(num_players, size)
+    lattice = _moebius.lattice(num_players, size)
     extra = _as_tuple(additional_forward_args)
     if method == "moebius":
         game = _coalition_values(

@@ -27,6 +27,11 @@ from functools import cache, lru_cache
 import torch
 from torch import Tensor
 
+# Up to 2^20 coalitions, positions are looked up in a table of all bitmasks (8 MiB).
+_DENSE_TABLE_PLAYERS = 20
+# Rows of the membership matrix formed at once (16 MiB at 32 players in float64).
+_MEMBERSHIP_ROWS = 2**16
+
 INDICES = ("Moebius", "SV", "BV", "SII", "BII", "k-SII", "STII", "FSII")
 # Indices of single players only (shapiq reports them with max_order 1).
 VALUES = ("SV", "BV")
@@ -35,6 +40,13 @@ VALUES = ("SV", "BV")
 def lattice_size(num_players: int, size: int) -> int:
     """How many coalitions have at most ``size`` players: ``sum_{s <= size} C(p, s)``."""
     return sum(math.comb(num_players, s) for s in range(min(size, num_players) + 1))
+
+
+@lru_cache(maxsize=8)
+def lattice(num_players: int, size: int) -> Lattice:
+    """The :class:`Lattice`, built once per ``(num_players, size)`` (its index tables are the
+    slow part of a small call; the tensors are never written to)."""
+    return Lattice(num_players, size)
 
 
 class Lattice:
@@ -62,13 +74,24 @@ class Lattice:
         self.masks: Tensor = masks[order]
         self.sizes: Tensor = sizes[order]
         self._pairs: list[tuple[Tensor, Tensor]] | None = None
+        self._table: Tensor | None = None
 
     def __len__(self) -> int:
         return self.masks.numel()
 
     def positions(self, masks: Tensor) -> Tensor:
         """Where the given coalitions (bitmasks in the lattice) sit."""
+        if self.num_players <= _DENSE_TABLE_PLAYERS:
+            if self._table is None:  # a direct look-up: 20 times faster than a binary search
+                self._table = torch.zeros(2**self.num_players, dtype=torch.int64)
+                self._table[self.masks] = torch.arange(len(self.masks))
+            return self._table[masks]
         return torch.searchsorted(self.masks, masks)
+
+    def members(self, start: int, stop: int, dtype: torch.dtype) -> Tensor:
+        """``(stop - start, p)``: which players the coalitions ``start..stop - 1`` hold."""
+        players = torch.arange(self.num_players)
+        return ((self.masks[start:stop, None] >> players) & 1).to(dtype)
 
     def pairs(self) -> list[tuple[Tensor, Tensor]]:
         """Per player ``i``: positions of the coalitions ``T`` holding ``i``, and of ``T - i``."""
@@ -85,7 +108,7 @@ class Lattice:
         for holding, without in self.pairs():
             # Coalitions without player i are not written in pass i: the update is a plain
             # vectorized subtraction, no ordering inside a pass.
-            result[holding] -= result[without]
+            result.index_add_(0, holding, result[without], alpha=-1)
         return result
 
     def superset_sums(self, values: Tensor) -> Tensor:
@@ -108,19 +131,41 @@ def index_values(
 ) -> Tensor:
     """``(N, B)`` Moebius coefficients -> ``(K, B)`` index values of ``interactions``."""
     weights = weight_table(index, max_order, lattice.size).to(moebius.dtype)  # (n + 1, k + 1)
-    masks = torch.tensor([sum(1 << i for i in s) for s in interactions], dtype=torch.int64)
-    positions = lattice.positions(masks)
     result = moebius.new_zeros(len(interactions), *moebius.shape[1:])
     sizes = torch.tensor([len(s) for s in interactions])
-    trailing = (1,) * (moebius.dim() - 1)
     for s in range(max_order + 1):
-        column = weights[lattice.sizes, s].reshape(-1, *trailing)
-        if not column.any():
-            continue
-        summed = lattice.superset_sums(column * moebius)
+        weighted = weights[lattice.sizes, s].unsqueeze(1) * moebius  # (N, B)
         here = sizes == s
-        result[here] = summed[positions[here]]
+        if s <= 2:
+            # Sums over the coalitions that hold the player (pair): products with the (N, p)
+            # membership matrix, cheaper than a superset transform over the whole lattice.
+            result[here] = _small_superset_sums(lattice, weighted, s)
+        else:
+            masks = torch.tensor([sum(1 << i for i in t) for t in interactions if len(t) == s])
+            result[here] = lattice.superset_sums(weighted)[lattice.positions(masks)]
     return result
+
+
+def _small_superset_sums(lattice: Lattice, weighted: Tensor, size: int) -> Tensor:
+    """``sum_{T superset S} weighted[T]`` for every ``S`` of ``size <= 2`` players, in the
+    order of :func:`interaction_masks`: ``(C(p, size), B)``."""
+    if size == 0:
+        return weighted.sum(0, keepdim=True)
+    p = lattice.num_players
+    total = weighted.new_zeros((p,) * size + tuple(weighted.shape[1:]))
+    for start in range(0, len(lattice), _MEMBERSHIP_ROWS):
+        stop = min(len(lattice), start + _MEMBERSHIP_ROWS)
+        members = lattice.members(start, stop, weighted.dtype)  # (C, p)
+        if size == 1:
+            total += members.T @ weighted[start:stop]
+        else:
+            # One matmul for every example: (p, C) @ (C, p * B).
+            scaled = members.unsqueeze(2) * weighted[start:stop].unsqueeze(1)  # (C, p, B)
+            total += (members.T @ scaled.reshape(stop - start, -1)).reshape(total.shape)
+    if size == 1:
+        return total
+    upper = torch.triu_indices(p, p, offset=1)  # row-major (i < j): shapiq's order of pairs
+    return total[upper[0], upper[1]]
 
 
 @lru_cache(maxsize=64)

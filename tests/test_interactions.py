@@ -345,6 +345,18 @@ def test_lattice_holds_every_small_coalition_once() -> None:
     lattice = Lattice(6, 3)
     expected = sorted(sum(1 << i for i in s) for k in range(4) for s in combinations(range(6), k))
     assert lattice.masks.tolist() == expected
+    for players in (6, 22):  # a look-up table up to 20 players, a binary search beyond
+        lattice = Lattice(players, 2)
+        assert torch.equal(lattice.positions(lattice.masks), torch.arange(len(lattice)))
+
+
+def test_repeated_calls_reuse_the_lattice_unchanged() -> None:
+    model = _mlp(5)
+    x = _points(2, 5)
+    first = hope_attr.interactions(model, x, index="STII", max_order=3, order=4)
+    again = hope_attr.interactions(model, x, index="STII", max_order=3, order=4)
+    for a, b in zip(first, again, strict=True):
+        assert np.array_equal(a.values, b.values)
 
 
 def test_float32_models_get_float64_transforms() -> None:
