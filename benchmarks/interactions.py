@@ -32,6 +32,7 @@ are of order 0.1-1. Run on one thread (the machine is shared)::
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import math
 import platform
 import statistics
@@ -342,7 +343,7 @@ def main() -> None:
         "",
         f"`OMP_NUM_THREADS=1 python benchmarks/interactions.py{' --quick' if args.quick else ''}"
         f" --markdown ...` at git `{commit}`, torch {torch.__version__}, shapiq "
-        f"{shapiq.__version__}, Python {platform.python_version()}, one thread "
+        f"{importlib.metadata.version('shapiq')}, Python {platform.python_version()}, one thread "
         "(`torch.set_num_threads(1)`), on a machine shared with other processes: read times as "
         "ratios measured in this one run. Model: tanh MLP p-32-32-1, float64, default init "
         "(seed 0), points uniform in [-1, 1]^p, baseline 0. Errors: largest absolute error over "

@@ -105,6 +105,13 @@ class Lattice:
     def moebius(self, values: Tensor) -> Tensor:
         """``(N, ...)`` game values on the lattice -> their Moebius coefficients (a new tensor)."""
         result = values.clone()
+        if self.size == self.num_players:
+            # Every coalition: position = bitmask, and a pass is a subtraction of two halves of
+            # a (2,) * p view, no index tensors (3x faster at p = 14).
+            cube = result.view((2,) * self.num_players + tuple(values.shape[1:]))
+            for axis in range(self.num_players):
+                cube.select(axis, 1).sub_(cube.select(axis, 0))
+            return result
         for holding, without in self.pairs():
             # Coalitions without player i are not written in pass i: the update is a plain
             # vectorized subtraction, no ordering inside a pass.
