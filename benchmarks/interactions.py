@@ -369,8 +369,10 @@ def main() -> None:
         lines.append(
             f"- p = {p}, order {n}, method {method}: SV error {sv_error:.1e}, k-SII pair error "
             f"{pair_error:.1e} (target <= 1e-3), {ratio:.1f}x faster than ExactComputer "
-            f"(target >= 4x): **{'met' if met else 'NOT met'}**; {dense_ratio:.1f}x faster than "
-            "the dense exact enumeration"
+            f"(target >= 4x): **{'met' if met else 'NOT met'}**. Against this script's dense "
+            f"exact enumeration (one batched evaluation of all {2**p} coalitions for both "
+            f"indices) the time ratio is {dense_ratio:.1f}x: a truncated order saves only the "
+            "coalitions larger than n"
         )
     for key, value in summary.items():
         if key[0] == large and key[1].startswith("hope_attr"):
