@@ -27,6 +27,7 @@ _EXPORTS = {
     "UnsupportedOperationError": "hope_attr._registry",
     "discover": "hope_attr.polynomial",
     "expand": "hope_attr.polynomial",
+    "interactions": "hope_attr._interactions",
     "mixed_derivatives": "hope_attr._mixed",
     "register_rule": "hope_attr._registry",
     "unmixed_derivatives": "hope_attr._derivatives",
@@ -38,6 +39,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
     from hope_attr._convergence import ConvergenceWarning, Diagnostics, PiecewiseLinearWarning
     from hope_attr._derivatives import unmixed_derivatives
     from hope_attr._factorials import DerivativeRangeWarning
+    from hope_attr._interactions import interactions
     from hope_attr._jet import Jet
     from hope_attr._mixed import mixed_derivatives
     from hope_attr._registry import (
@@ -75,6 +77,7 @@ __all__ = [  # the keys of _EXPORTS, spelled out for linters and `from hope_attr
     "UnsupportedOperationError",
     "discover",
     "expand",
+    "interactions",
     "mixed_derivatives",
     "register_rule",
     "unmixed_derivatives",
