@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any, overload
 
 import torch
+from captum._utils.progress import NullProgress, progress
 from torch import Tensor
 
 from hope_attr import (  # noqa: F401  (register the built-in rules)
@@ -52,6 +53,7 @@ def unmixed_derivatives(
     *,
     additional_forward_args: Any = None,
     internal_batch_size: int | None = None,
+    show_progress: bool = False,
 ) -> Tensor: ...
 
 
@@ -63,6 +65,7 @@ def unmixed_derivatives(
     *,
     additional_forward_args: Any = None,
     internal_batch_size: int | None = None,
+    show_progress: bool = False,
 ) -> tuple[Tensor, ...]: ...
 
 
@@ -73,6 +76,7 @@ def unmixed_derivatives(
     *,
     additional_forward_args: Any = None,
     internal_batch_size: int | None = None,
+    show_progress: bool = False,
 ) -> Tensor | tuple[Tensor, ...]:
     """All unmixed derivatives ``d^k out[b, o] / d inputs[b, i]^k`` for ``k = 1..order``.
 
@@ -90,7 +94,9 @@ def unmixed_derivatives(
         additional_forward_args: extra arguments passed after the inputs (not differentiated);
             a single value or a tuple, as in Captum.
         internal_batch_size: how many feature directions are propagated at once. Memory grows
-            linearly with it; the default keeps the largest activation's series near 64 MiB.
+            linearly with it; the default keeps the largest activation's series near 16 MiB.
+        show_progress: a progress bar over the feature directions, advanced chunk by chunk
+            (Captum's, so tqdm's when installed).
 
     Returns:
         A tensor ``(order, B, *O, *I)`` with ``result[k-1, b, o..., i...]`` the ``k``-th
@@ -118,9 +124,15 @@ def unmixed_derivatives(
     from hope_attr._factorials import times_integers
 
     factorials = [math.factorial(k) for k in range(1, order + 1)]
+    bar = NullProgress()
+    if show_progress:
+        total = sum(x[0].numel() for x in expansion.inputs)
+        bar = progress(desc="hope_attr.unmixed_derivatives", total=total)
+    with bar:
+        coefficients_per_input = expansion.unmixed_coefficients(on_chunk=bar.update)
     results = [
         times_integers(coefficients.movedim(0, -1), factorials).movedim(-1, 0)
-        for coefficients in expansion.unmixed_coefficients()
+        for coefficients in coefficients_per_input
     ]
     return tuple(results) if is_tuple else results[0]
 

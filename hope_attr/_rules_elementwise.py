@@ -137,9 +137,7 @@ activation(
     F.softplus, rule=ar.softplus, module=nn.Softplus, table=tables.softplus,
     settings=lambda m: {"beta": m.beta, "threshold": m.threshold},
 )  # fmt: skip
-activation(
-    F.elu, rule=_elu, module=nn.ELU, table=tables.elu, settings=lambda m: {"alpha": m.alpha}
-)
+activation(F.elu, rule=_elu, module=nn.ELU, table=tables.elu, settings=lambda m: {"alpha": m.alpha})
 activation(F.selu, torch.selu, rule=_selu, module=nn.SELU, table=_selu_table)
 activation(
     F.gelu, rule=_gelu, module=nn.GELU, table=_gelu_table,

@@ -277,7 +277,6 @@ def _conv_transpose_module(module: nn.modules.conv._ConvTransposeNd, x: Jet) -> 
     return ar.map_batchwise(x, lambda s: apply(s, None), apply(x.primal, module.bias))
 
 
-
 @register_rule(nn.modules.batchnorm._BatchNorm)
 def _batch_norm_module(module: nn.modules.batchnorm._BatchNorm, x: Jet) -> Jet:
     if module.training or module.running_var is None:

@@ -96,7 +96,6 @@ for _pool in (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3
     register_rule(_pool)(_batchwise_function(_pool))
 
 
-
 def _max_pool_rule(pool: Callable[..., tuple[Tensor, Tensor]], spatial: int):
     """Max pooling selects one entry per window: the one that is largest at the primal."""
     names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")

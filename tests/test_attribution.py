@@ -203,3 +203,13 @@ def test_show_progress_draws_a_bar_over_direction_chunks(capsys) -> None:
     )
     err = capsys.readouterr().err
     assert "HOPE attribution" in err and "5/5" in err  # 5 features, in chunks of 2
+
+
+def test_unmixed_derivatives_shows_progress_over_direction_chunks(capsys) -> None:
+    model = _smooth_mlp()
+    x = torch.rand(2, 5, dtype=torch.float64)
+    quiet = hope_attr.unmixed_derivatives(model, x, 3)
+    shown = hope_attr.unmixed_derivatives(model, x, 3, show_progress=True, internal_batch_size=2)
+    err = capsys.readouterr().err
+    assert "hope_attr.unmixed_derivatives" in err and "5/5" in err
+    assert torch.equal(quiet, shown)

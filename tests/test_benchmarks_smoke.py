@@ -87,3 +87,12 @@ def test_quantus_explain_function_takes_numpy_and_matches_the_harness() -> None:
     np.testing.assert_allclose(maps, reference.numpy(), atol=1e-4)
     quantus_eval.ensure_trapz()
     assert np.trapz(np.ones(3), dx=0.5) == 1.0  # Quantus 0.6's call works on numpy >= 2.4
+
+
+def test_default_environment_benchmark_times_every_method() -> None:
+    """The child of benchmarks/default_env.py, in this process, one round, one thread."""
+    from benchmarks import default_env
+
+    times = default_env.child({"threads": 1, "repeats": 1, "methods": default_env.METHODS})
+    assert set(times) == set(default_env.METHODS)
+    assert all(seconds > 0 for seconds in times.values())

@@ -136,9 +136,12 @@ def test_data_dependent_control_flow_takes_the_branch_of_the_expansion_point() -
     # The forward runs eagerly: `if x.sum() > 0` is decided by the primal, as a ReLU's kink is.
     model = nn.Sequential(nn.Linear(3, 3), DataDependent()).to(DTYPE).eval()
     for x in (_x(2, 3).abs() + 1, -_x(2, 3).abs() - 1):
-        assert relative_error(
-            hope_attr.unmixed_derivatives(model, x, ORDER), unmixed_reference(model, x, ORDER)
-        ) < 1e-10
+        assert (
+            relative_error(
+                hope_attr.unmixed_derivatives(model, x, ORDER), unmixed_reference(model, x, ORDER)
+            )
+            < 1e-10
+        )
 
 
 # Operations chosen for having no Taylor rule (if one is added, pick another one here).
