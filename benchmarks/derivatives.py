@@ -44,13 +44,17 @@ after resetting it (``ru_maxrss`` of a subprocess starts at its parent's RSS). T
 configuration vary by about 30 % between processes and far more under load (the load average is
 printed; the process CPU time, also printed, suffers less); compare ratios, not times.
 
-glibc's allocator returns large blocks to the kernel and asks for them again, which costs a lot
-for large temporaries (up to half of the run time). The recommended command applies one setting to
-every method alike, and the script prints the setting it ran with::
+The committed results come from the default environment, the one users have: no ``MALLOC_*`` or
+``OMP_*`` variable, run as ::
 
-    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 python benchmarks/derivatives.py
+    python benchmarks/derivatives.py --budget 20 --markdown benchmarks/results/derivatives.md
 
-On a machine that other processes share, also set ``OMP_WAIT_POLICY=PASSIVE``: with the default
+glibc's allocator returns large blocks to the kernel and asks for them again, which costs time
+for large temporaries; hope_attr sizes its chunks to stay under glibc's mmap threshold, and
+``benchmarks/default_env.py`` measures what the tuning ``MALLOC_MMAP_MAX_=0
+MALLOC_TRIM_THRESHOLD_=100000000000`` still gains. The script prints the setting it ran with.
+
+On a machine that other processes share, consider ``OMP_WAIT_POLICY=PASSIVE``: with the default
 policy, OpenMP threads that wait for a thread another process has preempted make every small
 parallel operation cost a time slice (measured here: a one-image CNN double backward took 28 ms
 instead of 0.8 ms under a load of 2 on 2 cores), which penalizes the methods made of many small
@@ -88,7 +92,7 @@ NUM_CLASSES = 10
 NUM_PIXELS = 784
 THREADS = 2
 ENVIRONMENT_VARIABLES = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "OMP_WAIT_POLICY")
-RECOMMENDED = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000"
+TUNING = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000"
 # Memory one chunk of a batched baseline may take (directions x copies x largest activation).
 CHUNK_BUDGET_BYTES = 512 * 2**20
 MEMORY_LIMIT_MIB = 2048  # the default internal_batch_size must keep the CNN at order 10 below it
@@ -823,8 +827,8 @@ def run_header(settings: Settings, source: str, command: str) -> list[str]:
         engine_revision(),
         f"torch {torch.__version__}, Python {platform.python_version()}, {platform.machine()}, "
         f"torch threads {torch.get_num_threads()}, dtype {settings.dtype}",
-        f"environment: {allocator} (recommended: {RECOMMENDED}; on a shared machine also "
-        "OMP_WAIT_POLICY=PASSIVE)",
+        f"environment: {allocator} (all unset is the default environment, that of the committed "
+        f"results; optional tuning, measured by benchmarks/default_env.py: {TUNING})",
         f"models: random weights (PyTorch default init, torch.manual_seed({SEED})), eval mode",
         f"input: {source}; 1 image, derivatives for all {NUM_CLASSES} classes and 784 pixels",
         f"timing: 1 warm-up, median of up to {settings.repeats} runs (fewer once a configuration "

@@ -41,17 +41,14 @@ a machine shared with other processes the CPU time is the steadier of the two.
 Threads and the OpenMP wait policy: with ``OMP_WAIT_POLICY=PASSIVE`` idle OpenMP threads sleep,
 and every parallel operation pays for waking them. hope_attr runs many medium-sized operations
 (blocks of points), torch.func few large ones, so PASSIVE with 2 threads penalizes hope_attr most
-(its 2 threads then gain nothing over 1). On a quiet machine, run with 2 threads and the default
-policy::
+(its 2 threads then gain nothing over 1). The committed results come from the default
+environment (no ``MALLOC_*`` or ``OMP_*`` variable), 2 threads, on a quiet machine::
 
-    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 \\
-        python benchmarks/mixed.py --markdown benchmarks/results/mixed.md
+    python benchmarks/mixed.py --markdown benchmarks/results/mixed.md
 
-On a machine shared with other processes (where spinning threads steal each other's cores), use
-one thread, where the wait policy does not matter::
-
-    OMP_WAIT_POLICY=PASSIVE MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 \\
-        python benchmarks/mixed.py --threads 1 --markdown benchmarks/results/mixed.md
+On a machine shared with other processes (where spinning threads steal each other's cores), one
+thread is the steadier choice: ``--threads 1``. The allocator tuning ``MALLOC_MMAP_MAX_=0
+MALLOC_TRIM_THRESHOLD_=100000000000`` is optional; the script prints the setting it ran with.
 
 ``--quick`` runs every code path on a tiny budget (smaller models and batches; under a minute) for
 a smoke test; its numbers mean nothing.
@@ -83,9 +80,9 @@ from hope_attr._derivatives import Expansion
 
 SEED = 0
 ENVIRONMENT_VARIABLES = ("OMP_WAIT_POLICY", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
-RECOMMENDED = (
-    "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000; on a shared machine also "
-    "OMP_WAIT_POLICY=PASSIVE with --threads 1"
+TUNING = (
+    "optional: MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000; on a shared machine "
+    "--threads 1"
 )
 REPEAT_CAP_S = 20.0  # no further repeats once one configuration's timed calls took this long
 CHECK_TOLERANCE = 1e-9  # float64 agreement required of hope and the baselines
@@ -891,7 +888,7 @@ def run_header(settings: Settings, command: str, load_at_start: float, started: 
         revision(),
         f"torch {torch.__version__}, Python {platform.python_version()}, {platform.machine()}, "
         f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, dtype {settings.dtype}",
-        f"environment: {environment} (recommended: {RECOMMENDED})",
+        f"environment: {environment} (all unset: the default environment; {TUNING})",
         f"load average (1 min) at the start: {load_at_start:.2f}, at the end: "
         f"{os.getloadavg()[0]:.2f}; total wall time {time.perf_counter() - started:.0f} s",
         f"timing: a warm-up call, then the median of up to {settings.repeats} calls (fewer once a "
