@@ -49,8 +49,11 @@ Graded = dict[int, Tensor]
 Table = list[Tensor]  # [T_0, T_1, ..., T_n], each (B, W)
 
 # Bytes of one block of points' coefficients and temporaries, per thread. Larger blocks mean
-# fewer operations; past about 16 MiB the caches no longer help (`benchmarks/mixed.py` sweeps it).
-_BLOCK_BYTES = 16 * 2**20
+# fewer operations, smaller ones stay in the caches and, with glibc's default allocator, are
+# reused from the heap instead of being returned to the kernel and faulted in again. In a fresh
+# process with default settings (the practitioner's case of `benchmarks/mixed.py`, 2 threads)
+# 8 MiB took 85 ms, 16 MiB 120 ms, 4 MiB 94 ms (median of 9); the benchmark sweeps it.
+_BLOCK_BYTES = 8 * 2**20
 # When this path is used (see `is_cheaper`).
 _MAX_ORDER = 4
 _MAX_OUTPUTS = 4
@@ -289,7 +292,6 @@ def _add_top_degree(
         if d not in values:
             continue
         k = order - d
-        weighted = adjoint * values[d].unsqueeze(1)  # (B, O, M_d, W)
         terms = []  # (T_j (B, 1, 1, W), degree-k factor (B|1, M_k, W))
         if d <= k and k in values:
             terms.append(((2.0 if d < k else 1.0) * table[2][:, None, None], values[k]))
@@ -298,6 +300,9 @@ def _add_top_degree(
             for j in range(3, k + 2)
             if k in powers[j - 1]
         ]
+        if not terms:  # e.g. d = n - 1 > 1: no split of n puts degree d first
+            continue
+        weighted = adjoint * values[d].unsqueeze(1)  # (B, O, M_d, W)
         pairs = None
         for weight, factor in terms:
             left = (weighted * weight).reshape(batch, -1, weighted.shape[-1])  # (B, O M_d, W)
