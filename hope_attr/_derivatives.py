@@ -41,8 +41,10 @@ _GPU_SHARE_OF_FREE_MEMORY = 0.25
 _TEMPORARY_COPIES = 4
 # The default chunk size comes from the primal pass: ``order`` coefficients of the largest
 # activation per direction, an upper bound. Receptive-field windows (:mod:`hope_attr._windows`)
-# make the series of an input's one-feature directions far smaller than that, so when the bound
-# splits them into several chunks, the first chunk measures the series and sizes the others.
+# make the series of an input's one-feature directions far smaller than that, and a
+# piecewise-linear network stores only the first order, so when the bound splits the directions
+# into several chunks, the first chunk measures the series and sizes the others (resnet18 at
+# 224 px, order 4, 196 superpixels: chunks of 1 direction by the bound, 5 as measured).
 
 
 @overload
@@ -199,8 +201,7 @@ class Expansion:
                 # (n, D, B, *O) -> (n, B, *O, D)
                 result[..., start:stop] = self._propagate(args, stop - start, probe).movedim(1, -1)
                 if probe is not None:
-                    measured = probe.bytes_per_direction * _TEMPORARY_COPIES
-                    chunk = max(chunk, _directions_within_budget(measured, x.device))
+                    chunk = max(chunk, self._measured_chunk(probe, x.device))
                 if on_chunk is not None:
                     on_chunk(stop - start)
                 start = stop
@@ -217,16 +218,28 @@ class Expansion:
         """
         num_directions = directions[0].shape[0]
         chunks = []
-        for start in range(0, num_directions, self.chunk_size):
-            stop = min(num_directions, start + self.chunk_size)
+        chunk = self.chunk_size
+        measure = not self.chunk_given and chunk < num_directions
+        start = 0
+        while start < num_directions:
+            stop = min(num_directions, start + chunk)
             args = [
                 Jet(x, v[start:stop].unsqueeze(0), self.order)
                 for x, v in zip(self.inputs, directions, strict=True)
             ]
-            chunks.append(self._propagate(args, stop - start))
+            probe = _SeriesProbe() if measure and start == 0 else None
+            chunks.append(self._propagate(args, stop - start, probe))
+            if probe is not None:  # e.g. a ReLU network stores one order, not `order`
+                chunk = max(chunk, self._measured_chunk(probe, directions[0].device))
             if on_chunk is not None:
                 on_chunk(stop - start)
+            start = stop
         return torch.cat(chunks, dim=1)
+
+    @staticmethod
+    def _measured_chunk(probe: _SeriesProbe, device: torch.device) -> int:
+        """Directions per chunk for the series the first chunk actually stored."""
+        return _directions_within_budget(probe.bytes_per_direction * _TEMPORARY_COPIES, device)
 
     @property
     def graph(self) -> _interpreter.TracedGraph:

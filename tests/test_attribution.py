@@ -81,6 +81,37 @@ def test_tuple_inputs_with_and_without_cross_input_groups(point) -> None:
             assert _relative(a, e) < 1e-6
 
 
+def test_grouped_orders_and_all_targets_against_feature_ablation_on_a_cubic() -> None:
+    """With a feature mask the terms stay per group until asked for: every layout agrees.
+
+    A cubic has an exact order-3 series, so each group's attribution is FeatureAblation's.
+    """
+
+    def cubic(x: torch.Tensor) -> torch.Tensor:
+        a, c, d = x[:, 0], x[:, 1], x[:, 2] + x[:, 3]
+        return torch.stack([a * c * d + d**3, a**2 - c * d, a + c + d], dim=1)
+
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 4, dtype=torch.float64, generator=generator)
+    b = torch.randn(3, 4, dtype=torch.float64, generator=generator)
+    mask = torch.tensor([[0, 1, 2, 2]])
+    method = HOPEAttribution(cubic, order=3)
+    every, every_orders = method.attribute_all_targets(
+        x, baselines=b, feature_mask=mask, return_orders=True
+    )
+    assert every.shape == (3, 3, 4) and every_orders.shape == (3, 3, 3, 4)
+    torch.testing.assert_close(every_orders.sum(0), every)
+    for c in range(3):
+        expected = FeatureAblation(cubic).attribute(x, baselines=b, target=c, feature_mask=mask)
+        one, orders = method.attribute(
+            x, baselines=b, target=c, feature_mask=mask, return_orders=True
+        )
+        torch.testing.assert_close(one, expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(every[:, c], one)
+        torch.testing.assert_close(orders, every_orders[:, :, c])
+        assert torch.equal(orders[..., 2], orders[..., 3])  # a group's term on each feature
+
+
 def test_order_one_is_input_x_gradient(point) -> None:
     model = _smooth_mlp()
     x, _ = point
@@ -213,3 +244,35 @@ def test_unmixed_derivatives_shows_progress_over_direction_chunks(capsys) -> Non
     err = capsys.readouterr().err
     assert "hope_attr.unmixed_derivatives" in err and "5/5" in err
     assert torch.equal(quiet, shown)
+
+
+def test_group_chunks_are_resized_from_the_measured_series(monkeypatch) -> None:
+    """A ReLU network stores one order of its series, not ``order``: after a first chunk sized
+    by the bound, the other chunks of feature-mask directions are sized by what it measured."""
+    from hope_attr import _derivatives
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)
+    ).double()
+    x = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    mask = torch.arange(16).reshape(1, 1, 4, 4)
+    order = 4
+    bound = order * 4 * 4 * 4 * 2 * 8 * _derivatives._TEMPORARY_COPIES  # the conv's output
+    monkeypatch.setattr(_derivatives, "_SERIES_BUDGET_BYTES", 2 * bound)
+    sizes: list[int] = []
+    propagate = _derivatives.Expansion._propagate
+
+    def spy(self, args, num_directions, probe=None):
+        sizes.append(num_directions)
+        return propagate(self, args, num_directions, probe)
+
+    monkeypatch.setattr(_derivatives.Expansion, "_propagate", spy)
+    with pytest.warns(hope_attr.PiecewiseLinearWarning):
+        actual = HOPEAttribution(model, order=order).attribute_all_targets(x, feature_mask=mask)
+    assert sizes[0] == 2 and sizes[1] == 8 and sum(sizes) == 16, sizes  # order 1 of 4 stored
+    # Reference: on a piecewise-linear net each group's move is its directional derivative.
+    for g in range(16):
+        direction = -(mask == g).to(x.dtype).expand_as(x) * x
+        _, slope = torch.func.jvp(model, (x,), (direction,))
+        torch.testing.assert_close(actual[..., 0, g // 4, g % 4], -slope, rtol=1e-12, atol=1e-12)
