@@ -96,3 +96,12 @@ def test_default_environment_benchmark_times_every_method() -> None:
     times = default_env.child({"threads": 1, "repeats": 1, "methods": default_env.METHODS})
     assert set(times) == set(default_env.METHODS)
     assert all(seconds > 0 for seconds in times.values())
+
+
+def test_large_images_benchmark_runs_its_quick_budget() -> None:
+    result = subprocess.run(
+        [sys.executable, "benchmarks/large_images.py", "--quick", "--repeats", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| resnet18 | 4 | 10 |" in result.stdout and "| vit | 4 | 10 |" in result.stdout

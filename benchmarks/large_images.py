@@ -1,0 +1,213 @@
+"""Benchmark: 224 x 224 images with 16 x 16 superpixels on a CPU (issue 14, target 3).
+
+For torchvision's resnet18 (ReLU, BatchNorm with statistics from a few training-mode passes of
+random data) and a ViT-tiny (torchvision ``VisionTransformer``: patch 16, 12 layers, 3 heads,
+width 192, MLP 768; GELU, LayerNorm; its zero-initialized head randomized), random weights
+(``torch.manual_seed(0)``), float32, one random image, 196 superpixels (the 14 x 14 grid of
+16 x 16 patches over all 3 channels), baseline 0, in the default environment:
+
+* ``HOPEAttribution(order=4).attribute_all_targets``: every class at once; its time per class
+  is the call's time divided by the number of classes;
+* ``HOPEAttribution(order=4).attribute`` for one class;
+* Captum's ``FeatureAblation`` for one class, with 16 and with 49 perturbations per evaluation
+  (the faster of the two is the reference);
+* per pixel (resnet18 only, 150528 features): the expansion behind ``HOPEAttribution`` without
+  a mask (every class at once) runs until ``--pixel-budget`` seconds have passed, and the time
+  of the whole map is extrapolated from the share of features done (stated as such).
+
+Times are medians of ``--repeats`` calls after a warm-up, methods interleaved per round; ratios
+come from this one run. resnet18 is piecewise linear: every order >= 2 is zero there, and the
+``PiecewiseLinearWarning`` is silenced in this script.
+
+Run from the repository root::
+
+    python benchmarks/large_images.py --markdown benchmarks/results/large_images.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import hope_attr  # noqa: E402
+from hope_attr import HOPEAttribution  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ORDER = 4
+
+
+class _Stop(Exception):
+    pass
+
+
+def build(name: str, size: int, classes: int) -> nn.Module:
+    import torchvision
+
+    torch.manual_seed(0)
+    if name == "resnet18":
+        model = torchvision.models.resnet18(num_classes=classes).train()
+        with torch.no_grad():
+            for _ in range(2):
+                model(torch.randn(8, 3, size, size))
+        return model.eval()
+    model = torchvision.models.VisionTransformer(
+        image_size=size, patch_size=16, num_layers=12 if size == 224 else 2, num_heads=3,
+        hidden_dim=192, mlp_dim=768, num_classes=classes,
+    )  # fmt: skip
+    for parameter in model.heads.parameters():  # torchvision starts the head at zero
+        nn.init.normal_(parameter, std=0.02)
+    return model.eval()
+
+
+def superpixels(size: int) -> torch.Tensor:
+    cells = size // 16
+    grid = torch.arange(cells * cells).reshape(cells, cells)
+    return grid.repeat_interleave(16, 0).repeat_interleave(16, 1).expand(1, 3, size, size)
+
+
+def timed_rounds(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    for call in calls.values():
+        call()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def per_pixel(model: nn.Module, x: torch.Tensor, budget: float) -> tuple[float, float]:
+    """Seconds spent and the share of the per-pixel map done when ``budget`` ran out."""
+    total = x[0].numel()
+    done = [0]
+    start = time.perf_counter()
+
+    def advance(count: int) -> None:
+        done[0] += count
+        if time.perf_counter() - start > budget:
+            raise _Stop
+
+    from hope_attr._derivatives import Expansion
+
+    expansion = Expansion(model, x, ORDER)
+    try:
+        expansion.unmixed_coefficients(on_chunk=advance)
+    except _Stop:
+        pass
+    return time.perf_counter() - start, done[0] / total
+
+
+def measure(name: str, size: int, classes: int, repeats: int, pixel_budget: float) -> dict:
+    from captum.attr import FeatureAblation
+
+    model = build(name, size, classes)
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    mask = superpixels(size)
+    hope = HOPEAttribution(model, order=ORDER)
+    groups = int(mask.max()) + 1
+    calls = {
+        "hope_all": lambda: hope.attribute_all_targets(x, feature_mask=mask),
+        "hope_one": lambda: hope.attribute(x, target=0, feature_mask=mask),
+        "fa_16": lambda: FeatureAblation(model).attribute(
+            x, target=0, feature_mask=mask, perturbations_per_eval=16
+        ),
+        "fa_49": lambda: FeatureAblation(model).attribute(
+            x, target=0, feature_mask=mask, perturbations_per_eval=49
+        ),
+    }
+    times = timed_rounds(calls, repeats)
+    result = {"model": name, "groups": groups, "classes": classes, **times}
+    if pixel_budget > 0 and name == "resnet18":
+        result["pixel_seconds"], result["pixel_share"] = per_pixel(model, x, pixel_budget)
+    return result
+
+
+def report(rows: list[dict], args: argparse.Namespace, started: float, load: float) -> str:
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    env = ", ".join(
+        f"{k}={os.environ[k]}" for k in sorted(os.environ) if k.startswith(("MALLOC_", "OMP_"))
+    )
+    lines = [
+        "# 224 x 224 images with superpixels on a CPU",
+        "",
+        f"- command: `python benchmarks/large_images.py{' --quick' if args.quick else ''} "
+        "--markdown ...`",
+        f"- hope_attr {hope_attr.__version__}, git {commit or 'unknown'}; torch "
+        f"{torch.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"{torch.get_num_threads()} torch threads; environment: "
+        f"{env or 'default (no MALLOC_*/OMP_* variable)'}",
+        f"- order {ORDER}, float32, one random image, baseline 0, 16 x 16 superpixels over all "
+        f"channels; medians of {args.repeats} interleaved rounds after a warm-up",
+        f"- load average (1 min) at the start: {load:.2f}, at the end: "
+        f"{os.getloadavg()[0]:.2f}; total wall time {time.time() - started:.0f} s",
+        "",
+        "| model | groups | classes | HOPE all classes | per class | HOPE one class | "
+        "FeatureAblation one class (16 / 49 per eval) | HOPE one class / FA | "
+        "HOPE all classes / FA |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        fa = min(row["fa_16"], row["fa_49"])
+        lines.append(
+            f"| {row['model']} | {row['groups']} | {row['classes']} | {row['hope_all']:.2f} s | "
+            f"{row['hope_all'] / row['classes'] * 1e3:.1f} ms | {row['hope_one']:.2f} s | "
+            f"{row['fa_16']:.2f} s / {row['fa_49']:.2f} s | {row['hope_one'] / fa:.2f} | "
+            f"{row['hope_all'] / fa:.2f} |"
+        )
+    lines += [
+        "",
+        "Ratios are times divided by the faster FeatureAblation setting: below 1, HOPE took less "
+        "time. `HOPE all classes` returns a map per class (1000 x 3 x 224 x 224 values: writing "
+        "them is part of its time).",
+    ]
+    for row in rows:
+        if "pixel_seconds" in row:
+            share = row["pixel_share"]
+            lines += [
+                "",
+                f"Per pixel ({row['model']}, every input value a feature, the derivatives of "
+                f"all classes, which the engine computes together): {share:.1%} of the "
+                f"features in "
+                f"{row['pixel_seconds']:.0f} s, so the whole map would take about "
+                f"{row['pixel_seconds'] / max(share, 1e-9) / 60:.0f} min (EXTRAPOLATED, not "
+                "measured); `show_progress=True` draws a bar over such a call.",
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="32 px, tiny ViT: a smoke test")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pixel-budget", type=float, default=60.0)
+    parser.add_argument("--markdown", type=Path)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore", hope_attr.PiecewiseLinearWarning)
+    started, load = time.time(), os.getloadavg()[0]
+    size, classes = (32, 10) if args.quick else (224, 1000)
+    budget = 2.0 if args.quick else args.pixel_budget
+    rows = [measure(name, size, classes, args.repeats, budget) for name in ("resnet18", "vit")]
+    text = report(rows, args, started, load)
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
