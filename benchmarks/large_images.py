@@ -146,8 +146,8 @@ def report(rows: list[dict], args: argparse.Namespace, started: float, load: flo
     lines = [
         "# 224 x 224 images with superpixels on a CPU",
         "",
-        f"- command: `python benchmarks/large_images.py{' --quick' if args.quick else ''} "
-        "--markdown ...`",
+        f"- command: `python benchmarks/large_images.py{' --quick' if args.quick else ''}"
+        f"{f' --markdown {args.markdown}' if args.markdown else ''}`",
         f"- hope_attr {hope_attr.__version__}, git {commit or 'unknown'}; torch "
         f"{torch.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs, "
         f"{torch.get_num_threads()} torch threads; environment: "
