@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python examples/mnist/tutorial.py            # 206 s on a shared 2-core machine (cached weights)
+    python examples/mnist/tutorial.py            # 107 s on a quiet 2-core machine (training too)
     python examples/mnist/tutorial.py --full     # more digits, every selection level
     python examples/mnist/tutorial.py --tiny     # a smoke test (about 15 s)
 
