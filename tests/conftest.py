@@ -26,3 +26,20 @@ def single_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def chunk_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many directions each chunk of an expansion propagated, in order (a spy on
+    ``Expansion._propagate``, removed after the test)."""
+    from hope_attr import _derivatives
+
+    sizes: list[int] = []
+    propagate = _derivatives.Expansion._propagate
+
+    def spy(self, args, num_directions, probe=None):  # noqa: ANN001, ANN202
+        sizes.append(num_directions)
+        return propagate(self, args, num_directions, probe)
+
+    monkeypatch.setattr(_derivatives.Expansion, "_propagate", spy)
+    return sizes

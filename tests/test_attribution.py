@@ -246,7 +246,7 @@ def test_unmixed_derivatives_shows_progress_over_direction_chunks(capsys) -> Non
     assert torch.equal(quiet, shown)
 
 
-def test_group_chunks_are_resized_from_the_measured_series(monkeypatch) -> None:
+def test_group_chunks_are_resized_from_the_measured_series(monkeypatch, chunk_sizes) -> None:
     """A ReLU network stores one order of its series, not ``order``: after a first chunk sized
     by the bound, the other chunks of feature-mask directions are sized by what it measured."""
     from hope_attr import _derivatives
@@ -260,14 +260,7 @@ def test_group_chunks_are_resized_from_the_measured_series(monkeypatch) -> None:
     order = 4
     bound = order * 4 * 4 * 4 * 2 * 8 * _derivatives._TEMPORARY_COPIES  # the conv's output
     monkeypatch.setattr(_derivatives, "_SERIES_BUDGET_BYTES", 2 * bound)
-    sizes: list[int] = []
-    propagate = _derivatives.Expansion._propagate
-
-    def spy(self, args, num_directions, probe=None):
-        sizes.append(num_directions)
-        return propagate(self, args, num_directions, probe)
-
-    monkeypatch.setattr(_derivatives.Expansion, "_propagate", spy)
+    sizes = chunk_sizes
     with pytest.warns(hope_attr.PiecewiseLinearWarning):
         actual = HOPEAttribution(model, order=order).attribute_all_targets(x, feature_mask=mask)
     assert sizes[0] == 2 and sizes[1] == 8 and sum(sizes) == 16, sizes  # order 1 of 4 stored

@@ -213,7 +213,7 @@ def test_gather_and_scatter_agree_with_dense_indexing() -> None:
         assert torch.all(dense[:, d, :, :, ~covered] == 0)
 
 
-def test_default_chunks_are_sized_from_the_measured_series(monkeypatch) -> None:
+def test_default_chunks_are_sized_from_the_measured_series(monkeypatch, chunk_sizes) -> None:
     """With windows, the primal's shape overstates a direction's series: the first chunk is
     sized by that bound, measures the series and sizes the other chunks by what it saw."""
     from hope_attr import _derivatives
@@ -224,14 +224,7 @@ def test_default_chunks_are_sized_from_the_measured_series(monkeypatch) -> None:
     # The largest activation, the first conv's output, has 4 * 12 * 12 entries per example.
     bound = ORDER * 4 * 12 * 12 * shape[0] * 8 * _derivatives._TEMPORARY_COPIES
     monkeypatch.setattr(_derivatives, "_SERIES_BUDGET_BYTES", 20 * bound)
-    sizes: list[int] = []
-    propagate = _derivatives.Expansion._propagate
-
-    def spy(self, args, num_directions, probe=None):
-        sizes.append(num_directions)
-        return propagate(self, args, num_directions, probe)
-
-    monkeypatch.setattr(_derivatives.Expansion, "_propagate", spy)
+    sizes = chunk_sizes
     actual = hope_attr.unmixed_derivatives(model, x, ORDER)
     assert sizes[0] == 20 and len(sizes) >= 2 and sizes[1] > 20, sizes
     assert sum(sizes) == 256
