@@ -374,20 +374,20 @@ class HOPEAttribution(Attribution):
             expansion = Expansion(
                 self.forward_func, inputs, self.order, additional_forward_args, chunk
             )
-            terms = self._terms(expansion, baselines, masks, show_progress)
+            feature_terms, group_terms = self._terms(expansion, baselines, masks, show_progress)
         output_shape = expansion.output.shape[1:]
         groups = masks if masks is not None else _feature_ids(inputs)
         # The series of each feature's (group's) move, in the layout (n, B, *O, G). With a
-        # feature mask `terms` is already per group: spreading the terms (and the attributions)
+        # feature mask the terms are per group: spreading them (and the attributions)
         # to every feature is left to the caller who asks for them, since for many outputs and
         # large inputs that spread is the largest tensor of the call (resnet18 at 224 px, all
         # 1000 classes: 600 MB per order).
         if masks is None:
             series = -torch.cat(
-                [t.reshape(*t.shape[: 2 + len(output_shape)], -1) for t in terms[0]], -1
+                [t.reshape(*t.shape[: 2 + len(output_shape)], -1) for t in feature_terms], -1
             )
         else:
-            series = -terms[1]
+            series = -group_terms
         norms = _convergence.coefficient_norms(series, len(output_shape))  # (n, B, G)
         radius = _convergence.radius(norms)
         error = _convergence.truncation_error(norms)
@@ -437,9 +437,9 @@ class HOPEAttribution(Attribution):
                 )
         per_feature = masks is None and self.method != "continuation"
         return _Result(
-            feature_terms=terms[0],
-            group_terms=terms[1],
-            feature_attributions=tuple(t.sum(0) for t in terms[0]) if per_feature else None,
+            feature_terms=feature_terms,
+            group_terms=group_terms,
+            feature_attributions=tuple(t.sum(0) for t in feature_terms) if per_feature else None,
             group_attributions=None if per_feature else -per_group,
             output_shape=output_shape,
             baselines=baselines,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, overload
 
 import torch
@@ -190,21 +190,11 @@ class Expansion:
         for position, x in enumerate(self.inputs):
             num_features = x[0].numel()
             result = self.output.new_zeros((self.order, *self.output.shape, num_features))
-            chunk = self.chunk_size
-            measure = not self.chunk_given and chunk < num_features
-            start = 0
-            while start < num_features:
-                stop = min(num_features, start + chunk)
+            for start, stop, probe in self._chunks(num_features, x.device, on_chunk):
                 args = list(self.inputs)
                 args[position] = Jet(x, None, self.order, InputSeed(start, stop))
-                probe = _SeriesProbe() if measure and start == 0 else None
                 # (n, D, B, *O) -> (n, B, *O, D)
                 result[..., start:stop] = self._propagate(args, stop - start, probe).movedim(1, -1)
-                if probe is not None:
-                    chunk = max(chunk, self._measured_chunk(probe, x.device))
-                if on_chunk is not None:
-                    on_chunk(stop - start)
-                start = stop
             results.append(result.reshape(self.order, *self.output.shape, *x.shape[1:]))
         return results
 
@@ -216,30 +206,39 @@ class Expansion:
         ``directions[j]`` has shape ``(D, B, *I_j)``: component ``j`` of every direction, which
         may differ per example (a direction moves all inputs at once).
         """
-        num_directions = directions[0].shape[0]
         chunks = []
-        chunk = self.chunk_size
-        measure = not self.chunk_given and chunk < num_directions
-        start = 0
-        while start < num_directions:
-            stop = min(num_directions, start + chunk)
+        for start, stop, probe in self._chunks(
+            directions[0].shape[0], directions[0].device, on_chunk
+        ):
             args = [
                 Jet(x, v[start:stop].unsqueeze(0), self.order)
                 for x, v in zip(self.inputs, directions, strict=True)
             ]
-            probe = _SeriesProbe() if measure and start == 0 else None
             chunks.append(self._propagate(args, stop - start, probe))
-            if probe is not None:  # e.g. a ReLU network stores one order, not `order`
-                chunk = max(chunk, self._measured_chunk(probe, directions[0].device))
+        return torch.cat(chunks, dim=1)
+
+    def _chunks(
+        self, total: int, device: torch.device, on_chunk: Callable[[int], None] | None
+    ) -> Iterator[tuple[int, int, _SeriesProbe | None]]:
+        """``(start, stop, probe)`` of each chunk of ``total`` directions.
+
+        Without a user's ``internal_batch_size``, the first of several chunks comes with a probe
+        for the caller to propagate with; the series it saw size the other chunks (see the note
+        on chunk sizes at the top of this module). ``on_chunk`` hears of each finished chunk.
+        """
+        chunk = self.chunk_size
+        measure = not self.chunk_given and chunk < total
+        start = 0
+        while start < total:
+            stop = min(total, start + chunk)
+            probe = _SeriesProbe() if measure and start == 0 else None
+            yield start, stop, probe
+            if probe is not None:
+                measured = probe.bytes_per_direction * _TEMPORARY_COPIES
+                chunk = max(chunk, _directions_within_budget(measured, device))
             if on_chunk is not None:
                 on_chunk(stop - start)
             start = stop
-        return torch.cat(chunks, dim=1)
-
-    @staticmethod
-    def _measured_chunk(probe: _SeriesProbe, device: torch.device) -> int:
-        """Directions per chunk for the series the first chunk actually stored."""
-        return _directions_within_budget(probe.bytes_per_direction * _TEMPORARY_COPIES, device)
 
     @property
     def graph(self) -> _interpreter.TracedGraph:
