@@ -27,6 +27,7 @@ says (a surrogate's interactions), and for comparison.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from hope_attr import _convergence, _moebius
+from hope_attr import _convergence, _moebius, _residual_shapley
 from hope_attr._attribution import (
     _check_additional_args,
     _detached,
@@ -75,6 +76,8 @@ def interactions(
     max_coalitions: int = 2**22,
     internal_batch_size: int | None = None,
     return_truncation: bool = False,
+    permutations: int = 0,
+    random_state: int | None = None,
 ) -> list[InteractionValues] | tuple[list[InteractionValues], list[InteractionValues]]:
     """Shapley values and interaction indices of each example, as ``shapiq.InteractionValues``.
 
@@ -122,14 +125,25 @@ def interactions(
         return_truncation: also return, per example, the change of every reported value from
             ``order - 1`` to ``order`` (the share of the size-``order`` coalitions for
             ``"moebius"``, of the degree-``order`` terms for ``"taylor"``): an estimate of what
-            the truncation leaves out, zero where nothing is left out.
+            the truncation leaves out, zero where nothing is left out. With ``permutations``,
+            the sampled correction itself.
+        permutations: Shapley values only (``index="SV"``, ``method="moebius"``): sample this
+            many orders of the players and add the permutation-sampling estimate of the Shapley
+            values of what the truncation leaves out (the game minus its ``order``-additive
+            part). The truncated game serves as a control variate: the estimate is unbiased,
+            keeps efficiency exactly (values plus ``baseline_value`` add up to the output at
+            ``inputs``), its sampling error shrinks like ``1 / sqrt(permutations)`` from the
+            size of the residual, and it costs ``p - order`` forward passes per permutation.
+            At ``p!`` or more (up to 8 players) every order is used once: exact. 0 (default):
+            the truncation alone, deterministic.
+        random_state: seed of the sampled permutations (``None``: a fresh random seed).
 
     Returns:
         One ``shapiq.InteractionValues`` per example, with ``index``, ``max_order``,
         ``n_players``, ``baseline_value`` (the output with every player at the baseline),
-        ``estimated`` (``False`` only where nothing was truncated) and ``estimation_budget``
-        (coalitions or jets per example); with ``return_truncation``, the pair
-        ``(values, changes)``, ``changes`` in the same form.
+        ``estimated`` (``False`` only where nothing was truncated or sampled) and
+        ``estimation_budget`` (coalitions or jets per example, the sampled prefixes included);
+        with ``return_truncation``, the pair ``(values, changes)``, ``changes`` in the same form.
 
     Raises:
         ImportError: shapiq is not installed (``pip install hope_attr[interactions]``).
@@ -181,12 +195,14 @@ def interactions(
             "with feature_mask, or raise max_coalitions"
         )
 
+    _check_permutations(permutations, random_state, index, method)
     lattice = _moebius.lattice(num_players, size)
     extra = _as_tuple(additional_forward_args)
+    evaluate = functools.partial(
+        _coalition_values, forward_func, inputs_tuple, baselines_tuple, players, extra, target
+    )
     if method == "moebius":
-        game = _coalition_values(
-            forward_func, inputs_tuple, baselines_tuple, players, extra, target, lattice
-        )
+        game = evaluate(lattice.masks)
         # The transforms add and subtract up to 2^n values: in float64, on the lattice's device.
         moebius = lattice.moebius(game.to("cpu", torch.float64))  # (N, B)
         # What order - 1 would have given: the same coefficients without the largest coalitions.
@@ -204,6 +220,13 @@ def interactions(
     interactions_list = _moebius.interaction_masks(num_players, max_order)
     values = _moebius.index_values(lattice, moebius, index, max_order, interactions_list)
     estimated = method == "taylor" or size < num_players
+    if permutations and size < num_players:
+        residual, evaluations, exact = _sampled_residual(
+            evaluate, lattice, moebius, permutations, random_state
+        )
+        values[1:] += residual  # SV: the empty interaction first, then the players in order
+        cost += evaluations
+        estimated = not exact
     empty_values = moebius[0]  # m(empty) = v(empty): the output with every player at baseline
 
     def wrap(table: Tensor, baseline_values: Tensor, *, is_estimate: bool) -> list:
@@ -225,8 +248,55 @@ def interactions(
     result = wrap(values, empty_values, is_estimate=estimated)
     if not return_truncation:
         return result
-    changes = values - _moebius.index_values(lattice, previous, index, max_order, interactions_list)
+    if permutations and size < num_players:
+        changes = torch.cat([torch.zeros_like(residual[:1]), residual])
+    else:
+        changes = values - _moebius.index_values(
+            lattice, previous, index, max_order, interactions_list
+        )
     return result, wrap(changes, torch.zeros_like(empty_values), is_estimate=True)
+
+
+def _check_permutations(
+    permutations: int, random_state: int | None, index: str, method: str
+) -> None:
+    if isinstance(permutations, bool) or not isinstance(permutations, int) or permutations < 0:
+        raise ValueError(f"permutations must be an int >= 0, got {permutations!r}")
+    if random_state is not None and (
+        isinstance(random_state, bool) or not isinstance(random_state, int)
+    ):
+        raise TypeError(f"random_state must be an int or None, got {random_state!r}")
+    if permutations and (index != "SV" or method != "moebius"):
+        raise ValueError(
+            f"permutations={permutations} samples the Shapley values of what the truncation "
+            f"leaves out: it needs index='SV' and method='moebius', got index={index!r}, "
+            f"method={method!r}; pass permutations=0 for other indices"
+        )
+
+
+def _sampled_residual(
+    evaluate: Callable[[Tensor], Tensor],
+    lattice: _moebius.Lattice,
+    moebius: Tensor,
+    permutations: int,
+    random_state: int | None,
+) -> tuple[Tensor, int, bool]:
+    """The permutation estimate of the Shapley values the truncation leaves out
+    (:mod:`hope_attr._residual_shapley`): ``(p, B)``, the model rows it cost per example, and
+    whether every permutation was used (then it is exact)."""
+    generator = torch.Generator()
+    if random_state is None:
+        generator.seed()
+    else:
+        generator.manual_seed(random_state)
+    orders, every = _residual_shapley.orders(lattice.num_players, permutations, generator)
+    # The game is known on the lattice; the model runs on the longer prefixes, each once.
+    longer = _residual_shapley.prefixes(orders)[:, lattice.size + 1 :]
+    coalitions, where = longer.unique(return_inverse=True)
+    values = evaluate(coalitions).to("cpu", torch.float64)[where]  # (P, p - n, B)
+    truncated = _residual_shapley.truncated_prefix_values(lattice, moebius, orders)
+    residual = _residual_shapley.correction(truncated, values, orders, lattice.size)
+    return residual, coalitions.numel(), every
 
 
 def _check_inputs(inputs: tuple[Tensor, ...]) -> None:
@@ -305,18 +375,18 @@ def _coalition_values(
     players: tuple[Tensor, ...],
     extra: tuple[Any, ...],
     target: Any,
-    lattice: _moebius.Lattice,
+    coalitions: Tensor,
 ) -> Tensor:
-    """``(N, B)``: the target output on every coalition of the lattice."""
+    """``(C, B)``: the target output on every coalition (``(C,)`` bitmasks)."""
     batch = inputs[0].shape[0]
     per_row = sum(x[0].numel() for x in inputs)
     chunk = max(1, _ELEMENTS_PER_CALL // (per_row * batch))
     values = []
     with torch.no_grad():
-        for start in range(0, len(lattice), chunk):
-            coalitions = lattice.masks[start : start + chunk]
-            count = coalitions.numel()
-            members = _members(coalitions.to(inputs[0].device), players, inputs)
+        for start in range(0, coalitions.numel(), chunk):
+            part = coalitions[start : start + chunk]
+            count = part.numel()
+            members = _members(part.to(inputs[0].device), players, inputs)
             moved = tuple(
                 (b + present * (x - b)).reshape(count * batch, *x.shape[1:])
                 for x, b, present in zip(inputs, baselines, members, strict=True)

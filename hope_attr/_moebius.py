@@ -75,6 +75,7 @@ class Lattice:
         self.sizes: Tensor = sizes[order]
         self._pairs: list[tuple[Tensor, Tensor]] | None = None
         self._table: Tensor | None = None
+        self._member_table: Tensor | None = None
 
     def __len__(self) -> int:
         return self.masks.numel()
@@ -92,6 +93,16 @@ class Lattice:
         """``(stop - start, p)``: which players the coalitions ``start..stop - 1`` hold."""
         players = torch.arange(self.num_players)
         return ((self.masks[start:stop, None] >> players) & 1).to(dtype)
+
+    def member_table(self) -> Tensor:
+        """``(N, size)`` int64: the players of each coalition, ascending, padded with ``p``."""
+        if self._member_table is None:
+            players = torch.arange(self.num_players)
+            present = ((self.masks[:, None] >> players) & 1).bool()
+            padded = torch.where(present, players, self.num_players)
+            self._member_table = padded.sort(1).values[:, : max(self.size, 1)]
+            self._member_table = self._member_table.T.contiguous().T  # columns read one by one
+        return self._member_table
 
     def pairs(self) -> list[tuple[Tensor, Tensor]]:
         """Per player ``i``: positions of the coalitions ``T`` holding ``i``, and of ``T - i``."""

@@ -135,6 +135,91 @@ def test_truncated_order_is_the_n_additive_game(index: str) -> None:
     assert ours.estimation_budget == 1 + 6 + 15 + 20
 
 
+def test_every_permutation_makes_the_truncated_shapley_values_exact() -> None:
+    p = 5
+    model = _mlp(p, scale=2.0)
+    x = _points(2, p)
+    truncated = hope_attr.interactions(model, x, index="SV", order=2)
+    corrected = hope_attr.interactions(model, x, index="SV", order=2, permutations=120)
+    for example, (plain, ours) in enumerate(zip(truncated, corrected, strict=True)):
+        reference = _exact(_feature_game(model, x[example], torch.zeros(p, dtype=DTYPE)), p)
+        _assert_same(ours, reference("SV", 1), atol=1e-12)
+        assert not ours.estimated  # all 5! orders: nothing is sampled
+        gap = max(abs(plain[(i,)] - reference("SV", 1)[(i,)]) for i in range(p))
+        assert gap > 1e-3  # the truncation alone is visibly off: the correction did the work
+        # The lattice (1 + 5 + 10) and the distinct prefixes of 3 and 4 players, and the full set.
+        assert ours.estimation_budget == 16 + 10 + 5 + 1
+
+
+@pytest.mark.parametrize("bucket_elements", [2**23, 1])  # one block, and one permutation a block
+def test_sampled_permutations_match_a_direct_control_variate_estimate(
+    bucket_elements: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The estimate is permutation sampling of v - v_n, v_n from shapiq's Moebius transform."""
+    from hope_attr import _residual_shapley
+
+    monkeypatch.setattr(_residual_shapley, "_BUCKET_ELEMENTS", bucket_elements)
+    p, size, count, seed = 7, 2, 30, 3
+    model = _mlp(p, scale=2.0)
+    x = _points(2, p)
+    ours = hope_attr.interactions(
+        model, x, index="SV", order=size, permutations=count, random_state=seed
+    )
+    orders, every = _residual_shapley.orders(p, count, torch.Generator().manual_seed(seed))
+    assert not every and orders.shape == (count, p)
+    for example in range(2):
+        game = _feature_game(model, x[example], torch.zeros(p, dtype=DTYPE))
+        truncated = _truncated_game(model, x[example], p, size)
+        exact_truncated = _exact(truncated, p)("SV", 1)
+        expected = np.array([exact_truncated[(i,)] for i in range(p)])
+        for order in orders.tolist():
+            present = np.zeros((p + 1, p), dtype=bool)
+            for k, player in enumerate(order):
+                present[k + 1 :, player] = True
+            residual = game(present) - truncated(present)
+            for k, player in enumerate(order):
+                expected[player] += (residual[k + 1] - residual[k]) / count
+        got = np.array([ours[example][(i,)] for i in range(p)])
+        assert np.abs(got - expected).max() < 1e-12
+        # Every sampled order hands out exactly v(N) - v_n(N): efficiency holds.
+        total = got.sum() + ours[example].baseline_value
+        assert abs(total - model(x[example : example + 1]).item()) < 1e-12
+
+
+def test_sampled_correction_converges_to_the_exact_shapley_values() -> None:
+    p = 10
+    model = _mlp(p, scale=2.0)
+    x = _points(1, p)
+    reference = _exact(_feature_game(model, x[0], torch.zeros(p, dtype=DTYPE)), p)("SV", 1)
+
+    def error(values) -> float:
+        return max(abs(values[0][(i,)] - reference[(i,)]) for i in range(p))
+
+    def corrected(count: int) -> float:
+        return error(
+            hope_attr.interactions(
+                model, x, index="SV", order=2, permutations=count, random_state=0
+            )
+        )
+
+    plain = error(hope_attr.interactions(model, x, index="SV", order=2))
+    few, many = corrected(20), corrected(2000)
+    assert many < plain / 5
+    assert many < few
+
+
+def test_truncation_estimate_with_permutations_is_the_sampled_correction() -> None:
+    model = _mlp(6, scale=2.0)
+    x = _points(2, 6)
+    plain = hope_attr.interactions(model, x, index="SV", order=2)
+    values, changes = hope_attr.interactions(
+        model, x, index="SV", order=2, permutations=50, random_state=1, return_truncation=True
+    )
+    for v, c, w in zip(values, changes, plain, strict=True):
+        assert np.allclose(c.values, v.values - w.values, atol=1e-13)
+        assert np.abs(c.values).max() > 0
+
+
 @pytest.mark.filterwarnings("ignore::hope_attr.ConvergenceWarning")  # order 3 says little
 def test_taylor_is_the_polynomial_game() -> None:
     """method="taylor" gives the indices of the Taylor polynomial's values at the vertices."""
@@ -306,6 +391,10 @@ def test_model_is_left_unchanged() -> None:
         ({"order": 0}, ValueError, "order must be >= 1"),
         ({"order": 2.0}, TypeError, "order must be an int"),
         ({"order": 4, "max_coalitions": 10}, ValueError, r"C\(4, s\) = 16 coalitions"),
+        ({"permutations": 8}, ValueError, "needs index='SV' and method='moebius'"),
+        ({"index": "SV", "method": "taylor", "permutations": 8}, ValueError, "index='SV'"),
+        ({"index": "SV", "permutations": -1}, ValueError, "permutations must be an int >= 0"),
+        ({"index": "SV", "permutations": 8, "random_state": "0"}, TypeError, "random_state"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs: dict, error: type, match: str) -> None:
