@@ -21,8 +21,8 @@ the subsets of ``T`` only. Two ways to get ``m`` on every ``T`` with ``|T| <= n`
   ``sum_{1 <= s <= n} C(p, s)`` directions can recover them.
 
 Measured on tanh MLPs (``benchmarks/interactions.py``), the first was more accurate from order 2
-on and never slower, and it is the default; the second is kept because it is what the polynomial
-says (a surrogate's interactions), and for comparison.
+on and slower only where both took milliseconds, and it is the default; the second is kept
+because it is what the polynomial says (a surrogate's interactions), and for comparison.
 """
 
 from __future__ import annotations
@@ -94,10 +94,10 @@ def interactions(
     * ``method="taylor"`` takes ``m(T)`` from the order-``order`` Taylor polynomial at the
       baseline (one jet per coalition of at most ``order`` players): it also drops the
       polynomial's terms of degree ``> order``, and each jet costs more than a forward pass.
-      Measured on tanh MLPs it was less accurate than ``"moebius"`` from order 2 on and never
-      faster, hence not the default; it says what the Taylor polynomial attributes to each
-      interaction, and warns (``ConvergenceWarning``) where the series along some coalition's
-      move does not converge at the baseline.
+      Measured on tanh MLPs it was less accurate than ``"moebius"`` from order 2 on and faster
+      only where both took milliseconds, hence not the default; it says what the Taylor
+      polynomial attributes to each interaction, and warns (``ConvergenceWarning``) where the
+      series along some coalition's move does not converge at the baseline.
 
     Args:
         forward_func: the model or function, ``forward_func(inputs, *additional_forward_args)``
