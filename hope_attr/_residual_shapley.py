@@ -33,7 +33,8 @@ from torch import Tensor
 
 from hope_attr._moebius import Lattice
 
-# Lattice entries (times examples) bucketed at once: bounds the (P, N, B) scatter to ~64 MiB.
+# Lattice entries (times examples) bucketed at once: the (P, N, B) sources and bins take
+# ~64 MiB each.
 _BUCKET_ELEMENTS = 2**23
 # Up to this many players, asking for p! permutations or more enumerates them all.
 _ENUMERABLE_PLAYERS = 8
@@ -72,7 +73,8 @@ def truncated_prefix_values(lattice: Lattice, moebius: Tensor, permutations: Ten
     for start in range(0, count, per_block):
         block = rank[start : start + per_block]
         # The position at which T is complete: that of its last player in this order (a running
-        # maximum over the member columns: 1.7x faster than a gather of (P, N, n) and amax).
+        # maximum over the member columns in bytes: 2.3x faster than an int64 (P, N, n) gather
+        # and amax, measured at p = 24, n = 4, 1024 permutations).
         complete = block[:, columns[0]]
         for column in columns[1:]:
             complete = torch.maximum(complete, block[:, column])
