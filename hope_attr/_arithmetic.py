@@ -187,8 +187,8 @@ def elementwise(jet: Jet, table: Sequence[Tensor], primal: Tensor | None = None)
     if _keeps_window(jet, primal):
         # Only the table entries under each direction's window matter.
         window = jet.window
-        table = [table[0], *(window.gather(_broadcast_to(t, primal)) for t in table[1:])]
-        series = compose_series(list(table), jet._series, jet.order)
+        entries = window.gather(cached(_stacked, list(table[1:]), primal))
+        series = compose_series([table[0], *entries.unbind(0)], jet._series, jet.order)
         return Jet(primal, series, jet.order, window=window)
     series = compose_series(list(table), jet.series, jet.order)
     return Jet(primal, series, jet.order)
@@ -214,6 +214,11 @@ def scale(jet: Jet, slope: Tensor, primal: Tensor) -> Jet:
         slope = jet.window.gather(_broadcast_to(slope, primal))
         return Jet(primal, jet._series * slope, jet.order, window=jet.window)
     return Jet(primal, jet.series * slope, jet.order)
+
+
+def _stacked(entries: list[Tensor | float], primal: Tensor) -> Tensor:
+    """Table entries stacked ``(n, *primal.shape)``: one window gather serves them all."""
+    return torch.stack([_broadcast_to(t, primal) for t in entries])
 
 
 def _keeps_window(jet: Jet, primal: Tensor) -> bool:

@@ -70,10 +70,19 @@ class Window:
         return self._layout
 
     def gather(self, values: Tensor) -> Tensor:
-        """``(B, C, *full)`` -> ``(D, B, C, *size)``: the values under each window, 0 outside."""
+        """``(*L, B, C, *full)`` -> ``(*L, D, B, C, *size)``: the values under each window, 0
+        outside, for any leading axes ``L`` (the entries of a Taylor table at once).
+
+        ``torch.gather`` with the positions broadcast over the maps: several times faster on a
+        CPU than advanced indexing, and one call serves a whole table.
+        """
         flat, inside = self.layout()
-        picked = values.flatten(2)[:, :, flat] * inside  # (B, C, D, E)
-        return picked.permute(2, 0, 1, 3).reshape(flat.shape[0], *values.shape[:2], *self.size)
+        maps = values.shape[: values.dim() - len(self.full)]  # (*L, B, C)
+        source = values.reshape(-1, math.prod(self.full))
+        picked = source.gather(1, flat.reshape(1, -1).expand(source.shape[0], -1))
+        picked = picked.reshape(*maps, *flat.shape) * inside  # (*L, B, C, D, E)
+        picked = picked.movedim(-2, len(maps) - 2)  # (*L, D, B, C, E)
+        return picked.reshape(*picked.shape[:-1], *self.size)
 
     def scatter(self, series: Tensor) -> Tensor:
         """``(m, D, B, C, *size)`` -> the dense series ``(m, D, B, C, *full)``."""

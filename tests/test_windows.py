@@ -213,6 +213,24 @@ def test_gather_and_scatter_agree_with_dense_indexing() -> None:
         assert torch.all(dense[:, d, :, :, ~covered] == 0)
 
 
+def test_gather_serves_a_whole_table_at_once() -> None:
+    """Leading axes (a Taylor table's entries) gather like separate calls, by dense indexing."""
+    offsets = torch.tensor([[-1, 2], [3, -2], [0, 0]])
+    window = _windows.Window(offsets, (2, 3), (4, 5))
+    table = torch.randn(4, 2, 3, 4, 5, dtype=torch.float64)  # (entries, B, C, *full)
+    gathered = window.gather(table)
+    assert gathered.shape == (4, 3, 2, 3, 2, 3)
+    for entry in range(4):
+        assert torch.equal(gathered[entry], window.gather(table[entry]))
+    for d, (row, col) in enumerate(offsets.tolist()):
+        for i in range(2):
+            for j in range(3):
+                r, c = row + i, col + j
+                inside = 0 <= r < 4 and 0 <= c < 5
+                expected = table[..., r, c] if inside else torch.zeros(4, 2, 3).double()
+                assert torch.equal(gathered[:, d, :, :, i, j], expected)
+
+
 def test_default_chunks_are_sized_from_the_measured_series(monkeypatch, chunk_sizes) -> None:
     """With windows, the primal's shape overstates a direction's series: the first chunk is
     sized by that bound, measures the series and sizes the other chunks by what it saw."""
