@@ -191,12 +191,17 @@ def test_window_is_skipped_when_it_covers_most_of_the_map(window_calls: dict[str
     assert window_calls["scatter"] == 0
 
 
-def test_gather_and_scatter_agree_with_dense_indexing() -> None:
-    offsets = torch.tensor([[-1, 2], [3, -2], [0, 0]])
+@pytest.mark.parametrize("by_slices", [False, True])
+def test_gather_and_scatter_agree_with_dense_indexing(
+    by_slices: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both ways to scatter: advanced indexing, and one slice copy per direction (large windows).
+    monkeypatch.setattr(_windows, "_SLICE_COPY_ENTRIES", 0 if by_slices else 10**12)
+    offsets = torch.tensor([[-1, 2], [3, -2], [0, 0], [5, 1], [-2, -3]])
     window = _windows.Window(offsets, (2, 3), (4, 5))
     values = torch.arange(2 * 4 * 5, dtype=torch.float64).reshape(1, 2, 4, 5)
     gathered = window.gather(values)
-    series = torch.randn(2, 3, 1, 2, 2, 3, dtype=torch.float64)
+    series = torch.randn(2, 5, 1, 2, 2, 3, dtype=torch.float64)
     dense = window.scatter(series)
     for d, (row, col) in enumerate(offsets.tolist()):
         for i in range(2):
