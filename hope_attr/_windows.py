@@ -132,10 +132,18 @@ class Window:
             # Aligned entry e holds old entry e - shift: pad so every index is in range.
             moved = series.movedim(dim, -1)
             padded = F.pad(moved, (step - 1, step * pooled - width))
-            index = torch.arange(step * pooled, device=shift.device) + (step - 1) - shift[:, None]
-            index = index.reshape(1, -1, *([1] * (moved.dim() - 3)), step * pooled)
-            aligned = torch.gather(padded, -1, index.expand(*moved.shape[:-1], step * pooled))
-            series = block_mean(aligned, (step,)).movedim(-1, dim)
+            # The block means of every possible shift, each direction taking its own: cheaper
+            # than gathering the aligned entries one by one (strides are few: 2 for most nets).
+            pooled_series = None
+            for candidate in range(step):
+                start = step - 1 - candidate
+                means = block_mean(padded[..., start : start + step * pooled], (step,))
+                if pooled_series is None:
+                    pooled_series = means
+                else:
+                    takes = (shift == candidate).reshape(1, -1, *([1] * (moved.dim() - 2)))
+                    pooled_series = torch.where(takes, means, pooled_series)
+            series = pooled_series.movedim(-1, dim)
         # Blocks past the map's last full block pool partial data: zero them (the invariant).
         _, inside = window.layout()
         mask = inside.reshape(1, inside.shape[0], 1, 1, *window.size)

@@ -218,6 +218,22 @@ def test_gather_and_scatter_agree_with_dense_indexing(
         assert torch.all(dense[:, d, :, :, ~covered] == 0)
 
 
+@pytest.mark.parametrize("stride", [(2, 2), (3, 3), (3, 2), (4, 1)])
+def test_average_pool_of_windows_equals_pooling_the_dense_maps(stride: tuple[int, int]) -> None:
+    """Every direction takes the block means of its own shift (offset mod stride)."""
+    torch.manual_seed(0)
+    size, full = (5, 4), (13, 17)
+    starts = [torch.randint(-s + 1, f, (12,)) for s, f in zip(size, full, strict=True)]
+    offsets = torch.stack(starts, 1)
+    window = _windows.Window(offsets, size, full)
+    _, inside = window.layout()
+    series = torch.randn(3, 12, 2, 2, *size, dtype=torch.float64)
+    series = series * inside.reshape(1, 12, 1, 1, *size)  # the invariant: zero outside the map
+    pooled, pooled_window = window.average_pool(series, stride)
+    expected = _windows.block_mean(window.scatter(series), stride)
+    torch.testing.assert_close(pooled_window.scatter(pooled), expected, rtol=1e-14, atol=1e-15)
+
+
 def test_gather_serves_a_whole_table_at_once() -> None:
     """Leading axes (a Taylor table's entries) gather like separate calls, by dense indexing."""
     offsets = torch.tensor([[-1, 2], [3, -2], [0, 0]])
