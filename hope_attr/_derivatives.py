@@ -42,11 +42,6 @@ _MEMO_BUDGET_BYTES = 256 * 2**20
 # device's free memory instead.
 _GPU_SHARE_OF_FREE_MEMORY = 0.25
 _TEMPORARY_COPIES = 4
-# A nonlinearity on a series of several orders holds two more series of its size (the Riccati
-# recurrence's y and v, the powers of a table composition), and the default allocator then returns
-# the freed heap to the kernel between chunks: the MNIST CNN at order 10 (batch 16) took 0.4
-# million page faults per call with chunks of 24 directions (16 MiB series), none with 16.
-_TEMPORARY_COPIES_SEVERAL_ORDERS = 6
 # The default chunk size comes from the primal pass: ``order`` coefficients of the largest
 # activation per direction, an upper bound. Receptive-field windows (:mod:`hope_attr._windows`)
 # make the series of an input's one-feature directions far smaller than that, and a
@@ -249,10 +244,7 @@ class Expansion:
                 if self._memo is not None:
                     self._memo.recording = False
                 if probe is not None:
-                    copies = _TEMPORARY_COPIES
-                    if probe.orders > 1:
-                        copies = _TEMPORARY_COPIES_SEVERAL_ORDERS
-                    measured = probe.bytes_per_direction * copies
+                    measured = probe.bytes_per_direction * _TEMPORARY_COPIES
                     chunk = max(chunk, _directions_within_budget(measured, device))
                 if on_chunk is not None:
                     on_chunk(stop - start)
@@ -296,12 +288,10 @@ class Expansion:
 
 
 class _SeriesProbe:
-    """Observes a propagation: the most bytes any one direction's series took, and the most
-    orders any series stored."""
+    """Observes a propagation: the most bytes any one direction's series took."""
 
     def __init__(self) -> None:
         self.bytes_per_direction = 1
-        self.orders = 1
 
     def __call__(self, value: object) -> None:
         if not isinstance(value, Jet) or value._series is None:
@@ -310,7 +300,6 @@ class _SeriesProbe:
         batch = value.primal.shape[0] if value.primal.dim() else 1
         per_direction = series[:, 0].numel() * (batch // series.shape[2]) * series.element_size()
         self.bytes_per_direction = max(self.bytes_per_direction, per_direction)
-        self.orders = max(self.orders, series.shape[0])
 
 
 def _directions_within_budget(bytes_per_direction: int, device: torch.device) -> int:
