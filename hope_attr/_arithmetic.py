@@ -14,6 +14,7 @@ Arguments that are not jets are constants: they carry no series.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 
 import torch
@@ -21,6 +22,7 @@ from torch import Tensor
 
 from hope_attr import _taylor_tables as tables
 from hope_attr._jet import Jet, cauchy_product, compose_series, riccati_series
+from hope_attr._memo import cached
 
 
 def is_jet(value: object) -> bool:
@@ -115,7 +117,7 @@ def map_per_sample(
 
 def linear_combination(a: object, b: object, alpha: float = 1.0) -> Jet:
     """``a + alpha * b`` where either may be a constant (tensor or number)."""
-    primal = primal_of(a) + alpha * primal_of(b)
+    primal = cached(_combined, primal_of(a), primal_of(b), alpha)
     shape = primal.shape
     parts = []
     for value, weight in ((a, 1.0), (b, alpha)):
@@ -132,6 +134,10 @@ def linear_combination(a: object, b: object, alpha: float = 1.0) -> Jet:
     return Jet(primal, total.expand(*total.shape[:2], batch, *shape[1:]), order)
 
 
+def _combined(a: object, b: object, alpha: float) -> Tensor:
+    return a + alpha * b
+
+
 def add(a: object, b: object) -> Jet:
     return linear_combination(a, b)
 
@@ -143,14 +149,14 @@ def sub(a: object, b: object) -> Jet:
 # --------------------------------------------------------------------------- products
 def mul(a: object, b: object) -> Jet:
     if is_jet(a) and is_jet(b):
-        primal = a.primal * b.primal
+        primal = cached(operator.mul, a.primal, b.primal)
         ndim = primal.dim()
         series = cauchy_product(
             a.primal, lifted_series(a, ndim), b.primal, lifted_series(b, ndim), a.order
         )
         return Jet(primal, _broadcast_series(series, primal.shape), a.order)
     jet, const = (a, b) if is_jet(a) else (b, a)
-    primal = jet.primal * const
+    primal = cached(operator.mul, jet.primal, const)
     series = lifted_series(jet, primal.dim()) * const
     return Jet(primal, _broadcast_series(series, primal.shape), jet.order)
 
@@ -158,7 +164,7 @@ def mul(a: object, b: object) -> Jet:
 def div(a: object, b: object) -> Jet:
     if is_jet(b):
         return mul(a, reciprocal(b)) if is_jet(a) else mul(reciprocal(b), a)
-    primal = a.primal / b
+    primal = cached(operator.truediv, a.primal, b)
     series = lifted_series(a, primal.dim()) / b
     return Jet(primal, _broadcast_series(series, primal.shape), a.order)
 
@@ -181,8 +187,8 @@ def elementwise(jet: Jet, table: Sequence[Tensor], primal: Tensor | None = None)
     if _keeps_window(jet, primal):
         # Only the table entries under each direction's window matter.
         window = jet.window
-        table = [table[0], *(window.gather(_broadcast_to(t, primal)) for t in table[1:])]
-        series = compose_series(list(table), jet._series, jet.order)
+        entries = window.gather(cached(_stacked, list(table[1:]), primal))
+        series = compose_series([table[0], *entries.unbind(0)], jet._series, jet.order)
         return Jet(primal, series, jet.order, window=window)
     series = compose_series(list(table), jet.series, jet.order)
     return Jet(primal, series, jet.order)
@@ -210,6 +216,11 @@ def scale(jet: Jet, slope: Tensor, primal: Tensor) -> Jet:
     return Jet(primal, jet.series * slope, jet.order)
 
 
+def _stacked(entries: list[Tensor | float], primal: Tensor) -> Tensor:
+    """Table entries stacked ``(n, *primal.shape)``: one window gather serves them all."""
+    return torch.stack([_broadcast_to(t, primal) for t in entries])
+
+
 def _keeps_window(jet: Jet, primal: Tensor) -> bool:
     return jet.window is not None and primal.shape == jet.primal.shape
 
@@ -230,31 +241,41 @@ def power(jet: Jet, exponent: float) -> Jet:
 
 def exp(jet: Jet) -> Jet:
     if jet.num_stored > 1:
-        value = torch.exp(jet.primal)
+        value = cached(torch.exp, jet.primal)
         return riccati(jet, value, value, linear=1.0, quadratic=0.0)
-    return elementwise(jet, tables.exp(jet.primal, jet.order))
+    return elementwise(jet, cached(tables.exp, jet.primal, jet.order))
 
 
 def log(jet: Jet) -> Jet:
-    return elementwise(jet, tables.log(jet.primal, jet.order))
+    return elementwise(jet, cached(tables.log, jet.primal, jet.order))
 
 
 def tanh(jet: Jet) -> Jet:
     if jet.num_stored > 1:
-        value = torch.tanh(jet.primal)
-        return riccati(jet, value, 1 - value * value, linear=0.0, quadratic=-1.0)
-    return elementwise(jet, tables.tanh(jet.primal, jet.order))
+        value, slope = cached(_tanh_slope, jet.primal)
+        return riccati(jet, value, slope, linear=0.0, quadratic=-1.0)
+    return elementwise(jet, cached(tables.tanh, jet.primal, jet.order))
+
+
+def _tanh_slope(primal: Tensor) -> tuple[Tensor, Tensor]:
+    value = torch.tanh(primal)
+    return value, 1 - value * value
 
 
 def sigmoid(jet: Jet) -> Jet:
     if jet.num_stored > 1:
-        value = torch.sigmoid(jet.primal)
-        return riccati(jet, value, value - value * value, linear=1.0, quadratic=-1.0)
-    return elementwise(jet, tables.sigmoid(jet.primal, jet.order))
+        value, slope = cached(_sigmoid_slope, jet.primal)
+        return riccati(jet, value, slope, linear=1.0, quadratic=-1.0)
+    return elementwise(jet, cached(tables.sigmoid, jet.primal, jet.order))
+
+
+def _sigmoid_slope(primal: Tensor) -> tuple[Tensor, Tensor]:
+    value = torch.sigmoid(primal)
+    return value, value - value * value
 
 
 def softplus(jet: Jet, beta: float = 1.0, threshold: float = 20.0) -> Jet:
-    return elementwise(jet, tables.softplus(jet.primal, jet.order, beta, threshold))
+    return elementwise(jet, cached(tables.softplus, jet.primal, jet.order, beta, threshold))
 
 
 # --------------------------------------------------------------------------- pytree helpers

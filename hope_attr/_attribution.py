@@ -619,11 +619,18 @@ def _group_terms(
 ) -> tuple[Tensor, ...]:
     num_groups = int(max(m.max().item() for m in masks)) + 1
     directions = tuple(
-        torch.nn.functional.one_hot(mask, num_groups).movedim(-1, 0).to(step.dtype) * step
+        (mask == _group_ids(num_groups, mask)).to(step.dtype) * step
         for mask, step in zip(masks, steps, strict=True)
     )  # (G, B, *I) each: group g moves all its features to their baselines at once
     coefficients = expansion.directional_coefficients(directions, on_chunk)  # (n, G, B, *O)
     return -coefficients.movedim(1, -1)  # (n, B, *O, G)
+
+
+def _group_ids(num_groups: int, mask: Tensor) -> Tensor:
+    """``(G, 1, ...)``: the ids, to compare with a mask ``(B, *I)`` (a boolean per group, where
+    ``one_hot`` would make int64 ones eight times the size)."""
+    ids = torch.arange(num_groups, device=mask.device)
+    return ids.reshape(num_groups, *([1] * mask.dim()))
 
 
 def _spread(per_group: Tensor, masks: tuple[Tensor, ...], batch_axis: int) -> tuple[Tensor, ...]:

@@ -14,6 +14,7 @@ from hope_attr import (  # noqa: F401  (register the built-in rules)
     _compositions,
     _eager,
     _interpreter,
+    _memo,
     _rules_arithmetic,
     _rules_attention,
     _rules_elementwise,
@@ -34,6 +35,8 @@ from hope_attr._jet import InputSeed, Jet
 # 1.8 s, 48 directions (31 MiB) 2.5 s, the former 64 MiB budget 3.5 s (1.7 s with
 # MALLOC_MMAP_MAX_=0, which users do not set).
 _SERIES_BUDGET_BYTES = 64 * 2**20
+# The primal values shared by the chunks (hope_attr._memo) may take this much on a CPU.
+_MEMO_BUDGET_BYTES = 256 * 2**20
 # On a GPU, every chunk costs hundreds of kernel launches (resnet18 at 224 px: 40 chunks of 5
 # directions spent 0.6 s launching 68 ms of kernels on an H200), so the budget is a share of the
 # device's free memory instead.
@@ -180,6 +183,7 @@ class Expansion:
             per_direction = order * largest[0] * itemsize * _TEMPORARY_COPIES
             internal_batch_size = _directions_within_budget(per_direction, self.inputs[0].device)
         self.chunk_size = internal_batch_size
+        self._memo: _memo.PrimalMemo | None = None
 
     def unmixed_coefficients(self, on_chunk: Callable[[int], None] | None = None) -> list[Tensor]:
         """Per input, ``(n, B, *O, *I)``: coefficient ``k`` of ``out(x + t e_i)``.
@@ -228,17 +232,25 @@ class Expansion:
         """
         chunk = self.chunk_size
         measure = not self.chunk_given and chunk < total
+        # Every chunk runs the forward again: the first one records the primal values (and the
+        # tables at them) for the others (hope_attr._memo).
+        self._memo = _memo.PrimalMemo(_memo_budget(device)) if chunk < total else None
         start = 0
-        while start < total:
-            stop = min(total, start + chunk)
-            probe = _SeriesProbe() if measure and start == 0 else None
-            yield start, stop, probe
-            if probe is not None:
-                measured = probe.bytes_per_direction * _TEMPORARY_COPIES
-                chunk = max(chunk, _directions_within_budget(measured, device))
-            if on_chunk is not None:
-                on_chunk(stop - start)
-            start = stop
+        try:
+            while start < total:
+                stop = min(total, start + chunk)
+                probe = _SeriesProbe() if measure and start == 0 else None
+                yield start, stop, probe
+                if self._memo is not None:
+                    self._memo.recording = False
+                if probe is not None:
+                    measured = probe.bytes_per_direction * _TEMPORARY_COPIES
+                    chunk = max(chunk, _directions_within_budget(measured, device))
+                if on_chunk is not None:
+                    on_chunk(stop - start)
+                start = stop
+        finally:
+            self._memo = None
 
     @property
     def graph(self) -> _interpreter.TracedGraph:
@@ -263,7 +275,8 @@ class Expansion:
     def _propagate(
         self, args: list[object], num_directions: int, probe: _SeriesProbe | None = None
     ) -> Tensor:
-        value = self.run((*args, *self.extra), probe)
+        with _memo.active(self._memo):
+            value = self.run((*args, *self.extra), probe)
         if isinstance(value, Jet):
             return value.full_series()
         if isinstance(value, Tensor):
@@ -298,6 +311,14 @@ def _series_budget(device: torch.device) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         return max(_SERIES_BUDGET_BYTES, int(free * _GPU_SHARE_OF_FREE_MEMORY))
     return _SERIES_BUDGET_BYTES
+
+
+def _memo_budget(device: torch.device) -> int:
+    # The primals of one pass (resnet18, one 224 px image: 42 MiB); a larger batch keeps those of
+    # the first layers only, the rest are recomputed per chunk as before.
+    if device.type == "cuda":
+        return _series_budget(device)
+    return _MEMO_BUDGET_BYTES
 
 
 def _format_additional_args(additional_forward_args: Any) -> tuple[Any, ...]:

@@ -359,19 +359,23 @@ def riccati_series(
     shape = torch.broadcast_shapes(u.shape[1:], y0.shape)
     y = u.new_empty((order, *shape))
     v = u.new_empty((order - 1, *shape)) if order > 1 else None
+    # Views made once: the loops below index them ~n^2 times.
+    us, ys = u.unbind(0), y.unbind(0)
+    vs = v.unbind(0) if v is not None else ()
+    gain = linear + 2 * quadratic * y0 if order > 1 else None  # v_k's factor of y_k
     for k in range(1, order + 1):
-        yk = y[k - 1]
+        yk = ys[k - 1]
         # The j = k term holds v_0, the primal's slope; v_1.. live in `v`.
-        torch.mul(u[k - 1], slope0, out=yk) if k <= m else yk.zero_()
+        torch.mul(us[k - 1], slope0, out=yk) if k <= m else yk.zero_()
         for j in range(1, min(k - 1, m) + 1):
-            yk.addcmul_(u[j - 1], v[k - j - 1], value=j / k)
+            yk.addcmul_(us[j - 1], vs[k - j - 1], value=j / k)
         if k == order:
             break
         # v_k = linear y_k + quadratic (2 y_0 y_k + sum_{i=1}^{k-1} y_i y_{k-i}).
-        vk = v[k - 1]
-        torch.mul(yk, linear + 2 * quadratic * y0, out=vk)
+        vk = vs[k - 1]
+        torch.mul(yk, gain, out=vk)
         for i in range(1, (k - 1) // 2 + 1):
-            vk.addcmul_(y[i - 1], y[k - i - 1], value=2 * quadratic)
+            vk.addcmul_(ys[i - 1], ys[k - i - 1], value=2 * quadratic)
         if k % 2 == 0:
-            vk.addcmul_(y[k // 2 - 1], y[k // 2 - 1], value=quadratic)
+            vk.addcmul_(ys[k // 2 - 1], ys[k // 2 - 1], value=quadratic)
     return y

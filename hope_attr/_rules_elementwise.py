@@ -21,6 +21,7 @@ from hope_attr import _arithmetic as ar
 from hope_attr import _compositions, _kinks, _registry
 from hope_attr import _taylor_tables as tables
 from hope_attr._jet import Jet
+from hope_attr._memo import cached
 from hope_attr._registry import UnsupportedOperationError, register_rule
 
 
@@ -67,7 +68,7 @@ def _spec(module_type: type) -> Activation:
 
 def _smooth(table: Callable[..., list[Tensor]]) -> Callable[..., Jet]:
     def rule(x: Jet, *args, **kwargs) -> Jet:
-        return ar.elementwise(x, table(x.primal, x.order, *args, **kwargs))
+        return ar.elementwise(x, cached(table, x.primal, x.order, *args, **kwargs))
 
     return rule
 
@@ -104,7 +105,11 @@ def _gelu_table(primal: Tensor, order: int, approximate: str = "none") -> list[T
 
 def _relu(x: Jet, inplace: bool = False) -> Jet:
     _kinks.report(x, 0.0)
-    return ar.scale(x, (x.primal > 0).to(x.primal.dtype), F.relu(x.primal))
+    return ar.scale(x, cached(_positive, x.primal), cached(F.relu, x.primal))
+
+
+def _positive(primal: Tensor) -> Tensor:
+    return (primal > 0).to(primal.dtype)
 
 
 def _leaky_relu(x: Jet, negative_slope: float = 0.01, inplace: bool = False) -> Jet:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from hope_attr import _arithmetic as ar
 from hope_attr._jet import Jet
+from hope_attr._memo import cached
 from hope_attr._registry import TrainingModeError, register_rule
 from hope_attr._windows import Window
 
@@ -28,7 +29,7 @@ def _linear_module(module: nn.Linear, x: Jet) -> Jet:
 
 @register_rule(F.linear)
 def _linear(x: Jet, weight: Tensor, bias: Tensor | None = None) -> Jet:
-    primal = F.linear(x.primal, weight, bias)
+    primal = cached(F.linear, x.primal, weight, bias)
     if x.seed is not None and x.primal.dim() == 2:
         # Direction e_i through x @ W^T is column i of W: read it instead of multiplying one-hots.
         columns = weight.t()[x.seed.start : x.seed.stop]
@@ -75,6 +76,12 @@ class _ConvCall:
         bias = self.bias if with_bias else None
         return conv(x, self.weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
+    def primal(self, x: Tensor) -> Tensor:
+        """The convolution of a primal (with the bias), shared by the chunks of an expansion."""
+        conv = (F.conv1d, F.conv2d, F.conv3d)[self.weight.dim() - 3]
+        args = (self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return cached(conv, x, *args)
+
 
 @register_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def _conv_module(module: nn.modules.conv._ConvNd, x: Jet) -> Jet:
@@ -94,7 +101,7 @@ for _target in (F.conv1d, F.conv2d, F.conv3d):
 
 
 def _conv(call: _ConvCall, x: Jet) -> Jet:
-    primal = call(x.primal)
+    primal = call.primal(x.primal)
     if x.seed is not None and x._series is None and not isinstance(call.padding, str):
         # A model input's one-pixel directions: read the kernel instead of convolving one-hots.
         window = _seed_window(call, x.seed.start, x.seed.stop, x.primal.shape, primal.shape)
@@ -312,7 +319,9 @@ def _batch_norm(
         raise TrainingModeError(
             "batch_norm with training=True uses batch statistics; call model.eval()."
         )
-    primal = F.batch_norm(x.primal, running_mean, running_var, weight, bias, False, 0.0, eps)
+    primal = cached(
+        F.batch_norm, x.primal, running_mean, running_var, weight, bias, False, 0.0, eps
+    )
     gain = torch.rsqrt(running_var + eps)
     if weight is not None:
         gain = gain * weight

@@ -15,6 +15,7 @@ from hope_attr import _arithmetic as ar
 from hope_attr import _kinks, _registry
 from hope_attr._arithmetic import expanded_series as _expanded
 from hope_attr._jet import Jet
+from hope_attr._memo import cached
 from hope_attr._registry import register_rule
 from hope_attr._windows import block_mean
 
@@ -46,7 +47,7 @@ def _avg_pool_function(pool: Callable[..., Tensor]) -> Callable[..., Jet]:
 def _avg_pool(pool: Callable[..., Tensor], x: Jet, **arguments: object) -> Jet:
     """Average pooling; over disjoint blocks it keeps receptive-field windows, or is a block mean
     (cheaper than a strided convolution per coefficient)."""
-    primal = pool(x.primal, **arguments)
+    primal = cached(pool, x.primal, **arguments)
     stride = _block_pooling_stride(SimpleNamespace(**arguments), x.primal.dim() - 2)
     if stride is not None and x.window is not None:
         series, window = x.window.average_pool(x._series, stride)
@@ -82,7 +83,8 @@ def _block_pooling_stride(pooling: object, num_spatial: int) -> tuple[int, ...] 
 
 def _batchwise_function(fn: Callable[..., Tensor]) -> Callable[..., Jet]:
     def rule(x: Jet, *args, **kwargs) -> Jet:
-        return ar.map_batchwise(x, lambda s: fn(s, *args, **kwargs), fn(x.primal, *args, **kwargs))
+        primal = cached(fn, x.primal, *args, **kwargs)
+        return ar.map_batchwise(x, lambda s: fn(s, *args, **kwargs), primal)
 
     return rule
 
@@ -105,7 +107,7 @@ def _max_pool_rule(pool: Callable[..., tuple[Tensor, Tensor]], spatial: int):
         wants_indices = kwargs.pop("return_indices", False)
         geometry = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
         _kinks.report_max_pool(x, pool, **{k: v for k, v in kwargs.items() if k in geometry})
-        primal, indices = pool(x.primal, return_indices=True, **kwargs)
+        primal, indices = cached(pool, x.primal, return_indices=True, **kwargs)
         stride = None
         if kwargs.get("kernel_size") is not None:
             stride = _block_pooling_stride(SimpleNamespace(**kwargs), spatial)

@@ -27,6 +27,10 @@ from torch import Tensor
 
 __all__ = ["Window", "block_mean"]
 
+# Values per direction (coefficients x batch x channels x window entries) from which a CPU
+# scatters windows by slice copies rather than by advanced indexing.
+_SLICE_COPY_ENTRIES = 2**16
+
 
 class Window:
     """Where each direction's window sits in a feature map.
@@ -70,14 +74,25 @@ class Window:
         return self._layout
 
     def gather(self, values: Tensor) -> Tensor:
-        """``(B, C, *full)`` -> ``(D, B, C, *size)``: the values under each window, 0 outside."""
+        """``(*L, B, C, *full)`` -> ``(*L, D, B, C, *size)``: the values under each window, 0
+        outside, for any leading axes ``L`` (the entries of a Taylor table at once).
+
+        ``torch.gather`` with the positions broadcast over the maps: several times faster on a
+        CPU than advanced indexing, and one call serves a whole table.
+        """
         flat, inside = self.layout()
-        picked = values.flatten(2)[:, :, flat] * inside  # (B, C, D, E)
-        return picked.permute(2, 0, 1, 3).reshape(flat.shape[0], *values.shape[:2], *self.size)
+        maps = values.shape[: values.dim() - len(self.full)]  # (*L, B, C)
+        source = values.reshape(-1, math.prod(self.full))
+        picked = source.gather(1, flat.reshape(1, -1).expand(source.shape[0], -1))
+        picked = picked.reshape(*maps, *flat.shape) * inside  # (*L, B, C, D, E)
+        picked = picked.movedim(-2, len(maps) - 2)  # (*L, D, B, C, E)
+        return picked.reshape(*picked.shape[:-1], *self.size)
 
     def scatter(self, series: Tensor) -> Tensor:
         """``(m, D, B, C, *size)`` -> the dense series ``(m, D, B, C, *full)``."""
         m, d, b, c = series.shape[:4]
+        if series.device.type == "cpu" and m * b * c * self.num_entries >= _SLICE_COPY_ENTRIES:
+            return self._scatter_by_slices(series)
         flat, inside = self.layout()
         direction = torch.arange(d, device=flat.device)[:, None].expand_as(flat)[inside]
         entry = torch.arange(flat.shape[1], device=flat.device).expand_as(flat)[inside]
@@ -85,6 +100,23 @@ class Window:
         dense = series.new_zeros((m, d, b * c, math.prod(self.full)))
         dense[:, direction, :, flat[inside]] = source[:, direction, :, entry]
         return dense.reshape(m, d, b, c, *self.full)
+
+    def _scatter_by_slices(self, series: Tensor) -> Tensor:
+        """:meth:`scatter` as one slice copy per direction: on a CPU, cheaper than advanced
+        indexing once a direction's window holds many values (the MNIST CNN's second convolution
+        at order 10: 2.2 ms instead of 3.1 ms per chunk of 24 directions), and without its
+        temporary copy of the windows."""
+        m, d, b, c = series.shape[:4]
+        dense = series.new_zeros((m, d, b, c, *self.full))
+        for direction, offset in enumerate(self.offsets.tolist()):
+            target: list[slice | int] = [slice(None), direction, slice(None), slice(None)]
+            source = list(target)
+            for start, width, extent in zip(offset, self.size, self.full, strict=True):
+                low, high = max(start, 0), min(start + width, extent)
+                target.append(slice(low, max(high, low)))
+                source.append(slice(low - start, max(high, low) - start))
+            dense[tuple(target)] = series[tuple(source)]
+        return dense
 
     def average_pool(self, series: Tensor, stride: tuple[int, ...]) -> tuple[Tensor, Window]:
         """Average pooling with kernel == stride and no padding, window to window.
@@ -100,10 +132,18 @@ class Window:
             # Aligned entry e holds old entry e - shift: pad so every index is in range.
             moved = series.movedim(dim, -1)
             padded = F.pad(moved, (step - 1, step * pooled - width))
-            index = torch.arange(step * pooled, device=shift.device) + (step - 1) - shift[:, None]
-            index = index.reshape(1, -1, *([1] * (moved.dim() - 3)), step * pooled)
-            aligned = torch.gather(padded, -1, index.expand(*moved.shape[:-1], step * pooled))
-            series = block_mean(aligned, (step,)).movedim(-1, dim)
+            # The block means of every possible shift, each direction taking its own: cheaper
+            # than gathering the aligned entries one by one (strides are few: 2 for most nets).
+            pooled_series = None
+            for candidate in range(step):
+                start = step - 1 - candidate
+                means = block_mean(padded[..., start : start + step * pooled], (step,))
+                if pooled_series is None:
+                    pooled_series = means
+                else:
+                    takes = (shift == candidate).reshape(1, -1, *([1] * (moved.dim() - 2)))
+                    pooled_series = torch.where(takes, means, pooled_series)
+            series = pooled_series.movedim(-1, dim)
         # Blocks past the map's last full block pool partial data: zero them (the invariant).
         _, inside = window.layout()
         mask = inside.reshape(1, inside.shape[0], 1, 1, *window.size)

@@ -191,12 +191,17 @@ def test_window_is_skipped_when_it_covers_most_of_the_map(window_calls: dict[str
     assert window_calls["scatter"] == 0
 
 
-def test_gather_and_scatter_agree_with_dense_indexing() -> None:
-    offsets = torch.tensor([[-1, 2], [3, -2], [0, 0]])
+@pytest.mark.parametrize("by_slices", [False, True])
+def test_gather_and_scatter_agree_with_dense_indexing(
+    by_slices: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both ways to scatter: advanced indexing, and one slice copy per direction (large windows).
+    monkeypatch.setattr(_windows, "_SLICE_COPY_ENTRIES", 0 if by_slices else 10**12)
+    offsets = torch.tensor([[-1, 2], [3, -2], [0, 0], [5, 1], [-2, -3]])
     window = _windows.Window(offsets, (2, 3), (4, 5))
     values = torch.arange(2 * 4 * 5, dtype=torch.float64).reshape(1, 2, 4, 5)
     gathered = window.gather(values)
-    series = torch.randn(2, 3, 1, 2, 2, 3, dtype=torch.float64)
+    series = torch.randn(2, 5, 1, 2, 2, 3, dtype=torch.float64)
     dense = window.scatter(series)
     for d, (row, col) in enumerate(offsets.tolist()):
         for i in range(2):
@@ -211,6 +216,40 @@ def test_gather_and_scatter_agree_with_dense_indexing() -> None:
         covered = torch.zeros(4, 5, dtype=torch.bool)
         covered[max(row, 0) : row + 2, max(col, 0) : col + 3] = True
         assert torch.all(dense[:, d, :, :, ~covered] == 0)
+
+
+@pytest.mark.parametrize("stride", [(2, 2), (3, 3), (3, 2), (4, 1)])
+def test_average_pool_of_windows_equals_pooling_the_dense_maps(stride: tuple[int, int]) -> None:
+    """Every direction takes the block means of its own shift (offset mod stride)."""
+    torch.manual_seed(0)
+    size, full = (5, 4), (13, 17)
+    starts = [torch.randint(-s + 1, f, (12,)) for s, f in zip(size, full, strict=True)]
+    offsets = torch.stack(starts, 1)
+    window = _windows.Window(offsets, size, full)
+    _, inside = window.layout()
+    series = torch.randn(3, 12, 2, 2, *size, dtype=torch.float64)
+    series = series * inside.reshape(1, 12, 1, 1, *size)  # the invariant: zero outside the map
+    pooled, pooled_window = window.average_pool(series, stride)
+    expected = _windows.block_mean(window.scatter(series), stride)
+    torch.testing.assert_close(pooled_window.scatter(pooled), expected, rtol=1e-14, atol=1e-15)
+
+
+def test_gather_serves_a_whole_table_at_once() -> None:
+    """Leading axes (a Taylor table's entries) gather like separate calls, by dense indexing."""
+    offsets = torch.tensor([[-1, 2], [3, -2], [0, 0]])
+    window = _windows.Window(offsets, (2, 3), (4, 5))
+    table = torch.randn(4, 2, 3, 4, 5, dtype=torch.float64)  # (entries, B, C, *full)
+    gathered = window.gather(table)
+    assert gathered.shape == (4, 3, 2, 3, 2, 3)
+    for entry in range(4):
+        assert torch.equal(gathered[entry], window.gather(table[entry]))
+    for d, (row, col) in enumerate(offsets.tolist()):
+        for i in range(2):
+            for j in range(3):
+                r, c = row + i, col + j
+                inside = 0 <= r < 4 and 0 <= c < 5
+                expected = table[..., r, c] if inside else torch.zeros(4, 2, 3).double()
+                assert torch.equal(gathered[:, d, :, :, i, j], expected)
 
 
 def test_default_chunks_are_sized_from_the_measured_series(monkeypatch, chunk_sizes) -> None:
