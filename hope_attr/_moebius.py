@@ -75,7 +75,7 @@ class Lattice:
         self.sizes: Tensor = sizes[order]
         self._pairs: list[tuple[Tensor, Tensor]] | None = None
         self._table: Tensor | None = None
-        self._member_table: Tensor | None = None
+        self._member_columns: Tensor | None = None
 
     def __len__(self) -> int:
         return self.masks.numel()
@@ -94,15 +94,16 @@ class Lattice:
         players = torch.arange(self.num_players)
         return ((self.masks[start:stop, None] >> players) & 1).to(dtype)
 
-    def member_table(self) -> Tensor:
-        """``(N, size)`` int64: the players of each coalition, ascending, padded with ``p``."""
-        if self._member_table is None:
+    def member_columns(self) -> Tensor:
+        """``(size, N)`` int64: row ``i`` holds the ``i``-th smallest player of each coalition,
+        ``p`` where it has fewer players (rows are contiguous: they are read one at a time)."""
+        if self._member_columns is None:
             players = torch.arange(self.num_players)
             present = ((self.masks[:, None] >> players) & 1).bool()
             padded = torch.where(present, players, self.num_players)
-            self._member_table = padded.sort(1).values[:, : max(self.size, 1)]
-            self._member_table = self._member_table.T.contiguous().T  # columns read one by one
-        return self._member_table
+            table = padded.sort(1).values[:, : max(self.size, 1)]
+            self._member_columns = table.T.contiguous()
+        return self._member_columns
 
     def pairs(self) -> list[tuple[Tensor, Tensor]]:
         """Per player ``i``: positions of the coalitions ``T`` holding ``i``, and of ``T - i``."""

@@ -66,7 +66,7 @@ def truncated_prefix_values(lattice: Lattice, moebius: Tensor, permutations: Ten
     # column p holds 0 so that the padded slots of small coalitions never win the maximum.
     rank = torch.zeros(count, p + 1, dtype=torch.uint8)
     rank.scatter_(1, permutations, torch.arange(1, p + 1, dtype=torch.uint8).expand(count, p))
-    columns = lattice.member_table().T  # (n, N): the i-th player of every coalition
+    columns = lattice.member_columns()  # (n, N): the i-th player of every coalition
     examples = moebius.shape[1]
     per_block = max(1, _BUCKET_ELEMENTS // (len(lattice) * examples))
     buckets = moebius.new_zeros(count * (p + 1), examples)

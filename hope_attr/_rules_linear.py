@@ -71,16 +71,20 @@ class _ConvCall:
 
         return cls(weight, bias, per_axis(stride), per_axis(padding), per_axis(dilation), groups)
 
+    @property
+    def function(self) -> Callable[..., Tensor]:
+        return (F.conv1d, F.conv2d, F.conv3d)[self.weight.dim() - 3]
+
     def __call__(self, x: Tensor, with_bias: bool = True) -> Tensor:
-        conv = (F.conv1d, F.conv2d, F.conv3d)[self.weight.dim() - 3]
         bias = self.bias if with_bias else None
-        return conv(x, self.weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        return self.function(
+            x, self.weight, bias, self.stride, self.padding, self.dilation, self.groups
+        )
 
     def primal(self, x: Tensor) -> Tensor:
         """The convolution of a primal (with the bias), shared by the chunks of an expansion."""
-        conv = (F.conv1d, F.conv2d, F.conv3d)[self.weight.dim() - 3]
         args = (self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        return cached(conv, x, *args)
+        return cached(self.function, x, *args)
 
 
 @register_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
