@@ -21,6 +21,7 @@ from hope_attr import (  # noqa: F401  (register the built-in rules)
     _rules_linear,
     _rules_pooling,
     _rules_structure,
+    _workspace,
 )
 from hope_attr._jet import InputSeed, Jet
 
@@ -42,6 +43,9 @@ _MEMO_BUDGET_BYTES = 256 * 2**20
 # device's free memory instead.
 _GPU_SHARE_OF_FREE_MEMORY = 0.25
 _TEMPORARY_COPIES = 4
+# The buffers the chunks of one CPU call reuse (hope_attr._workspace) may take this much: the
+# largest series' few kept copies (a tanh's coefficients and slope, a dense scatter).
+_WORKSPACE_BUDGET_BYTES = 2 * _SERIES_BUDGET_BYTES
 # The default chunk size comes from the primal pass: ``order`` coefficients of the largest
 # activation per direction, an upper bound. Receptive-field windows (:mod:`hope_attr._windows`)
 # make the series of an input's one-feature directions far smaller than that, and a
@@ -184,6 +188,7 @@ class Expansion:
             internal_batch_size = _directions_within_budget(per_direction, self.inputs[0].device)
         self.chunk_size = internal_batch_size
         self._memo: _memo.PrimalMemo | None = None
+        self._workspace: _workspace.Workspace | None = None
 
     def unmixed_coefficients(self, on_chunk: Callable[[int], None] | None = None) -> list[Tensor]:
         """Per input, ``(n, B, *O, *I)``: coefficient ``k`` of ``out(x + t e_i)``.
@@ -235,6 +240,9 @@ class Expansion:
         # Every chunk runs the forward again: the first one records the primal values (and the
         # tables at them) for the others (hope_attr._memo).
         self._memo = _memo.PrimalMemo(_memo_budget(device)) if chunk < total else None
+        # ... and keeps their largest buffers for the others (hope_attr._workspace).
+        several = chunk < total and device.type == "cpu"
+        self._workspace = _workspace.Workspace(_WORKSPACE_BUDGET_BYTES) if several else None
         start = 0
         try:
             while start < total:
@@ -251,6 +259,7 @@ class Expansion:
                 start = stop
         finally:
             self._memo = None
+            self._workspace = None
 
     @property
     def graph(self) -> _interpreter.TracedGraph:
@@ -275,7 +284,7 @@ class Expansion:
     def _propagate(
         self, args: list[object], num_directions: int, probe: _SeriesProbe | None = None
     ) -> Tensor:
-        with _memo.active(self._memo):
+        with _memo.active(self._memo), _workspace.active(self._workspace):
             value = self.run((*args, *self.extra), probe)
         if isinstance(value, Jet):
             return value.full_series()
@@ -303,7 +312,8 @@ class _SeriesProbe:
 
 
 def _directions_within_budget(bytes_per_direction: int, device: torch.device) -> int:
-    return max(1, _series_budget(device) // max(bytes_per_direction, 1))
+    fits = max(1, _series_budget(device) // max(bytes_per_direction, 1))
+    return fits
 
 
 def _series_budget(device: torch.device) -> int:

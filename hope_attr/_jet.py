@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from hope_attr import _workspace
+
 if TYPE_CHECKING:
     from hope_attr._windows import Window
 
@@ -357,8 +359,9 @@ def riccati_series(
     """
     m = u.shape[0]
     shape = torch.broadcast_shapes(u.shape[1:], y0.shape)
-    y = u.new_empty((order, *shape))
-    v = u.new_empty((order - 1, *shape)) if order > 1 else None
+    # Reused across chunks (hope_attr._workspace): fresh blocks this large fault every page in.
+    y = _workspace.empty(u, (order, *shape))
+    v = _workspace.empty(u, (order - 1, *shape)) if order > 1 else None
     # Views made once: the loops below index them ~n^2 times.
     us, ys = u.unbind(0), y.unbind(0)
     vs = v.unbind(0) if v is not None else ()
