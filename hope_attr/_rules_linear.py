@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hope_attr import _arithmetic as ar
+from hope_attr import _workspace
 from hope_attr._jet import Jet
 from hope_attr._memo import cached
 from hope_attr._registry import TrainingModeError, register_rule
@@ -142,17 +143,18 @@ def _conv_window(call: _ConvCall, x: Jet, primal: Tensor) -> Jet:
     kernel = call.weight.shape[2:]
     series = x._series  # (m, D, B|1, C, *size)
     m, d, b = series.shape[:3]
-    full_padding = tuple(k - 1 for k in kernel)
-    out = (F.conv1d, F.conv2d, F.conv3d)[len(kernel) - 1](
-        series.reshape(m * d * b, *series.shape[3:]),
-        call.weight,
-        None,
-        1,
-        full_padding,
-        1,
-        call.groups,
-    )
-    out = out.reshape(m, d, b, *out.shape[1:])
+    windows = series.reshape(m * d * b, *series.shape[3:])
+    if _window_matrix_pays(call.weight, window.size, call.groups):
+        matrix = cached(_window_matrix, call.weight, window.size, call.groups)
+        out_size = tuple(s + k - 1 for s, k in zip(window.size, kernel, strict=True))
+        # Into a kept buffer: a convolution's output is a fresh block every chunk, ~10x slower
+        # with glibc's defaults (page faults) than this product.
+        flat = _workspace.empty(series, (windows.shape[0], matrix.shape[1]))
+        torch.mm(windows.reshape(windows.shape[0], -1), matrix, out=flat)
+        out = flat.reshape(m, d, b, call.weight.shape[0], *out_size)
+    else:
+        out = _full_correlation(windows, call.weight, call.groups)
+        out = out.reshape(m, d, b, *out.shape[1:])
     shift = torch.tensor(
         [p - (k - 1) for p, k in zip(call.padding, kernel, strict=True)],
         device=window.offsets.device,
@@ -161,8 +163,39 @@ def _conv_window(call: _ConvCall, x: Jet, primal: Tensor) -> Jet:
     if not grown.is_worthwhile():
         return Jet(primal, grown.scatter(out), x.order)
     _, inside = grown.layout()  # entries that left the map must be zero (the invariant)
-    out = out * inside.reshape(1, inside.shape[0], 1, 1, *grown.size)
+    out.mul_(inside.reshape(1, inside.shape[0], 1, 1, *grown.size))  # `out` is ours: in place
     return Jet(primal, out, x.order, window=grown)
+
+
+def _full_correlation(windows: Tensor, weight: Tensor, groups: int) -> Tensor:
+    """``(N, C_in, *size)`` -> ``(N, C_out, *(size + kernel - 1))``: every output a window's
+    entries reach (zero padding ``kernel - 1``, stride and dilation 1)."""
+    kernel = weight.shape[2:]
+    function = (F.conv1d, F.conv2d, F.conv3d)[len(kernel) - 1]
+    return function(windows, weight, None, 1, tuple(k - 1 for k in kernel), 1, groups)
+
+
+# Largest window matrix worth building (entries): the MNIST CNN's second convolution takes
+# 72 x 784, a 64-channel 3x3 convolution of 3x3 windows 576 x 1600.
+_WINDOW_MATRIX_ENTRIES = 2**22
+
+
+def _window_matrix_pays(weight: Tensor, size: tuple[int, ...], groups: int) -> bool:
+    """On a CPU, for a window no larger than the kernel: the product then skips the full
+    correlation's products with its zero padding (3x3 windows, 5x5 kernel: 9/25 of them)."""
+    if weight.device.type != "cpu" or math.prod(size) > math.prod(weight.shape[2:]):
+        return False
+    rows = weight.shape[1] * groups * math.prod(size)
+    outputs = math.prod(s + k - 1 for s, k in zip(size, weight.shape[2:], strict=True))
+    return rows * weight.shape[0] * outputs <= _WINDOW_MATRIX_ENTRIES
+
+
+def _window_matrix(weight: Tensor, size: tuple[int, ...], groups: int) -> Tensor:
+    """``(C_in * prod(size), C_out * prod(size + kernel - 1))``: the full correlation of a window
+    as a matrix, the correlation of each one-entry window (exact: one weight per entry)."""
+    rows = weight.shape[1] * groups * math.prod(size)
+    basis = torch.eye(rows, dtype=weight.dtype, device=weight.device)
+    return _full_correlation(basis.reshape(rows, -1, *size), weight, groups).reshape(rows, -1)
 
 
 def _seed_window(

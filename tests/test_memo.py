@@ -89,8 +89,12 @@ def test_memo_changes_no_result(monkeypatch: pytest.MonkeyPatch) -> None:
     with_memo = hope.attribute_all_targets(x, feature_mask=mask, internal_batch_size=2)
     derivatives = hope_attr.unmixed_derivatives(_model(), x, 3, internal_batch_size=7)
     _without_memo(monkeypatch)
-    assert torch.equal(with_memo, hope.attribute_all_targets(x, feature_mask=mask))
-    assert torch.equal(derivatives, hope_attr.unmixed_derivatives(_model(), x, 3))
+    # The same chunks: a matrix product's rounding may depend on how many rows it has.
+    without = hope.attribute_all_targets(x, feature_mask=mask, internal_batch_size=2)
+    assert torch.equal(with_memo, without)
+    assert torch.equal(
+        derivatives, hope_attr.unmixed_derivatives(_model(), x, 3, internal_batch_size=7)
+    )
 
 
 def test_one_chunk_needs_no_memo(memos: list[_memo.PrimalMemo]) -> None:

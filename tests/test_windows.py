@@ -6,8 +6,11 @@ windows hanging over the border, partial pooling blocks) and across chunks of di
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import hope_attr
@@ -183,6 +186,48 @@ def test_second_convolution_runs_on_the_windows(name: str, monkeypatch: pytest.M
     assert calls
 
 
+@pytest.mark.parametrize("as_matrix", [False, True])
+@pytest.mark.parametrize(
+    "name", [name for name in STEMS if "second convolution" in name or "on Conv1d" in name]
+)
+def test_both_ways_to_convolve_windows_match_nested_jvp(
+    name: str, as_matrix: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A window's convolution as a matrix product or as a padded convolution: both exact."""
+    from hope_attr import _rules_linear
+
+    chosen = []
+    monkeypatch.setattr(
+        _rules_linear, "_window_matrix_pays", lambda *args: chosen.append(1) or as_matrix
+    )
+    model, shape = STEMS[name]
+    model = model.double().eval()
+    x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    actual = hope_attr.unmixed_derivatives(model, x, 3, internal_batch_size=37)
+    assert chosen
+    assert relative_error(actual, unmixed_reference(model, x, 3)) <= TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("conv", "size"),
+    [
+        (nn.Conv2d(4, 6, (3, 5), groups=2), (2, 3)),
+        (nn.Conv1d(3, 2, 4), (3,)),
+        (nn.Conv3d(2, 2, 3), (2, 2, 1)),
+    ],
+)
+def test_window_matrix_is_the_full_correlation(conv: nn.Module, size: tuple[int, ...]) -> None:
+    from hope_attr import _rules_linear
+
+    weight = conv.weight.detach().double()
+    windows = torch.randn(5, weight.shape[1] * conv.groups, *size, dtype=torch.float64)
+    matrix = _rules_linear._window_matrix(weight, size, conv.groups)
+    padding = tuple(k - 1 for k in weight.shape[2:])
+    function = (F.conv1d, F.conv2d, F.conv3d)[len(size) - 1]
+    expected = function(windows, weight, None, 1, padding, 1, conv.groups)
+    assert torch.allclose(windows.reshape(5, -1) @ matrix, expected.reshape(5, -1), atol=1e-12)
+
+
 def test_window_is_skipped_when_it_covers_most_of_the_map(window_calls: dict[str, int]) -> None:
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten()).double()
     x = torch.randn(1, 1, 4, 4, dtype=torch.float64)
@@ -218,20 +263,46 @@ def test_gather_and_scatter_agree_with_dense_indexing(
         assert torch.all(dense[:, d, :, :, ~covered] == 0)
 
 
-@pytest.mark.parametrize("stride", [(2, 2), (3, 3), (3, 2), (4, 1)])
-def test_average_pool_of_windows_equals_pooling_the_dense_maps(stride: tuple[int, int]) -> None:
-    """Every direction takes the block means of its own shift (offset mod stride)."""
+@pytest.mark.parametrize(
+    ("stride", "size", "full"),
+    [
+        ((2, 2), (5, 4), (13, 17)),
+        ((3, 3), (5, 4), (13, 17)),
+        ((3, 2), (5, 4), (13, 17)),
+        ((4, 1), (5, 4), (13, 17)),
+        ((2,), (5,), (11,)),
+        ((2, 3, 2), (3, 4, 2), (7, 9, 6)),
+        ((2, 2), (7, 7), (8, 8)),  # the pooled window covers the map: a dense result
+        ((2, 2), (7, 6), (9, 8)),  # ... past a partial last block
+    ],
+)
+@pytest.mark.parametrize("batch", [2, 1])
+def test_average_pool_of_windows_equals_pooling_the_dense_maps(
+    stride: tuple[int, ...], size: tuple[int, ...], full: tuple[int, ...], batch: int
+) -> None:
+    """Every direction takes the block means of its own shift (offset mod stride); pooled
+    entries past the map's last full block stay zero (the invariant)."""
     torch.manual_seed(0)
-    size, full = (5, 4), (13, 17)
     starts = [torch.randint(-s + 1, f, (12,)) for s, f in zip(size, full, strict=True)]
     offsets = torch.stack(starts, 1)
     window = _windows.Window(offsets, size, full)
     _, inside = window.layout()
-    series = torch.randn(3, 12, 2, 2, *size, dtype=torch.float64)
+    series = torch.randn(3, 12, batch, 2, *size, dtype=torch.float64)
     series = series * inside.reshape(1, 12, 1, 1, *size)  # the invariant: zero outside the map
     pooled, pooled_window = window.average_pool(series, stride)
     expected = _windows.block_mean(window.scatter(series), stride)
+    dense_pooled = tuple(f // s for f, s in zip(full, stride, strict=True))
+    pooled_size = tuple(-(-(w + s - 1) // s) for w, s in zip(size, stride, strict=True))
+    if math.prod(pooled_size) >= math.prod(dense_pooled):  # as large as the map: dense
+        assert pooled_window is None
+        torch.testing.assert_close(pooled, expected, rtol=1e-14, atol=1e-15)
+        assert pooled.shape == (3, 12, batch, 2, *dense_pooled)
+        return
     torch.testing.assert_close(pooled_window.scatter(pooled), expected, rtol=1e-14, atol=1e-15)
+    _, pooled_inside = pooled_window.layout()
+    outside = ~pooled_inside.reshape(1, 12, 1, 1, *pooled_window.size)
+    assert torch.all(pooled.masked_select(outside) == 0)
+    assert pooled.shape == (3, 12, batch, 2, *pooled_window.size)
 
 
 def test_gather_serves_a_whole_table_at_once() -> None:
