@@ -28,14 +28,19 @@ from hope_attr._jet import InputSeed, Jet
 # Memory the series of one activation may take. The default chunk of directions is sized so that
 # the largest series (with the temporaries of a nonlinearity, ~4 copies) fits in it. Every chunk
 # pays the interpreter's dispatch and the Taylor tables of the primal again (about 5 ms on the
-# MNIST CNN at order 10), so fewer chunks win, up to a point set by the C allocator: glibc serves
-# blocks above its mmap threshold (at most 32 MiB) with fresh pages from the kernel, which fault
-# in on first touch and go back on free, for every temporary of every chunk. Keeping the largest
-# series at 16 MiB keeps all temporaries on the reused heap. Measured on the MNIST CNN, a batch of
-# 16 digits, order 10, one thread, glibc defaults: chunks of 24-32 directions (16-21 MiB series)
-# 1.8 s, 48 directions (31 MiB) 2.5 s, the former 64 MiB budget 3.5 s (1.7 s with
-# MALLOC_MMAP_MAX_=0, which users do not set).
+# MNIST CNN at order 10), so fewer chunks win, up to a point set by the memory system: the
+# temporaries of one chunk should stay on the allocator's reused heap (hope_attr._workspace keeps
+# the large ones) and mostly in the CPU's caches. On a CPU the chunk is therefore capped at
+# _CPU_CACHE_BUDGET_BYTES of series; the cap never goes below _MIN_CACHE_CHUNK directions, where
+# the per-chunk overhead would dominate (larger models keep the memory bound alone: resnet18 at
+# 224 px runs chunks of ~5 directions).
+# Measured with benchmarks/default_env.py's CNN (batch 16, 2 threads, glibc defaults), ms per call
+# for chunks of a fixed size, order 10 all classes / order 4 one class:
+#   8: 666 / 353   16: 600 / 243   32: - / 204   64: - / 208   the 64 MiB bound alone: 690 / 225;
+# with the cap at 64 MiB: 616-639 / 215-238, 32 MiB: 586-604 / 210-225, 24 MiB: 576-592 / 212-217.
 _SERIES_BUDGET_BYTES = 64 * 2**20
+_CPU_CACHE_BUDGET_BYTES = 32 * 2**20
+_MIN_CACHE_CHUNK = 16
 # The primal values shared by the chunks (hope_attr._memo) may take this much on a CPU.
 _MEMO_BUDGET_BYTES = 256 * 2**20
 # On a GPU, every chunk costs hundreds of kernel launches (resnet18 at 224 px: 40 chunks of 5
@@ -313,6 +318,9 @@ class _SeriesProbe:
 
 def _directions_within_budget(bytes_per_direction: int, device: torch.device) -> int:
     fits = max(1, _series_budget(device) // max(bytes_per_direction, 1))
+    if device.type == "cpu":
+        in_cache = _CPU_CACHE_BUDGET_BYTES // max(bytes_per_direction, 1)
+        fits = min(fits, max(in_cache, _MIN_CACHE_CHUNK))
     return fits
 
 

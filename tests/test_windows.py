@@ -341,3 +341,22 @@ def test_default_chunks_are_sized_from_the_measured_series(monkeypatch, chunk_si
     one_by_one = hope_attr.unmixed_derivatives(model, x, ORDER, internal_batch_size=1)
     assert relative_error(actual, one_by_one) <= 1e-13
     assert relative_error(actual, unmixed_reference(model, x, ORDER)) <= TOLERANCE
+
+
+def test_cpu_chunks_are_capped_for_the_caches_but_not_below_the_minimum(
+    monkeypatch, chunk_sizes
+) -> None:
+    """On a CPU the chunk is capped by the cache budget, never below the minimum chunk: with a
+    budget no direction fits, every chunk holds exactly the minimum (the last one the rest)."""
+    from hope_attr import _derivatives
+
+    model, shape = STEMS["conv-tanh-pool-conv-tanh-pool"]
+    model = model.double().eval()
+    x = torch.rand(*shape, dtype=torch.float64)
+    monkeypatch.setattr(_derivatives, "_CPU_CACHE_BUDGET_BYTES", 1)
+    monkeypatch.setattr(_derivatives, "_MIN_CACHE_CHUNK", 24)
+    sizes = chunk_sizes
+    actual = hope_attr.unmixed_derivatives(model, x, ORDER)
+    assert sizes == [24] * (256 // 24) + [256 % 24], sizes
+    one_by_one = hope_attr.unmixed_derivatives(model, x, ORDER, internal_batch_size=1)
+    assert relative_error(actual, one_by_one) <= 1e-13
