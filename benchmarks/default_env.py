@@ -19,9 +19,11 @@ Three measurements, each a set of ratios measured in one run (issue 14):
    MALLOC_TRIM_THRESHOLD_=100000000000``: how much the tuning that earlier benchmarks ran with
    is worth, per method (default time / tuned time).
 3. **Busy machine.** The CNN's order-4 call in children that share the CPUs with one CPU-bound
-   process (a Python busy loop started just before and killed after), with 2 and 1 torch
-   threads and with ``OMP_WAIT_POLICY=PASSIVE``; slowdown against the quiet 2-thread time of
-   part 1.
+   process (a Python busy loop started just before and killed after): with 2 torch threads as
+   hope_attr runs them by default (fitted to the cores other processes leave free,
+   :mod:`hope_attr._threads`), with 2 fixed threads (``HOPE_ATTR_ADAPT_THREADS=0``, alone and
+   with ``OMP_WAIT_POLICY=PASSIVE``) and with 1 thread; slowdown against the quiet 2-thread time
+   of part 1.
 
 Run from the repository root on an otherwise idle machine::
 
@@ -150,10 +152,12 @@ def main() -> None:
     tuned = run_child(spec, clean_environment(**TUNED))
     busy_spec = {"repeats": args.repeats, "methods": [BUSY_METHOD]}
     busy = {}
+    fixed = {"HOPE_ATTR_ADAPT_THREADS": "0"}  # hope_attr._threads does not lower the count
     for label, threads, extra in (
-        ("2 threads", 2, {}),
+        ("2 threads (hope_attr fits them to the free cores: the default)", 2, {}),
+        ("2 threads, fixed (HOPE_ATTR_ADAPT_THREADS=0)", 2, fixed),
         ("1 thread", 1, {}),
-        ("2 threads, OMP_WAIT_POLICY=PASSIVE", 2, {"OMP_WAIT_POLICY": "PASSIVE"}),
+        ("2 threads, fixed, OMP_WAIT_POLICY=PASSIVE", 2, {**fixed, "OMP_WAIT_POLICY": "PASSIVE"}),
     ):
         with BusyProcess():
             busy[label] = run_child({**busy_spec, "threads": threads}, clean_environment(**extra))[

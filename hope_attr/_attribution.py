@@ -21,7 +21,7 @@ from captum.attr import Attribution
 from captum.log import log_usage
 from torch import Tensor
 
-from hope_attr import _convergence, _kinks
+from hope_attr import _convergence, _kinks, _threads
 from hope_attr._continuation import continue_paths
 from hope_attr._convergence import (
     ConvergenceWarning,
@@ -133,6 +133,7 @@ class HOPEAttribution(Attribution):
     def has_convergence_delta(self) -> bool:
         return True
 
+    @_threads.on_free_cores
     @log_usage(part_of_slo=True)
     def attribute(
         self,
@@ -207,6 +208,7 @@ class HOPEAttribution(Attribution):
             results.append(result.diagnostics(is_tuple))
         return results[0] if len(results) == 1 else tuple(results)
 
+    @_threads.on_free_cores
     def attribute_all_targets(
         self,
         inputs: Tensor | tuple[Tensor, ...],

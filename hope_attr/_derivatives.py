@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from typing import Any, overload
 
 import torch
@@ -21,6 +22,7 @@ from hope_attr import (  # noqa: F401  (register the built-in rules)
     _rules_linear,
     _rules_pooling,
     _rules_structure,
+    _threads,
     _workspace,
 )
 from hope_attr._jet import InputSeed, Jet
@@ -83,6 +85,7 @@ def unmixed_derivatives(
 ) -> tuple[Tensor, ...]: ...
 
 
+@_threads.on_free_cores
 def unmixed_derivatives(
     forward_func: Callable[..., Tensor],
     inputs: Tensor | tuple[Tensor, ...],
@@ -248,20 +251,23 @@ class Expansion:
         # ... and keeps their largest buffers for the others (hope_attr._workspace).
         several = chunk < total and device.type == "cpu"
         self._workspace = _workspace.Workspace(_WORKSPACE_BUDGET_BYTES) if several else None
+        # ... and runs on the cores other processes leave free (hope_attr._threads).
+        threads = _threads.fitted_to_free_cores() if device.type == "cpu" else nullcontext()
         start = 0
         try:
-            while start < total:
-                stop = min(total, start + chunk)
-                probe = _SeriesProbe() if measure and start == 0 else None
-                yield start, stop, probe
-                if self._memo is not None:
-                    self._memo.recording = False
-                if probe is not None:
-                    measured = probe.bytes_per_direction * _TEMPORARY_COPIES
-                    chunk = max(chunk, _directions_within_budget(measured, device))
-                if on_chunk is not None:
-                    on_chunk(stop - start)
-                start = stop
+            with threads:
+                while start < total:
+                    stop = min(total, start + chunk)
+                    probe = _SeriesProbe() if measure and start == 0 else None
+                    yield start, stop, probe
+                    if self._memo is not None:
+                        self._memo.recording = False
+                    if probe is not None:
+                        measured = probe.bytes_per_direction * _TEMPORARY_COPIES
+                        chunk = max(chunk, _directions_within_budget(measured, device))
+                    if on_chunk is not None:
+                        on_chunk(stop - start)
+                    start = stop
         finally:
             self._memo = None
             self._workspace = None

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from hope_attr import _convergence, _moebius, _residual_shapley
+from hope_attr import _convergence, _moebius, _residual_shapley, _threads
 from hope_attr._attribution import (
     _check_additional_args,
     _detached,
@@ -61,6 +61,7 @@ _DEFAULT_COALITIONS = 2**14
 _ELEMENTS_PER_CALL = 2**22
 
 
+@_threads.on_free_cores
 def interactions(
     forward_func: Callable[..., Tensor],
     inputs: Tensor | tuple[Tensor, ...],

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hope_attr import _interpolation, _mlp_taylor
+from hope_attr import _interpolation, _mlp_taylor, _threads
 from hope_attr._derivatives import Expansion
 from hope_attr._factorials import factorial_product, times_integers
 from hope_attr._monomials import count, multi_indices
@@ -175,6 +175,7 @@ def _largest_per_example(expansion: Expansion) -> int | None:
     return max(largest)
 
 
+@_threads.on_free_cores
 def mixed_derivatives(
     forward_func: Callable[..., Tensor],
     inputs: Tensor,

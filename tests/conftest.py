@@ -17,6 +17,11 @@ settings.register_profile("deterministic", derandomize=True, database=None)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
+# Results must not depend on the load of the machine that runs the suite: hope_attr would lower
+# its thread count while other processes are busy (hope_attr._threads), and a different count can
+# change the last bits of a reduction. tests/test_threads.py turns it back on where it tests it.
+os.environ.setdefault("HOPE_ATTR_ADAPT_THREADS", "0")
+
 
 @pytest.fixture(scope="module")
 def single_thread() -> Iterator[None]:
