@@ -12,8 +12,9 @@ thread count to the cores that were free when it started, and restores it afterw
 "Free" comes from Linux's count of runnable tasks in ``/proc/loadavg`` less this process's own
 runnable threads (``/proc/self/task``; OpenMP workers spin for a few milliseconds after each
 operation), the fewest of a few samples a millisecond apart (a task that wakes for a moment
-should not count). The count only ever goes down, never below one. Where ``/proc/loadavg`` does not
-exist, or with ``HOPE_ATTR_ADAPT_THREADS=0`` in the environment, nothing changes.
+should not count), reused by the calls of the next quarter second. The count only ever goes
+down, never below one. Where ``/proc/loadavg`` does not exist, or with
+``HOPE_ATTR_ADAPT_THREADS=0`` in the environment, nothing changes.
 
 Torch's thread count is one per process: expansions running in several Python threads share one
 decision (the first lowers the count, the last restores it), and other work the process runs
@@ -47,6 +48,10 @@ _SAMPLE_INTERVAL_S = 1e-3
 _lock = threading.Lock()
 _depth = 0
 _restore_to: int | None = None
+# Calls in a loop reuse the last reading for a moment: a tiny model's call takes a few
+# milliseconds, and reading costs 0.05 ms, or 2 ms where it must wait out a burst.
+_READING_REUSED_FOR_S = 0.25
+_last_reading: tuple[float, int | None] | None = None
 
 
 def _runnable_tasks() -> int | None:
@@ -61,15 +66,16 @@ def _runnable_tasks() -> int | None:
 def _our_runnable_threads() -> int:
     """Threads of this process that are runnable now: the reader, and OpenMP workers that still
     spin for a few milliseconds after an operation (they are not competition)."""
-    running = 0
     try:
-        tasks = list(_OUR_TASKS.iterdir())
+        tasks = os.listdir(_OUR_TASKS)
     except OSError:
         return 1  # the reader
+    running = 0
     for task in tasks:
         try:
-            # "pid (comm) S ...": the state follows the last parenthesis (comm may hold any).
-            running += (task / "stat").read_text().rpartition(")")[2].split()[0] == "R"
+            with open(f"{_OUR_TASKS}/{task}/stat") as stat:
+                # "pid (comm) S ...": the state follows the last parenthesis (comm may hold any).
+                running += stat.read().rpartition(")")[2].split()[0] == "R"
         except (OSError, IndexError):
             continue  # the thread ended meanwhile
     return running
@@ -79,19 +85,23 @@ def free_cores() -> int | None:
     """Cores that no other process wants: the CPU count less the runnable tasks that are not
     ours, or ``None`` where Linux's counts are not available.
 
-    One reading when it finds every core free (the common case costs no wait); otherwise the
-    smallest of a few readings a millisecond apart, so that a task that runs for a moment does
-    not count.
+    Our runnable threads are read on both sides of the machine's count, so that a worker of ours
+    that stops spinning in between is not taken for another process. One reading when it finds
+    every core free (the common case costs no wait); otherwise the fewest other tasks of a few
+    readings a millisecond apart, so that a task that runs for a moment does not count.
     """
     cores = os.cpu_count() or 1
     fewest_others = None
     for i in range(_SAMPLES):
         if i:
             time.sleep(_SAMPLE_INTERVAL_S)
+        ours = _our_runnable_threads()
         runnable = _runnable_tasks()
         if runnable is None:
             return None
-        others = max(runnable - _our_runnable_threads(), 0)
+        if runnable > ours:  # others, or a worker of ours that woke in between
+            ours = max(ours, _our_runnable_threads())
+        others = max(runnable - ours, 0)
         fewest_others = others if fewest_others is None else min(fewest_others, others)
         if fewest_others == 0:
             break
@@ -125,7 +135,11 @@ def _fitted_count() -> int | None:
     wanted = torch.get_num_threads()
     if wanted <= 1 or os.environ.get("HOPE_ATTR_ADAPT_THREADS", "1") == "0":
         return None
-    free = free_cores()
+    global _last_reading
+    now = time.monotonic()
+    if _last_reading is None or now - _last_reading[0] > _READING_REUSED_FOR_S:
+        _last_reading = (now, free_cores())
+    free = _last_reading[1]
     threads = wanted if free is None else max(1, min(wanted, free))
     if threads == wanted:
         return None

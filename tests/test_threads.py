@@ -32,6 +32,12 @@ def two_threads(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def fresh_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test reads the machine anew (calls in a loop reuse the last reading)."""
+    monkeypatch.setattr(_threads, "_last_reading", None)
+
+
 def _machine(monkeypatch: pytest.MonkeyPatch, cores: int, runnable: list[int], ours: int) -> None:
     """Pretend: ``cores`` CPUs, successive readings ``runnable`` of the machine, ``ours`` ours."""
     readings = iter(runnable)
@@ -39,6 +45,7 @@ def _machine(monkeypatch: pytest.MonkeyPatch, cores: int, runnable: list[int], o
     monkeypatch.setattr(_threads, "_runnable_tasks", lambda: next(readings))
     monkeypatch.setattr(_threads, "_our_runnable_threads", lambda: ours)
     monkeypatch.setattr(_threads, "_SAMPLE_INTERVAL_S", 0.0)
+    monkeypatch.setattr(_threads, "_last_reading", None)
 
 
 def test_free_cores_counts_only_other_processes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -181,3 +188,19 @@ def test_concurrent_blocks_share_one_decision(
         worker.join()
     assert seen == [1, 1, 1]
     assert torch.get_num_threads() == 2
+
+
+def test_calls_in_a_loop_reuse_the_last_reading(
+    monkeypatch: pytest.MonkeyPatch, two_threads: None
+) -> None:
+    readings: list[int] = []
+    monkeypatch.setattr(_threads, "free_cores", lambda: readings.append(1) or 1)
+    for _ in range(3):
+        with _threads.fitted_to_free_cores():
+            assert torch.get_num_threads() == 1
+    assert len(readings) == 1
+    monkeypatch.setattr(_threads, "_READING_REUSED_FOR_S", 0.0)
+    time.sleep(0.01)
+    with _threads.fitted_to_free_cores():
+        pass
+    assert len(readings) == 2
