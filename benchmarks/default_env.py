@@ -196,8 +196,8 @@ def main() -> None:
     for name in METHODS:
         reference = default[name.split(":")[0] + ": FeatureAblation, 1 class"]
         lines.append(
-            f"| {name} | {default[name] * 1e3:.0f} ms | {reference / default[name]:.2f}x faster "
-            f"| {tuned[name] * 1e3:.0f} ms | {default[name] / tuned[name]:.2f}x |"
+            f"| {name} | {default[name] * 1e3:.3g} ms | {reference / default[name]:.2f}x faster "
+            f"| {tuned[name] * 1e3:.3g} ms | {default[name] / tuned[name]:.2f}x |"
         )
     lines += [
         "",
