@@ -66,6 +66,18 @@ def test_chunks_reuse_buffers_and_results_stay_exact(
     assert torch.equal(got, hope_attr.unmixed_derivatives(_cnn(), x, 4, internal_batch_size=10))
 
 
+@pytest.mark.parametrize(("chunk", "keeps"), [(100, False), (50, True)])
+def test_only_chunks_whose_shapes_repeat_keep_buffers(
+    workspaces: list[_workspace.Workspace], chunk: int, keeps: bool
+) -> None:
+    """144 directions in chunks of 100 and 44 share no buffer shape: keeping the first chunk's
+    buffers would only pin memory. Chunks of 50, 50 and 44: the two full ones share theirs."""
+    x = torch.rand(1, 1, 12, 12, dtype=torch.float64) - 0.5
+    hope_attr.unmixed_derivatives(_cnn(), x, 3, internal_batch_size=chunk)
+    (workspace,) = workspaces
+    assert (workspace.kept_bytes > 0) == keeps and (workspace.reused > 0) == keeps
+
+
 def test_chunk_results_that_are_kept_are_never_overwritten(
     workspaces: list[_workspace.Workspace],
 ) -> None:
