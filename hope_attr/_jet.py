@@ -285,12 +285,23 @@ def cauchy_product(
     """
     ma, mb = a.shape[0], b.shape[0]
     m = min(order, ma + mb)
-    terms: list[Tensor | None] = [None] * m
+    # Every product adds into one buffer, all its orders by one in-place add: per-order sums
+    # and a final stack cost an allocation and a pass each (on a ViT's attention scores, the
+    # largest series, they took more time than the products themselves).
+    out: Tensor | None = None
 
     def accumulate(start: int, values: Tensor) -> None:
-        for offset in range(values.shape[0]):
-            k = start + offset
-            terms[k] = values[offset] if terms[k] is None else terms[k] + values[offset]
+        nonlocal out
+        count = values.shape[0]
+        if out is None:
+            if start == 0 and count == m and not values._is_view():
+                out = values  # a fresh result: the buffer itself
+                return
+            out = values.new_zeros((m, *values.shape[1:]))
+        shape = torch.broadcast_shapes(out.shape[1:], values.shape[1:])
+        if shape != out.shape[1:]:  # terms may broadcast differently over the batch axis
+            out = out.expand(m, *shape).clone()
+        out[start : start + count] += values
 
     accumulate(0, op(a0, b[: min(mb, m)]))
     accumulate(0, op(a[: min(ma, m)], b0))
@@ -298,8 +309,8 @@ def cauchy_product(
     for i in range(1, min(ma, m - 1) + 1):
         count = min(mb, m - i)
         accumulate(i, op(a[i - 1], b[:count]))
-    # Terms may broadcast differently over the batch axis (a seed's series has batch 1).
-    return torch.stack(torch.broadcast_tensors(*terms))
+    assert out is not None
+    return out
 
 
 def compose_series(table: list[Tensor], u: Tensor, order: int) -> Tensor:
