@@ -4,8 +4,8 @@ PyTorch runs every large operation on all its intra-op (OpenMP) threads and wait
 the slowest one. When another process keeps a core busy, the thread that shares that core runs
 only in the scheduler's time slices, and every operation waits for it. An expansion runs thousands
 of operations, so it suffers more than most: beside one CPU-bound process, the MNIST CNN's order-4
-attribution of 16 digits took 4.4x its quiet time on 2 threads and 1.6x on 1 thread
-(``python benchmarks/default_env.py``, 2-core machine).
+attribution of 16 digits took 3.3-10x its quiet time on 2 threads and 1.6-1.8x on 1 thread
+(``python benchmarks/default_env.py``, 2-core machine, several runs).
 
 So while an expansion runs on a CPU, :func:`fitted_to_free_cores` lowers torch's intra-op
 thread count to the cores that were free when it started, and restores it afterwards.
