@@ -254,7 +254,9 @@ class Expansion:
         # MNIST CNN at order 4 runs a probe of 113 directions and one of 668: 5-10% slower).
         workspace = _workspace.Workspace(_WORKSPACE_BUDGET_BYTES) if device.type == "cpu" else None
         full_before = False
-        # ... and runs on the cores other processes leave free (hope_attr._threads).
+        # ... and runs on the cores other processes leave free (hope_attr._threads). The public
+        # entry points fit their whole call already (then this block changes nothing); this
+        # covers the expansions of polynomials and continuation paths.
         threads = _threads.fitted_to_free_cores() if device.type == "cpu" else nullcontext()
         start = 0
         try:

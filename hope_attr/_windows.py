@@ -136,14 +136,15 @@ class Window:
         """
         window = self._pooled_window(stride)
         matrices = self._pooling_matrices(window, stride, series.dtype)  # (D, E, E')
-        if not window.is_worthwhile():
+        dense = not window.is_worthwhile()
+        if dense:
             matrices = torch.bmm(matrices, window._placement(series.dtype))  # (D, E, *full)
         m, d, b, c = series.shape[:4]
         windows = series.reshape(m * d, b * c, self.num_entries)
         per_coefficient = matrices.expand(m, *matrices.shape).reshape(m * d, *matrices.shape[1:])
         pooled = _workspace.empty(series, (m * d, b * c, matrices.shape[2]))
         torch.bmm(windows, per_coefficient, out=pooled)
-        if not window.is_worthwhile():
+        if dense:
             return pooled.reshape(m, d, b, c, *window.full), None
         return pooled.reshape(m, d, b, c, *window.size), window
 

@@ -11,7 +11,7 @@ pattern that depends on what the process allocated before. Environment variables
 impose; keeping the buffers alive across the chunks fixes it for our allocations only.
 
 While a :class:`Workspace` is active on the thread (:class:`~hope_attr._derivatives.Expansion`
-sets one when it runs several chunks on a CPU), :func:`empty` hands out a kept buffer of the
+sets one on a CPU for the chunks whose shapes repeat), :func:`empty` hands out a kept buffer of the
 requested shape that nothing else uses any more, or allocates one and keeps it. Anywhere else,
 and on other devices (CUDA's caching allocator already reuses memory), it just allocates.
 
