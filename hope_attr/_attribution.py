@@ -10,6 +10,7 @@ sign. One jet per feature (or group) serves every output class at once.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -184,14 +185,21 @@ class HOPEAttribution(Attribution):
         """
         is_tuple = isinstance(inputs, tuple)
         inputs_tuple = _detached(inputs)
+        # "exact" expands the target outputs alone: the jets carry every output anyway, but a
+        # locally affine model's reverse mode then needs one backward pass instead of one per
+        # output (hope_attr._reverse). Continuation and the paper's rule keep every output.
+        preselect = target is not None and self.method == "exact"
         result = self._checked_compute(
             inputs_tuple, baselines, feature_mask, additional_forward_args, internal_batch_size,
-            show_progress,
+            show_progress, target if preselect else None,
         )  # fmt: skip
-        attributions = result.target_attributions(target)
+        remaining_target = None if preselect else target
+        attributions = result.target_attributions(remaining_target)
         results: list[Any] = [attributions if is_tuple else attributions[0]]
         if return_orders:
-            selected = tuple(_select_target(t, target, result.output_shape) for t in result.terms())
+            selected = tuple(
+                _select_target(t, remaining_target, result.output_shape) for t in result.terms()
+            )
             results.append(selected if is_tuple else selected[0])
         if return_convergence_delta:
             results.append(
@@ -350,8 +358,13 @@ class HOPEAttribution(Attribution):
         additional_forward_args: Any,
         internal_batch_size: int | None,
         show_progress: bool,
+        target: TargetType = None,
     ) -> Any:
-        """Validate the Captum-style arguments, then :meth:`_compute` on detached inputs."""
+        """Validate the Captum-style arguments, then :meth:`_compute` on detached inputs.
+
+        With a ``target``, only that output of each example is expanded (the result's outputs
+        are then scalars, ``output_shape == ()``).
+        """
         inputs_tuple = _detached(inputs)
         _check_additional_args(additional_forward_args)
         return self._compute(
@@ -361,6 +374,7 @@ class HOPEAttribution(Attribution):
             additional_forward_args,
             internal_batch_size,
             show_progress,
+            target,
         )
 
     def _compute(
@@ -371,10 +385,12 @@ class HOPEAttribution(Attribution):
         additional_forward_args: Any,
         chunk: int | None,
         show_progress: bool,
+        target: TargetType = None,
     ) -> _Result:
+        select = None if target is None else functools.partial(_select_outputs, target)
         with _kinks.watch(measure=False) as piecewise:
             expansion = Expansion(
-                self.forward_func, inputs, self.order, additional_forward_args, chunk
+                self.forward_func, inputs, self.order, additional_forward_args, chunk, select
             )
             feature_terms, group_terms = self._terms(expansion, baselines, masks, show_progress)
         output_shape = expansion.output.shape[1:]
@@ -780,6 +796,11 @@ def _targets_per_example(target: TargetType, batch: int, output_dims: int) -> li
                 f"{output_dims} besides the batch axis"
             )
     return [tuple(int(i) for i in entry) for entry in entries]
+
+
+def _select_outputs(target: TargetType, values: Tensor) -> Tensor:
+    """``(L, B, *O) -> (L, B)``: each example's target output (an expansion's ``select``)."""
+    return _select_target(values, target, values.shape[2:])
 
 
 def _select_value(output: Tensor, target: TargetType) -> Tensor:

@@ -16,6 +16,7 @@ from hope_attr import (  # noqa: F401  (register the built-in rules)
     _eager,
     _interpreter,
     _memo,
+    _reverse,
     _rules_arithmetic,
     _rules_attention,
     _rules_elementwise,
@@ -168,7 +169,14 @@ class Expansion:
         order: int,
         additional_forward_args: Any = None,
         internal_batch_size: int | None = None,
+        select: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
+        """Trace and check ``forward_func`` at ``inputs``; run its primal pass.
+
+        ``select`` maps outputs ``(L, B, *O)`` to the ones the caller wants ``(L, B, *O')`` (one
+        target per example): the expansion then describes only those, and reverse mode
+        (:mod:`hope_attr._reverse`) needs one backward pass per output kept.
+        """
         self.inputs: tuple[Tensor, ...] = inputs if isinstance(inputs, tuple) else (inputs,)
         self.extra = _format_additional_args(additional_forward_args)
         _check_arguments(forward_func, self.inputs, order, internal_batch_size)
@@ -188,7 +196,8 @@ class Expansion:
 
         output = self.run((*self.inputs, *self.extra), observe)
         _check_output(output, self.inputs[0].shape[0])
-        self.output: Tensor = output
+        self._select = select
+        self.output: Tensor = output if select is None else select(output.unsqueeze(0))[0]
         self.chunk_given = internal_batch_size is not None
         if internal_batch_size is None:
             itemsize = self.inputs[0].element_size()
@@ -197,12 +206,20 @@ class Expansion:
         self.chunk_size = internal_batch_size
         self._memo: _memo.PrimalMemo | None = None
         self._workspace: _workspace.Workspace | None = None
+        self._rows: list[Tensor] | None = None
+        self._rows_decided = False
 
     def unmixed_coefficients(self, on_chunk: Callable[[int], None] | None = None) -> list[Tensor]:
         """Per input, ``(n, B, *O, *I)``: coefficient ``k`` of ``out(x + t e_i)``.
 
         ``on_chunk`` is told how many directions each finished chunk held.
         """
+        rows = self._reverse_rows(sum(x[0].numel() for x in self.inputs), on_chunk)
+        if rows is not None:  # (K, B, *I) per input -> (n, B, *O, *I)
+            return [
+                self._first_order_only(row.movedim(0, 1).reshape(*self.output.shape, *x.shape[1:]))
+                for row, x in zip(rows, self.inputs, strict=True)
+            ]
         results = []
         for position, x in enumerate(self.inputs):
             num_features = x[0].numel()
@@ -223,6 +240,13 @@ class Expansion:
         ``directions[j]`` has shape ``(D, B, *I_j)``: component ``j`` of every direction, which
         may differ per example (a direction moves all inputs at once).
         """
+        rows = self._reverse_rows(directions[0].shape[0], on_chunk)
+        if rows is not None:  # sum over features of row (K, B, *I) times direction (D, B, *I)
+            first = sum(
+                torch.einsum("kbi,dbi->dbk", row.flatten(2), v.flatten(2))
+                for row, v in zip(rows, directions, strict=True)
+            )
+            return self._first_order_only(first.reshape(first.shape[0], *self.output.shape))
         chunks = []
         for start, stop, probe in self._chunks(
             directions[0].shape[0], directions[0].device, on_chunk
@@ -281,6 +305,58 @@ class Expansion:
             self._memo = None
             self._workspace = None
 
+    def _reverse_rows(
+        self, directions: int, on_chunk: Callable[[int], None] | None
+    ) -> list[Tensor] | None:
+        """Per input ``(K, B, *I)``: the gradients of the ``K`` outputs per example, where reverse
+        mode gives this expansion exactly for less than jets along ``directions`` would cost
+        (:mod:`hope_attr._reverse`: a locally affine model, or order 1); else ``None``.
+
+        Decided once per expansion; ``on_chunk`` advances by the share of outputs done.
+        """
+        if self._rows_decided:
+            return self._rows
+        self._rows_decided = True
+        outputs = math.prod(self.output.shape[1:])
+        if not _reverse.pays(outputs, directions, chunked=self.chunk_size < directions):
+            return None
+        if _reverse.has_backward_hooks(self.forward_func):
+            return None
+        affine, jvp, v = _reverse.probe(
+            lambda args: self.run((*args, *self.extra)), self.inputs, self.order
+        )
+        if not (affine or self.order == 1):
+            return None
+        jvp = self._flat_outputs(jvp)
+        reported = 0
+
+        def accept(k: int, grads: list[Tensor]) -> bool:
+            nonlocal reported
+            if not _reverse.row_agrees(grads, v, jvp[:, k]):
+                return False
+            if on_chunk is not None:
+                share = directions * (k + 1) // outputs
+                on_chunk(share - reported)
+                reported = share
+            return True
+
+        self._rows = _reverse.jacobian_rows(
+            self.forward_func, self.inputs, self.extra, self._flat_outputs, accept
+        )
+        return self._rows
+
+    def _flat_outputs(self, output: Tensor) -> Tensor:
+        """The model's output ``(B, *O)`` -> the selected outputs ``(B, K)``."""
+        if self._select is not None:
+            output = self._select(output.unsqueeze(0))[0]
+        return output.reshape(output.shape[0], -1)
+
+    def _first_order_only(self, first: Tensor) -> Tensor:
+        """``(n, *first.shape)``: ``first`` as order 1, zeros above (a locally affine model)."""
+        result = self.output.new_zeros((self.order, *first.shape))
+        result[0] = first
+        return result
+
     @property
     def graph(self) -> _interpreter.TracedGraph:
         """The forward as a ``torch.fx`` graph, for the consumers that need its structure (the
@@ -307,7 +383,11 @@ class Expansion:
         with _memo.active(self._memo), _workspace.active(self._workspace):
             value = self.run((*args, *self.extra), probe)
         if isinstance(value, Jet):
-            return value.full_series()
+            series = value.full_series()  # (n, D, B, *O)
+            if self._select is None:
+                return series
+            selected = self._select(series.flatten(0, 1))
+            return selected.reshape(*series.shape[:2], *selected.shape[1:])
         if isinstance(value, Tensor):
             # The output does not depend on the inputs: every coefficient is zero.
             return self.output.new_zeros((self.order, num_directions, *self.output.shape))

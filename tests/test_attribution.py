@@ -260,6 +260,8 @@ def test_group_chunks_are_resized_from_the_measured_series(monkeypatch, chunk_si
     order = 4
     bound = order * 4 * 4 * 4 * 2 * 8 * _derivatives._TEMPORARY_COPIES  # the conv's output
     monkeypatch.setattr(_derivatives, "_SERIES_BUDGET_BYTES", 2 * bound)
+    # Jets, not the reverse mode a locally affine model would get (3 outputs, 16 groups).
+    monkeypatch.setattr(_derivatives._reverse, "pays", lambda *args, **kwargs: False)
     sizes = chunk_sizes
     with pytest.warns(hope_attr.PiecewiseLinearWarning):
         actual = HOPEAttribution(model, order=order).attribute_all_targets(x, feature_mask=mask)

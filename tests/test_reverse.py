@@ -1,0 +1,256 @@
+"""Reverse mode for locally affine models and order 1 (hope_attr._reverse).
+
+References are independent of the engine: ``torch.func.jacrev`` / ``jvp`` in float64, and the
+engine's own forward jets with reverse mode switched off.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import hope_attr
+from hope_attr import HOPEAttribution, _reverse
+
+
+@pytest.fixture
+def backward_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many outputs each reverse-mode computation differentiated (a spy on
+    ``_reverse.jacobian_rows``); empty when the expansion kept jets."""
+    counts: list[int] = []
+    rows = _reverse.jacobian_rows
+
+    def spy(forward_func, inputs, extra, select, accept):  # noqa: ANN001, ANN202
+        result = rows(forward_func, inputs, extra, select, accept)
+        if result is not None:
+            counts.append(result[0].shape[0])
+        return result
+
+    monkeypatch.setattr(_reverse, "jacobian_rows", spy)
+    return counts
+
+
+def _jets_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_reverse, "pays", lambda *args, **kwargs: False)
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.norm = nn.BatchNorm2d(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.norm(self.conv(x)))
+
+
+def _relu_net() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), _Residual(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(48, 5),
+    ).double()  # fmt: skip
+    model.train()
+    with torch.no_grad():  # batch statistics that are not the identity
+        for _ in range(3):
+            model(torch.randn(8, 1, 8, 8, dtype=torch.float64))
+    return model.eval()
+
+
+def _per_example_jacobian(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``(B, *O, *I)`` from ``torch.func.jacrev`` on each example alone."""
+    rows = [torch.func.jacrev(lambda e: model(e.unsqueeze(0))[0])(e) for e in x]
+    return torch.stack(rows)
+
+
+def test_a_relu_network_gets_its_jacobian_by_reverse_mode(backward_passes) -> None:
+    model = _relu_net()
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    derivatives = hope_attr.unmixed_derivatives(model, x, order=3, internal_batch_size=4)
+    assert backward_passes == [5]  # one per output class, not one jet per pixel
+    torch.testing.assert_close(derivatives[0], _per_example_jacobian(model, x))
+    assert (derivatives[1:] == 0).all()
+
+
+def test_reverse_mode_equals_the_jets_it_replaces(monkeypatch, backward_passes) -> None:
+    model = _relu_net()
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    mask = torch.arange(64).reshape(1, 1, 8, 8) // 4  # 16 groups of 4 pixels
+    hope = HOPEAttribution(model, order=4)
+    with pytest.warns(hope_attr.PiecewiseLinearWarning):
+        fast = hope.attribute_all_targets(x, feature_mask=mask, internal_batch_size=2)
+    fast_pixels = hope.attribute(x, target=[0, 4, 2], internal_batch_size=8)
+    assert backward_passes == [5, 1]  # all classes; then one target per example
+    _jets_only(monkeypatch)
+    hope = HOPEAttribution(model, order=4)
+    with pytest.warns(hope_attr.PiecewiseLinearWarning):
+        jets = hope.attribute_all_targets(x, feature_mask=mask, internal_batch_size=2)
+    jets_pixels = hope.attribute(x, target=[0, 4, 2], internal_batch_size=8)
+    torch.testing.assert_close(fast, jets, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast_pixels, jets_pixels, rtol=1e-12, atol=1e-12)
+
+
+def test_one_target_with_superpixels_is_one_backward_pass(backward_passes) -> None:
+    model = _relu_net()
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    mask = torch.arange(64).reshape(1, 1, 8, 8) // 16  # 4 groups
+    target = [3, 1]
+    with pytest.warns(hope_attr.PiecewiseLinearWarning):
+        actual, diagnostics = HOPEAttribution(model, order=4).attribute(
+            x, target=target, feature_mask=mask, internal_batch_size=1, return_diagnostics=True
+        )
+    assert backward_passes == [1]
+    # A piecewise-linear net moves each group by its directional derivative (first order).
+    for g in range(4):
+        direction = -(mask == g).to(x.dtype).expand_as(x) * x
+        _, slope = torch.func.jvp(model, (x,), (direction,))
+        expected = -slope[torch.arange(2), target]
+        in_group = (mask == g).expand_as(x)
+        torch.testing.assert_close(actual[in_group].reshape(2, -1)[:, 0], expected)
+    # No order >= 2: no truncation error, and no finite radius (the largest float stands in).
+    assert (diagnostics.error == 0).all() and diagnostics.converged.all()
+    assert (diagnostics.radius == torch.finfo(torch.float64).max).all()
+
+
+def test_order_one_of_a_smooth_model_is_its_gradient(backward_passes) -> None:
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(12, 6), nn.Tanh(), nn.Linear(6, 2)).double().eval()
+    x = torch.randn(3, 12, dtype=torch.float64)
+    derivatives = hope_attr.unmixed_derivatives(model, x, order=1, internal_batch_size=3)
+    assert backward_passes == [2]
+    torch.testing.assert_close(derivatives[0], _per_example_jacobian(model, x))
+
+
+def test_a_smooth_model_above_order_one_keeps_jets(backward_passes) -> None:
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(12, 6), nn.Tanh(), nn.Linear(6, 2)).double().eval()
+    x = torch.randn(3, 12, dtype=torch.float64)
+    derivatives = hope_attr.unmixed_derivatives(model, x, order=2, internal_batch_size=3)
+    assert backward_passes == []
+    assert derivatives[1].abs().amax() > 0.01
+
+
+def test_one_chunk_or_more_outputs_than_directions_keeps_jets(backward_passes) -> None:
+    model = _relu_net()
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    hope_attr.unmixed_derivatives(model, x, order=2)  # all 64 directions in one chunk
+    mask = torch.arange(64).reshape(1, 1, 8, 8) // 8  # 8 groups, 5 outputs: 10 > 8
+    with pytest.warns(hope_attr.PiecewiseLinearWarning):
+        HOPEAttribution(model).attribute_all_targets(x, feature_mask=mask, internal_batch_size=1)
+    assert backward_passes == []
+
+
+class _DoubledGradient(nn.Module):
+    """The identity, whose gradient a tensor hook doubles (a surrogate-gradient trick): autograd
+    no longer computes the derivative of the forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * 1.0
+        if y.requires_grad:
+            y.register_hook(lambda grad: 2 * grad)
+        return y
+
+
+def test_gradients_that_differ_from_the_derivative_fall_back_to_jets(backward_passes) -> None:
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(10, 4), nn.ReLU(), _DoubledGradient(), nn.Linear(4, 3))
+    model = model.double().eval()
+    x = torch.randn(2, 10, dtype=torch.float64)
+    derivatives = hope_attr.unmixed_derivatives(model, x, order=2, internal_batch_size=2)
+    assert backward_passes == []  # the first row disagreed with the probe's J v
+    undoubled = nn.Sequential(*list(model)[:2], list(model)[3])
+    torch.testing.assert_close(derivatives[0], _per_example_jacobian(undoubled, x))
+
+
+def test_a_module_backward_hook_keeps_jets(backward_passes) -> None:
+    model = _relu_net()
+    handle = model[-1].register_full_backward_hook(lambda module, grad_in, grad_out: None)
+    try:
+        x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+        hope_attr.unmixed_derivatives(model, x, order=2, internal_batch_size=4)
+    finally:
+        handle.remove()
+    assert backward_passes == []
+
+
+def test_tuple_inputs_share_the_backward_passes(backward_passes) -> None:
+    torch.manual_seed(3)
+
+    class TwoInputs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 4), nn.Linear(3, 4)
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.a(x) + self.b(y))[:, :2]
+
+    model = TwoInputs().double().eval()
+    x, y = torch.randn(2, 6, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)
+    dx, dy = hope_attr.unmixed_derivatives(model, (x, y), order=2, internal_batch_size=2)
+    assert backward_passes == [2]
+    jx, jy = torch.func.vmap(
+        torch.func.jacrev(lambda a, b: model(a[None], b[None])[0], argnums=(0, 1))
+    )(x, y)
+    torch.testing.assert_close(dx[0], jx)
+    torch.testing.assert_close(dy[0], jy)
+
+
+def test_the_progress_bar_counts_every_direction(monkeypatch, backward_passes) -> None:
+    from hope_attr import _derivatives
+
+    seen: list[int] = []
+    expansion = _derivatives.Expansion(
+        _relu_net(), torch.randn(1, 1, 8, 8, dtype=torch.float64), 2, internal_batch_size=4
+    )
+    expansion.unmixed_coefficients(on_chunk=seen.append)
+    assert backward_passes == [5] and sum(seen) == 64 and len(seen) == 5
+
+
+def test_reverse_mode_leaves_the_model_as_it_was(backward_passes) -> None:
+    model = _relu_net()
+    model[0].weight.requires_grad_(False)
+    before = {name: (p.requires_grad, p.clone()) for name, p in model.named_parameters()}
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    hope_attr.unmixed_derivatives(model, x, order=2, internal_batch_size=4)
+    assert backward_passes == [5]
+    for name, p in model.named_parameters():
+        assert p.requires_grad == before[name][0] and p.grad is None
+        torch.testing.assert_close(p, before[name][1], rtol=0, atol=0)
+    assert not x.requires_grad
+    assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
+
+
+def test_row_agrees_rejects_a_scaled_gradient() -> None:
+    torch.manual_seed(4)
+    grad = torch.randn(3, 5)
+    v = torch.randn(3, 5)
+    jvp = (grad * v).sum(1)
+    assert _reverse.row_agrees([grad], [v], jvp)
+    assert _reverse.row_agrees([grad], [v], jvp * (1 + 1e-6))  # rounding
+    assert not _reverse.row_agrees([2 * grad], [v], jvp)
+    assert not _reverse.row_agrees([grad], [v], jvp + 1e-2 * (grad * v).abs().sum(1))
+
+
+@pytest.mark.parametrize(
+    ("family", "affine"),
+    [("resnet", True), ("mobilenet_v2", True), ("densenet", True), ("mobilenet_v3", False)],
+)
+def test_torchvision_families(family: str, affine: bool, backward_passes) -> None:
+    """ReLU/ReLU6 networks (residual adds, concatenation, BatchNorm) take reverse mode and give
+    their Jacobian; hardswish is piecewise quadratic, so MobileNetV3 keeps jets."""
+    pytest.importorskip("torchvision")
+    from hope_attr._derivatives import Expansion
+    from tests.test_zoo import _image, _realistic, _tiny_builders
+
+    model, size = _tiny_builders()[family]()
+    x = _image(size).repeat(2, 1, 1, 1) + torch.randn(2, 1, 1, 1, dtype=torch.float64)
+    model = _realistic(model, x[:1])
+    expansion = Expansion(model, x, order=2, internal_batch_size=64)
+    if not affine:
+        assert expansion._reverse_rows(x[0].numel(), None) is None
+        return
+    coefficients = expansion.unmixed_coefficients()[0]
+    assert backward_passes == [10]
+    torch.testing.assert_close(coefficients[0], _per_example_jacobian(model, x))
+    assert (coefficients[1] == 0).all()
