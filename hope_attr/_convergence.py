@@ -2,8 +2,8 @@
 
 For one feature (or group) the series is ``g(t) = f(x + t v) = sum_k c_k t^k`` with ``v`` the full
 move to the baseline, so the ablation needs ``g(1)``. From the normalized coefficients
-``c_1..c_n`` that the expansion already computed (norms over all outputs, so that one estimate
-serves every class):
+``c_1..c_n`` that the expansion already computed (norms over the outputs expanded, so that one
+estimate serves every class of ``attribute_all_targets``; ``attribute`` expands its target alone):
 
 * the **radius** ``rho`` of convergence, in units of the step, by the root test
   ``rho ~ (|c_1| / |c_k|)^(1 / (k - 1))`` taken as the smallest over the upper half of the orders
@@ -55,7 +55,7 @@ class Diagnostics:
         radius: the estimated radius of convergence of the feature's series, in units of its
             move to the baseline (``> 1``: the baseline is inside), ``inf`` for a polynomial.
         error: the estimated truncation error of the ``order``-term sum at the baseline, in the
-            output's units (largest over the outputs).
+            output's units (largest over the outputs expanded: the target's for ``attribute``).
         converged: ``radius > 1`` and ``error <= rtol * |f(x)|`` (largest output).
         steps: how continuation reached the feature's baseline: ``0`` where the first series
             sufficed, else the Taylor expansions taken plus one for the forward pass at the end
@@ -85,7 +85,8 @@ def radius(norms: Tensor) -> Tensor:
         ratio = first / norms[k - 1]  # inf where c_k = 0 (nothing to say), 0 where only c_1 = 0
         estimates.append(ratio ** (1.0 / (k - 1)))
     rho = torch.stack(estimates).amin(0)
-    return torch.nan_to_num(rho, nan=torch.inf)  # 0 / 0: both vanish
+    # 0 / 0 (both vanish) says nothing either; nan_to_num would also clip inf to the largest float.
+    return torch.nan_to_num(rho, nan=torch.inf, posinf=torch.inf)
 
 
 def truncation_error(norms: Tensor, step: Tensor | float = 1.0) -> Tensor:
