@@ -57,6 +57,7 @@ class HOPEAttribution(Attribution):
     times ``(x - baseline)``, exact only up to the first kink on each path: the call warns once
     per object with :class:`~hope_attr.PiecewiseLinearWarning` and sets
     :attr:`higher_orders_vanish`. Use ``method="continuation"`` to get the ablation itself.
+    There, ``attribute`` with a target costs one backward pass (:mod:`hope_attr._reverse`).
 
     Example:
         >>> import torch, hope_attr

@@ -100,7 +100,9 @@ def unmixed_derivatives(
 
     Exact to floating-point rounding: each input feature's direction is pushed through the
     network as a univariate Taylor series (a jet), all directions batched, with the primal pass
-    shared (convention and rules: ``docs/derivation.md``).
+    shared (convention and rules: ``docs/derivation.md``). A locally affine model (ReLU, max
+    pooling...; every order ``>= 2`` zero) or ``order=1`` takes one backward pass per output
+    instead when that is cheaper (:mod:`hope_attr._reverse`).
 
     Args:
         forward_func: a model or function, called as
