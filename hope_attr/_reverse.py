@@ -19,8 +19,9 @@ backward hook that edits gradients, a custom ``autograd.Function`` with a surrog
 in-place operation autograd refuses), the check or the backward pass fails and the expansion
 keeps forward jets, which follow the forward computation only.
 
-Rows come from one backward pass per output (summed over the batch: examples are independent,
-as everywhere in this package). Batching them with ``is_grads_batched`` (vmap) was no faster on
+Rows come from one backward pass per output, summed over the examples of a slice of the batch
+(examples are independent, as everywhere in this package; the slices bound the memory that the
+forward's saved values take). Batching them with ``is_grads_batched`` (vmap) was no faster on
 a CPU: resnet18 at 224 px, 40 ms per class one at a time, 43-49 ms per class in batches of 8-32.
 """
 
@@ -96,36 +97,58 @@ def jacobian_rows(
     forward_func: Callable[..., Tensor],
     inputs: Sequence[Tensor],
     extra: Sequence[object],
-    select: Callable[[Tensor], Tensor],
-    accept: Callable[[int, list[Tensor]], bool],
+    index: Tensor,
+    accept: Callable[[int, slice, list[Tensor]], bool],
+    examples_per_pass: int,
 ) -> list[Tensor] | None:
-    """Per input ``(K, B, *I)``: the gradient of each of the ``K`` selected outputs per example.
+    """Per input ``(K, B, *I)``: the gradient of each of the ``K`` outputs kept per example.
 
-    ``select`` maps the model's output ``(B, *O)`` to the outputs wanted ``(B, K)``; ``accept``
-    sees each output's gradients (one ``(B, *I)`` per input) as they come and may stop the
-    computation by returning ``False``. Returns ``None`` then, or where autograd cannot
-    differentiate the model (an error in the backward pass).
+    Args:
+        forward_func: the model, called as ``forward_func(*inputs, *extra)``.
+        inputs: the expansion point, batch first.
+        extra: the additional arguments; tensors whose first axis has the batch's size are
+            sliced with the inputs, the others passed whole.
+        index: ``(B, K)``, the flat position in the output ``(B, *O)`` of each output kept.
+        accept: sees each output's gradients on each slice of examples (one ``(b, *I)`` per
+            input) as they come, and stops the computation by returning ``False``.
+        examples_per_pass: how many examples one forward (and its backward passes) takes: the
+            values the forward keeps for the backward passes grow with it.
+
+    Returns:
+        The rows, or ``None`` where ``accept`` refused or autograd cannot differentiate the model
+        (an error in the backward pass).
     """
-    leaves = [x.detach().requires_grad_() for x in inputs]
+    batch, count = index.shape
+    rows = [x.new_zeros((count, *x.shape)) for x in inputs]
     try:
-        with torch.enable_grad():
-            output = select(forward_func(*leaves, *extra))
-            rows = [x.new_zeros((output.shape[1], *x.shape)) for x in inputs]
-            for k in range(output.shape[1]):
-                grads = torch.autograd.grad(
-                    output[:, k].sum(),
-                    leaves,
-                    retain_graph=k + 1 < output.shape[1],
-                    allow_unused=True,
-                )
-                for row, grad in zip(rows, grads, strict=True):
-                    if grad is not None:
-                        row[k] = grad
-                if not accept(k, [row[k] for row in rows]):
-                    return None
+        for start in range(0, batch, examples_per_pass):
+            part = slice(start, min(batch, start + examples_per_pass))
+            leaves = [x[part].detach().requires_grad_() for x in inputs]
+            args = [_batch_slice(a, part, batch) for a in extra]
+            with torch.enable_grad():
+                output = forward_func(*leaves, *args)
+                kept = output.reshape(output.shape[0], -1).gather(1, index[part])
+                for k in range(count):
+                    grads = torch.autograd.grad(
+                        kept[:, k].sum(), leaves, retain_graph=k + 1 < count, allow_unused=True
+                    )
+                    grads = [
+                        torch.zeros_like(x) if g is None else g
+                        for g, x in zip(grads, leaves, strict=True)
+                    ]
+                    if not accept(k, part, grads):
+                        return None
+                    for row, grad in zip(rows, grads, strict=True):
+                        row[k, part] = grad
     except RuntimeError:
         return None
     return rows
+
+
+def _batch_slice(value: object, part: slice, batch: int) -> object:
+    if isinstance(value, Tensor) and value.dim() and value.shape[0] == batch:
+        return value[part]
+    return value
 
 
 def row_agrees(grads: Sequence[Tensor], v: Sequence[Tensor], jvp: Tensor) -> bool:

@@ -21,8 +21,8 @@ def backward_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     counts: list[int] = []
     rows = _reverse.jacobian_rows
 
-    def spy(forward_func, inputs, extra, select, accept):  # noqa: ANN001, ANN202
-        result = rows(forward_func, inputs, extra, select, accept)
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        result = rows(*args, **kwargs)
         if result is not None:
             counts.append(result[0].shape[0])
         return result
@@ -254,3 +254,45 @@ def test_torchvision_families(family: str, affine: bool, backward_passes) -> Non
     assert backward_passes == [10]
     torch.testing.assert_close(coefficients[0], _per_example_jacobian(model, x))
     assert (coefficients[1] == 0).all()
+
+
+class _Shifted(nn.Module):
+    """A ReLU network with a per-example additional argument (batch first) and a scalar one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.body = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 4))
+
+    def forward(self, x: torch.Tensor, shift: torch.Tensor, scale: float) -> torch.Tensor:
+        return self.body(x + shift) * scale
+
+
+def test_the_batch_runs_in_slices_that_fit_the_graph_budget(monkeypatch, backward_passes):
+    """Per-example targets and batch-first extra arguments stay aligned with their examples."""
+    from hope_attr import _derivatives
+
+    model = _Shifted().double().eval()
+    x = torch.randn(3, 10, dtype=torch.float64)
+    shift = torch.randn(3, 10, dtype=torch.float64)
+    target = [2, 0, 3]
+    seen: list[int] = []
+    monkeypatch.setattr(_derivatives, "_GRAPH_BUDGET_BYTES", 1)  # one example per slice
+    expansion = _derivatives.Expansion(
+        model, x, 2, (shift, 0.5), internal_batch_size=2,
+        select=lambda values: values[:, torch.arange(3), target],
+    )  # fmt: skip
+    coefficients = expansion.unmixed_coefficients(on_chunk=seen.append)[0]
+    assert backward_passes == [1] and sum(seen) == 10 and len(seen) == 3  # 3 slices
+    for b in range(3):
+        row = torch.func.jacrev(lambda e, s=shift[b : b + 1]: model(e[None], s, 0.5)[0])(x[b])
+        torch.testing.assert_close(coefficients[0, b], row[target[b]])
+    with pytest.warns(hope_attr.PiecewiseLinearWarning):
+        sliced = HOPEAttribution(model).attribute(
+            x, target=target, additional_forward_args=(shift, 0.5), internal_batch_size=2
+        )
+    _jets_only(monkeypatch)
+    jets = HOPEAttribution(model).attribute(
+        x, target=target, additional_forward_args=(shift, 0.5), internal_batch_size=2
+    )
+    torch.testing.assert_close(sliced, jets, rtol=1e-12, atol=1e-12)
