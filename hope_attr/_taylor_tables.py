@@ -20,8 +20,17 @@ def _inverse_factorial(k: int) -> float:
 
 
 def _square_series(y: list[Tensor], k: int) -> Tensor:
-    """Coefficient ``k`` of ``y(t)^2`` from the known coefficients ``y_0..y_k``."""
-    return sum(y[i] * y[k - i] for i in range(k + 1))  # type: ignore[return-value]
+    """Coefficient ``k`` of ``y(t)^2`` from the known coefficients ``y_0..y_k``.
+
+    The sum ``y_0 y_k + y_1 y_{k-1} + ...`` is symmetric: each pair is formed once and doubled,
+    half the operations (they run on the primal's shape, where each costs its dispatch).
+    """
+    middle = y[k // 2] * y[k // 2] if k % 2 == 0 else None
+    pairs = [y[i] * y[k - i] for i in range((k + 1) // 2)]
+    if not pairs:
+        return middle  # type: ignore[return-value]
+    doubled = 2 * sum(pairs[1:], pairs[0])
+    return doubled if middle is None else doubled + middle
 
 
 def tanh(x: Tensor, order: int) -> list[Tensor]:

@@ -205,3 +205,19 @@ def test_expand_eight_variables_at_order_eight() -> None:
     # 1.3e-10 measured: faces of 3 or more variables interpolate at integer points (ill-conditioned
     # past order ~10); the old pseudo-inverse needed minutes and gigabytes here.
     assert ((actual - expected).abs() / expected.abs()).max() < 1e-9
+
+
+@pytest.mark.parametrize("name", ["tanh", "sigmoid"])
+def test_taylor_tables_match_nested_autograd(name: str) -> None:
+    """The tables' ODE recursion (with the symmetric square series) against nested autograd."""
+    from hope_attr import _taylor_tables
+
+    x = torch.linspace(-3, 3, 61, dtype=torch.float64)
+    table = getattr(_taylor_tables, name)(x, 12)
+    leaf = x.clone().requires_grad_()
+    derivative = getattr(torch, name)(leaf)
+    torch.testing.assert_close(table[0], derivative.detach())
+    for k in range(1, 13):
+        (derivative,) = torch.autograd.grad(derivative.sum(), leaf, create_graph=True)
+        expected = derivative.detach() / math.factorial(k)
+        torch.testing.assert_close(table[k], expected, rtol=1e-12, atol=1e-14)
