@@ -22,6 +22,7 @@ _EXPORTS = {
     "HOPEAttribution": "hope_attr._attribution",
     "Jet": "hope_attr._jet",
     "PiecewiseLinearWarning": "hope_attr._convergence",
+    "ReverseModeWarning": "hope_attr._reverse",
     "TaylorPolynomial": "hope_attr.polynomial",
     "TrainingModeError": "hope_attr._registry",
     "UnsupportedOperationError": "hope_attr._registry",
@@ -48,6 +49,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
         register_rule,
         unregister_rule,
     )
+    from hope_attr._reverse import ReverseModeWarning
     from hope_attr.polynomial import TaylorPolynomial, discover, expand
 
 
@@ -72,6 +74,7 @@ __all__ = [  # the keys of _EXPORTS, spelled out for linters and `from hope_attr
     "HOPEAttribution",
     "Jet",
     "PiecewiseLinearWarning",
+    "ReverseModeWarning",
     "TaylorPolynomial",
     "TrainingModeError",
     "UnsupportedOperationError",

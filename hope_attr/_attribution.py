@@ -57,7 +57,8 @@ class HOPEAttribution(Attribution):
     times ``(x - baseline)``, exact only up to the first kink on each path: the call warns once
     per object with :class:`~hope_attr.PiecewiseLinearWarning` and sets
     :attr:`higher_orders_vanish`. Use ``method="continuation"`` to get the ablation itself.
-    There, ``attribute`` with a target costs one backward pass (:mod:`hope_attr._reverse`).
+    On such networks, ``attribute`` with a target costs one backward pass
+    (:mod:`hope_attr._reverse`).
 
     Example:
         >>> import torch, hope_attr
@@ -410,7 +411,8 @@ class HOPEAttribution(Attribution):
         norms = _convergence.coefficient_norms(series, len(output_shape))  # (n, B, G)
         radius = _convergence.radius(norms)
         error = _convergence.truncation_error(norms)
-        scale = expansion.output.abs().reshape(expansion.output.shape[0], -1).amax(1)
+        # rtol is relative to the largest output, also where only the target was expanded.
+        scale = expansion.model_output.abs().reshape(expansion.model_output.shape[0], -1).amax(1)
         tolerance = self.rtol * scale.clamp_min(torch.finfo(scale.dtype).tiny)  # (B,)
         self._flag_piecewise_linear(norms, piecewise.seen)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from typing import Any, overload
@@ -206,6 +207,7 @@ class Expansion:
         output = self.run((*self.inputs, *self.extra), observe)
         _check_output(output, self.inputs[0].shape[0])
         self._select = select
+        self.model_output: Tensor = output  # before ``select``
         self._model_output_shape = output.shape
         self.output: Tensor = output if select is None else select(output.unsqueeze(0))[0]
         self.chunk_given = internal_batch_size is not None
@@ -218,6 +220,7 @@ class Expansion:
         self._workspace: _workspace.Workspace | None = None
         self._rows: list[Tensor] | None = None
         self._rows_decided = False
+        self._progress_credit = 0  # directions reverse mode reported before it gave up
 
     def unmixed_coefficients(self, on_chunk: Callable[[int], None] | None = None) -> list[Tensor]:
         """Per input, ``(n, B, *O, *I)``: coefficient ``k`` of ``out(x + t e_i)``.
@@ -230,6 +233,7 @@ class Expansion:
                 self._first_order_only(row.movedim(0, 1).reshape(*self.output.shape, *x.shape[1:]))
                 for row, x in zip(rows, self.inputs, strict=True)
             ]
+        on_chunk = self._credited(on_chunk)
         results = []
         for position, x in enumerate(self.inputs):
             num_features = x[0].numel()
@@ -257,6 +261,7 @@ class Expansion:
                 for row, v in zip(rows, directions, strict=True)
             )
             return self._first_order_only(first.reshape(first.shape[0], *self.output.shape))
+        on_chunk = self._credited(on_chunk)
         chunks = []
         for start, stop, probe in self._chunks(
             directions[0].shape[0], directions[0].device, on_chunk
@@ -356,10 +361,34 @@ class Expansion:
                 reported = share
             return True
 
-        self._rows = _reverse.jacobian_rows(
-            self.forward_func, self.inputs, self.extra, self._output_index(), accept, examples
-        )
+        try:
+            self._rows = _reverse.jacobian_rows(
+                self.forward_func, self.inputs, self.extra, self._output_index(),
+                self._flat_outputs(self.model_output), accept, examples,
+            )  # fmt: skip
+        except _reverse.Disagreement as reason:
+            warnings.warn(
+                f"hope_attr: this model is locally affine (or order=1), where one backward pass "
+                f"per output would give the expansion, but {reason}. Using forward jets "
+                "instead: exact, one pass per feature direction, slower.",
+                _reverse.ReverseModeWarning,
+                stacklevel=2,
+            )
+            self._progress_credit = reported  # the jets' chunks must not count these again
         return self._rows
+
+    def _credited(self, on_chunk: Callable[[int], None] | None) -> Callable[[int], None] | None:
+        """``on_chunk`` less the directions reverse mode already reported before giving up."""
+        if on_chunk is None or not self._progress_credit:
+            return on_chunk
+
+        def report(count: int) -> None:
+            credit = min(count, self._progress_credit)
+            self._progress_credit -= credit
+            if count > credit:
+                on_chunk(count - credit)
+
+        return report
 
     def _output_index(self) -> Tensor:
         """``(B, K)``: the flat index, in the model's output ``(B, *O)``, of each output kept."""

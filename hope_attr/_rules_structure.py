@@ -294,11 +294,16 @@ def _getattr(x: Jet, name: str) -> object:
     )
 
 
-def _conversion(method: Callable[..., Tensor]) -> Callable[..., Jet]:
-    """dtype/device conversions and copies act on primal and series alike."""
+def _conversion(method: Callable[..., Tensor]) -> Callable[..., Jet | Tensor]:
+    """dtype/device conversions and copies act on primal and series alike; a conversion to an
+    integer or boolean dtype is a step function, constant between its jumps (as ``.long()``)."""
 
-    def rule(x: Jet, *args, **kwargs) -> Jet:
-        return Jet(method(x.primal, *args, **kwargs), method(x.series, *args, **kwargs), x.order)
+    def rule(x: Jet, *args, **kwargs) -> Jet | Tensor:
+        primal = method(x.primal, *args, **kwargs)
+        if not (primal.is_floating_point() or primal.is_complex()):
+            _kinks.report_unlocated(x)
+            return primal
+        return Jet(primal, method(x.series, *args, **kwargs), x.order)
 
     return rule
 

@@ -157,7 +157,8 @@ def test_gradients_that_differ_from_the_derivative_fall_back_to_jets(backward_pa
     model = nn.Sequential(nn.Linear(10, 4), nn.ReLU(), _DoubledGradient(), nn.Linear(4, 3))
     model = model.double().eval()
     x = torch.randn(2, 10, dtype=torch.float64)
-    derivatives = hope_attr.unmixed_derivatives(model, x, order=2, internal_batch_size=2)
+    with pytest.warns(hope_attr.ReverseModeWarning, match="not the derivative"):
+        derivatives = hope_attr.unmixed_derivatives(model, x, order=2, internal_batch_size=2)
     assert backward_passes == []  # the first row disagreed with the probe's J v
     undoubled = nn.Sequential(*list(model)[:2], list(model)[3])
     torch.testing.assert_close(derivatives[0], _per_example_jacobian(undoubled, x))
@@ -296,3 +297,77 @@ def test_the_batch_runs_in_slices_that_fit_the_graph_budget(monkeypatch, backwar
         x, target=target, additional_forward_args=(shift, 0.5), internal_batch_size=2
     )
     torch.testing.assert_close(sliced, jets, rtol=1e-12, atol=1e-12)
+
+
+def test_a_hook_on_a_wrapped_model_is_caught_by_the_check(backward_passes) -> None:
+    """A function wrapping the model hides its modules' hooks from the structural test: the
+    gradient check still sees a gradient scaled by 1.1 (a float32 resnet-sized input: the
+    rounding the check allows grows with the features)."""
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(3 * 64 * 64, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    handle = model[1].register_full_backward_hook(lambda m, gi, go: (1.1 * gi[0],))
+    x = torch.randn(2, 3 * 64 * 64)
+    try:
+        with pytest.warns(hope_attr.ReverseModeWarning):
+            actual = hope_attr.unmixed_derivatives(
+                lambda t: model(t), x, order=1, internal_batch_size=1024
+            )
+    finally:
+        handle.remove()
+    assert backward_passes == []
+    torch.testing.assert_close(actual[0], _per_example_jacobian(model, x), rtol=1e-4, atol=1e-6)
+
+
+def test_an_output_specific_edit_keeps_the_progress_count(backward_passes) -> None:
+    """Rows accepted before a later one is refused are not counted twice by the jets."""
+
+    class EditsClassTwo(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.requires_grad:
+                mask = torch.tensor([1.0, 1.0, 3.0, 1.0], dtype=x.dtype)
+                x.register_hook(lambda grad: grad * mask)
+            return x * 1.0
+
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(12, 4), nn.ReLU(), EditsClassTwo()).double().eval()
+    with torch.no_grad():
+        model[0].bias.add_(10.0)  # every unit active: class 2's gradient goes through the edit
+    seen: list[int] = []
+    from hope_attr import _derivatives
+
+    expansion = _derivatives.Expansion(
+        model, torch.randn(1, 12, dtype=torch.float64), 2, internal_batch_size=2
+    )
+    with pytest.warns(hope_attr.ReverseModeWarning, match="output 2"):
+        expansion.unmixed_coefficients(on_chunk=seen.append)
+    assert backward_passes == [] and sum(seen) == 12
+
+
+def test_inside_inference_mode(backward_passes) -> None:
+    model = _relu_net()
+    with torch.inference_mode():
+        x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+        derivatives = hope_attr.unmixed_derivatives(model, x, order=2, internal_batch_size=4)
+    assert backward_passes == [5]
+    torch.testing.assert_close(derivatives[0], _per_example_jacobian(model, x.clone()))
+
+
+def test_an_integer_cast_is_a_step_with_zero_derivative(monkeypatch) -> None:
+    """Quantizing through ``.to(torch.int64)`` is constant between its jumps: zero derivatives
+    (the jets used to pass the series through the cast)."""
+    _jets_only(monkeypatch)
+
+    class Quantized(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            steps = (x * 10).to(torch.int64).to(x.dtype) / 10
+            return self.linear(steps) + x.sum(1, keepdim=True)
+
+    model = Quantized().double().eval()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    derivatives = hope_attr.unmixed_derivatives(model, x, order=2)
+    torch.testing.assert_close(derivatives[0], torch.ones(3, 2, 4, dtype=torch.float64))
+    assert (derivatives[1] == 0).all()
