@@ -372,9 +372,17 @@ def riccati_series(
     shape = torch.broadcast_shapes(u.shape[1:], y0.shape)
     # Reused across chunks (hope_attr._workspace): fresh blocks this large fault every page in.
     y = _workspace.empty(u, (order, *shape))
-    v = _workspace.empty(u, (order - 1, *shape)) if order > 1 else None
     # Views made once: the loops below index them ~n^2 times.
     us, ys = u.unbind(0), y.unbind(0)
+    if quadratic == 0:
+        # v_k = linear y_k (exp): read y itself, with `linear` in the products' factor.
+        for k in range(1, order + 1):
+            yk = ys[k - 1]
+            torch.mul(us[k - 1], slope0, out=yk) if k <= m else yk.zero_()
+            for j in range(1, min(k - 1, m) + 1):
+                yk.addcmul_(us[j - 1], ys[k - j - 1], value=linear * j / k)
+        return y
+    v = _workspace.empty(u, (order - 1, *shape)) if order > 1 else None
     vs = v.unbind(0) if v is not None else ()
     gain = linear + 2 * quadratic * y0 if order > 1 else None  # v_k's factor of y_k
     for k in range(1, order + 1):

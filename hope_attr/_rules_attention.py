@@ -39,7 +39,8 @@ def scaled_dot_product_attention(
         key = key.repeat_interleave(repeat, dim=-3)
         value = value.repeat_interleave(repeat, dim=-3)
     scale = 1.0 / math.sqrt(q_shape[-1]) if scale is None else scale
-    scores = torch.matmul(query, key.transpose(-2, -1)) * scale
+    # Scaled on the query's side: a (length x head) series, not a (length x source) one.
+    scores = torch.matmul(query * scale, key.transpose(-2, -1))
     length, source = q_shape[-2], k_shape[-2]
     if is_causal:
         keep = torch.ones(length, source, dtype=torch.bool, device=_primal(query).device).tril()

@@ -118,6 +118,11 @@ CASES: dict[str, tuple[nn.Module, tuple[int, ...]]] = {
         (2, 3),
     ),
     "mul jet*jet": (Fn(lambda x: x.sin() * x.exp()), (2, 3)),
+    # exp, tanh and sigmoid of an argument with every order stored take the Riccati series
+    "exp, tanh, sigmoid of curved arguments": (
+        Fn(lambda x: (2 * x.sin()).exp() + (x * x).tanh() + x.cos().sigmoid()),
+        (2, 3),
+    ),
     "mul jet*const, const*jet": (Fn(lambda x: (C_3 * x.tanh()) * 3.0), (2, 3)),
     "div jet/jet": (Fn(lambda x: x.sin() / (x.exp() + 1)), (2, 3)),
     "div jet/const, const/jet": (Fn(lambda x: x.sin() / 3.0 + 2.0 / (x * x + 1)), (2, 3)),
