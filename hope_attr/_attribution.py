@@ -30,6 +30,7 @@ from hope_attr._convergence import (
     PiecewiseLinearWarning,
 )
 from hope_attr._derivatives import Expansion
+from hope_attr._warnings import user_stacklevel
 
 TargetType = Any  # Captum's: None, int, tuple, list of int/tuple, or tensor
 _METHODS = ("exact", "diagonal", "continuation")
@@ -454,7 +455,7 @@ class HOPEAttribution(Attribution):
                     "orders make them worse. Use method='continuation' for FeatureAblation's "
                     "values, or return_diagnostics=True for the estimate per feature.",
                     ConvergenceWarning,
-                    stacklevel=4,
+                    stacklevel=user_stacklevel(),
                 )
         per_feature = masks is None and self.method != "continuation"
         return _Result(
@@ -489,7 +490,7 @@ class HOPEAttribution(Attribution):
                     "on each path. method='continuation' gives the ablations themselves. "
                     "(Warned once per HOPEAttribution object.)",
                     PiecewiseLinearWarning,
-                    stacklevel=5,
+                    stacklevel=user_stacklevel(),
                 )
 
     def _terms(

@@ -28,6 +28,7 @@ from hope_attr import (  # noqa: F401  (register the built-in rules)
     _workspace,
 )
 from hope_attr._jet import InputSeed, Jet
+from hope_attr._warnings import user_stacklevel
 
 # Memory the series of one activation may take. The default chunk of directions is sized so that
 # the largest series (with the temporaries of a nonlinearity, ~4 copies) fits in it. Every chunk
@@ -372,7 +373,7 @@ class Expansion:
                 f"per output would give the expansion, but {reason}. Using forward jets "
                 "instead: exact, one pass per feature direction, slower.",
                 _reverse.ReverseModeWarning,
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
             self._progress_credit = reported  # the jets' chunks must not count these again
         return self._rows

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from hope_attr._warnings import user_stacklevel
+
 # Powers of two applied per multiplication: 2^1000 and its products stay exact in float64.
 _STEP = 1000
 
@@ -93,7 +95,7 @@ def times_integers(
             "use the "
             "normalized Taylor coefficients f^(a)/a! (hope_attr.expand), which stay finite",
             DerivativeRangeWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     if coefficients.numel() == 0 or not float(magnitude.min()) < info.tiny:
         return out  # no coefficient is subnormal or 0 (NaN compares False: nothing to say)
@@ -108,7 +110,7 @@ def times_integers(
             "or 0 that may be an underflow: at this order a derivative below a! * tiny is not "
             f"representable); compute in {fix}",
             DerivativeRangeWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     return out
 

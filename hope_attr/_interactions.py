@@ -47,6 +47,7 @@ from hope_attr._attribution import (
 )
 from hope_attr._convergence import ConvergenceWarning
 from hope_attr._eager import check_eval_mode
+from hope_attr._warnings import user_stacklevel
 
 if TYPE_CHECKING:
     from shapiq import InteractionValues
@@ -478,5 +479,5 @@ def _warn_if_diverging(series: Tensor) -> None:
             "method='taylor' is unreliable there and more orders make it worse. Use "
             "method='moebius', which evaluates the model itself.",
             ConvergenceWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )

@@ -271,3 +271,22 @@ def test_group_chunks_are_resized_from_the_measured_series(monkeypatch, chunk_si
         direction = -(mask == g).to(x.dtype).expand_as(x) * x
         _, slope = torch.func.jvp(model, (x,), (direction,))
         torch.testing.assert_close(actual[..., 0, g // 4, g % 4], -slope, rtol=1e-12, atol=1e-12)
+
+
+def test_warnings_point_at_the_callers_line() -> None:
+    """Through the thread-fitting decorator and Captum's log wrapper alike (a fixed stacklevel
+    named one of those wrappers)."""
+    import warnings
+
+    from captum.attr import NoiseTunnel
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x = torch.randn(2, 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        HOPEAttribution(model, order=3).attribute(x, target=0)
+        HOPEAttribution(model, order=3).attribute_all_targets(x)
+        NoiseTunnel(HOPEAttribution(model, order=3)).attribute(x, target=0, nt_samples=2)
+    assert len(caught) == 3
+    assert all(w.filename == __file__ for w in caught), [w.filename for w in caught]
