@@ -32,10 +32,16 @@ def _linear_module(module: nn.Linear, x: Jet) -> Jet:
 def _linear(x: Jet, weight: Tensor, bias: Tensor | None = None) -> Jet:
     primal = cached(F.linear, x.primal, weight, bias)
     if x.seed is not None and x.primal.dim() == 2:
-        # Direction e_i through x @ W^T is column i of W: read it instead of multiplying one-hots.
-        columns = weight.t()[x.seed.start : x.seed.stop]
+        # Direction e_i through x @ W^T is column i of W: read it instead of multiplying one-hots,
+        # from a transposed copy: the strided view of W^T made every later elementwise pass
+        # over these series read memory 784 floats apart (an MLP's first tanh: 2.5x slower).
+        columns = cached(_transposed, weight)[x.seed.start : x.seed.stop]
         return x.with_series(primal, columns.reshape(1, columns.shape[0], 1, -1))
     return ar.map_batchwise(x, lambda s: F.linear(s, weight), primal)
+
+
+def _transposed(weight: Tensor) -> Tensor:
+    return weight.t().contiguous()
 
 
 @dataclass(frozen=True)
