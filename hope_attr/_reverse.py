@@ -12,18 +12,18 @@ the gradient, whatever the curvature.
 model qualifies. Whether it qualifies is read off one jet, not guessed from module types: one
 direction ``v`` (random, over every input) propagates through the model's Taylor rules, and the
 model is locally affine when the output's jet stores only order 1 (a smooth nonlinearity, a
-product of two jets or a division always stores more; a constant output stores nothing). The
-same jet checks the gradients: its first coefficient ``J v`` must equal every reverse-mode row
-times ``v`` within 16 rounding units of ``sum |row * v|`` (the forward with gradients must also
-give the primal pass's output). A gradient that autograd computes differently from the
-derivative of the forward (a backward hook or tensor hook that edits gradients, a custom
-``autograd.Function`` with a surrogate gradient) is off along a random direction by far more
-than that, unless the edit is confined to a few of many features; modules with backward hooks
-and global backward hooks are not tried at all. Where the check or the backward pass fails, the
-expansion keeps forward jets, which follow the forward computation only, and warns with
-:class:`ReverseModeWarning` (they are exact, but one pass per direction). On a GPU that runs
-float32 convolutions in TF32 (cuDNN's default), rounding is that of TF32's 10-bit mantissa, and
-the check is correspondingly coarser.
+product of two jets or a division by a jet always stores more; a constant output stores
+nothing). The same jet checks the gradients: its first coefficient ``J v`` must equal every
+reverse-mode row times ``v`` within 16 rounding units of ``sum |row * v|`` (the forward with
+gradients must also give the primal pass's output). A gradient that autograd computes
+differently from the derivative of the forward (a backward hook or tensor hook that edits
+gradients, a custom ``autograd.Function`` with a surrogate gradient) is off along a random
+direction by far more than that, unless the edit is confined to a few of many features; modules
+with backward hooks and global backward hooks are not tried at all. Where the check or the
+backward pass fails, the expansion keeps forward jets, which follow the forward computation only,
+and warns with :class:`ReverseModeWarning` (they are exact, but one pass per direction). On a
+GPU that runs float32 convolutions in TF32 (cuDNN's default), rounding is that of TF32's 10-bit
+mantissa, and the check is correspondingly coarser.
 
 Rows come from one backward pass per output, summed over the examples of a slice of the batch
 (examples are independent, as everywhere in this package; the slices bound the memory that the
@@ -67,7 +67,25 @@ class ReverseModeWarning(UserWarning):
     """Reverse mode would have been cheaper for this locally affine model (or order 1), but
     autograd's gradients are not the derivatives of the forward (a backward hook, a surrogate
     gradient, a failing backward pass): the expansion used forward jets, exact but one pass per
-    feature direction. The message says what failed."""
+    feature direction. The message says what failed.
+
+    Example:
+        >>> import warnings, torch, hope_attr
+        >>> class Surrogate(torch.nn.Module):  # ReLU whose gradient a hook doubles
+        ...     def forward(self, x):
+        ...         y = torch.relu(x) * 1.0
+        ...         if y.requires_grad:
+        ...             y.register_hook(lambda grad: 2 * grad)
+        ...         return y.sum(1, keepdim=True)
+        >>> x = torch.linspace(-1, 1, 8, dtype=torch.float64).repeat(2, 1)
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     d = hope_attr.unmixed_derivatives(Surrogate(), x, order=2, internal_batch_size=2)
+        >>> any(w.category is hope_attr.ReverseModeWarning for w in caught)
+        True
+        >>> d[0, 1, 0].tolist()  # the derivative of the forward, not the doubled gradient
+        [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    """
 
 
 class Disagreement(Exception):
