@@ -71,7 +71,10 @@ class Diagnostics:
 def coefficient_norms(coefficients: Tensor, output_dims: int) -> Tensor:
     """``(n, B, *O, *rest) -> (n, B, *rest)``: the largest magnitude over the outputs."""
     moved = coefficients.movedim(tuple(range(2, 2 + output_dims)), tuple(range(-output_dims, 0)))
-    return moved.abs().flatten(-output_dims).amax(-1) if output_dims else moved.abs()
+    if not output_dims:
+        return moved.abs()
+    # The infinity norm reduces without an |x| copy of the coefficients (the largest tensor).
+    return torch.linalg.vector_norm(moved, ord=float("inf"), dim=tuple(range(-output_dims, 0)))
 
 
 def radius(norms: Tensor) -> Tensor:

@@ -230,6 +230,7 @@ class Expansion:
         """
         rows = self._reverse_rows(sum(x[0].numel() for x in self.inputs), on_chunk)
         if rows is not None:  # (K, B, *I) per input -> (n, B, *O, *I)
+            self._rows = None  # as large as a result: not kept past it
             return [
                 self._first_order_only(row.movedim(0, 1).reshape(*self.output.shape, *x.shape[1:]))
                 for row, x in zip(rows, self.inputs, strict=True)
@@ -257,6 +258,7 @@ class Expansion:
         """
         rows = self._reverse_rows(directions[0].shape[0], on_chunk)
         if rows is not None:  # sum over features of row (K, B, *I) times direction (D, B, *I)
+            self._rows = None
             first = sum(
                 torch.einsum("kbi,dbi->dbk", row.flatten(2), v.flatten(2))
                 for row, v in zip(rows, directions, strict=True)
