@@ -87,14 +87,19 @@ def timed_rounds(calls: dict[str, Callable[[], object]], repeats: int) -> dict[s
 
 
 def per_pixel(hope: HOPEAttribution, x: torch.Tensor) -> dict[str, float]:
-    """Seconds for the per-pixel maps (every input value a feature): one class, every class."""
+    """Seconds for the per-pixel maps (every input value a feature): one class, every class;
+    and the process's peak resident memory after the second (Linux: ``ru_maxrss`` in KiB)."""
+    import resource
+
     times = {}
     start = time.perf_counter()
     hope.attribute(x, target=0)
     times["pixel_one"] = time.perf_counter() - start
     start = time.perf_counter()
-    hope.attribute_all_targets(x)
+    maps = hope.attribute_all_targets(x)
     times["pixel_all"] = time.perf_counter() - start
+    times["pixel_all_gib"] = maps.numel() * maps.element_size() / 2**30
+    times["peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return times
 
 
@@ -173,9 +178,10 @@ def report(rows: list[dict], args: argparse.Namespace, started: float, load: flo
                 f"Per pixel ({row['model']}, every input value a feature, measured once each): "
                 f"one class {row['pixel_one']:.2f} s (`attribute(x, target=0)`), all "
                 f"{row['classes']} classes {row['pixel_all']:.1f} s "
-                "(`attribute_all_targets(x)`). The network is piecewise linear, so the expansion "
-                "is its Jacobian and comes from one backward pass per class "
-                "(`hope_attr._reverse`).",
+                f"(`attribute_all_targets(x)`, {row['pixel_all_gib']:.2f} GiB of maps; the "
+                f"process's peak resident memory after it: {row['peak_gib']:.2f} GiB). The "
+                "network is piecewise linear, so the expansion is its Jacobian and comes from "
+                "one backward pass per class (`hope_attr._reverse`).",
             ]
             if features:
                 lines[-1] += (
