@@ -73,8 +73,10 @@ def coefficient_norms(coefficients: Tensor, output_dims: int) -> Tensor:
     moved = coefficients.movedim(tuple(range(2, 2 + output_dims)), tuple(range(-output_dims, 0)))
     if not output_dims:
         return moved.abs()
-    # The infinity norm reduces without an |x| copy of the coefficients (the largest tensor).
-    return torch.linalg.vector_norm(moved, ord=float("inf"), dim=tuple(range(-output_dims, 0)))
+    # max |c| as max(max c, -min c): two reductions, no |c| copy of the largest tensor of the call
+    # (linalg.vector_norm(ord=inf) reduced as fast on contiguous input, ~90x slower on this view).
+    dims = tuple(range(-output_dims, 0))
+    return torch.maximum(moved.amax(dims), moved.amin(dims).neg_())
 
 
 def radius(norms: Tensor) -> Tensor:

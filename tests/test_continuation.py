@@ -353,3 +353,17 @@ def test_crossing_time_is_never_later_than_the_true_crossing() -> None:
     assert (reported[cross] <= first + 2e-4).all()  # the grid step
     linear = _kinks._crossing(z[0], z[1])  # without the bound: later than the truth somewhere
     assert (linear[cross] > first + 1e-3).any()
+
+
+@pytest.mark.parametrize("output_dims", [0, 1, 2])
+def test_coefficient_norms_are_the_largest_magnitude_over_the_outputs(output_dims: int) -> None:
+    from hope_attr import _convergence
+
+    torch.manual_seed(0)
+    outputs = (3, 2)[:output_dims]
+    coefficients = torch.randn(4, 2, *outputs, 5)  # (n, B, *O, G)
+    expected = coefficients.abs()
+    for _ in range(output_dims):
+        expected = expected.amax(2)
+    actual = _convergence.coefficient_norms(coefficients, output_dims)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
