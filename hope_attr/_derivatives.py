@@ -209,7 +209,6 @@ class Expansion:
         _check_output(output, self.inputs[0].shape[0])
         self._select = select
         self.model_output: Tensor = output  # before ``select``
-        self._model_output_shape = output.shape
         self.output: Tensor = output if select is None else select(output.unsqueeze(0))[0]
         self.chunk_given = internal_batch_size is not None
         if internal_batch_size is None:
@@ -219,8 +218,7 @@ class Expansion:
         self.chunk_size = internal_batch_size
         self._memo: _memo.PrimalMemo | None = None
         self._workspace: _workspace.Workspace | None = None
-        self._rows: list[Tensor] | None = None
-        self._rows_decided = False
+        self._reverse_tried = False  # reverse mode is decided (and run) once per expansion
         self._progress_credit = 0  # directions reverse mode reported before it gave up
 
     def unmixed_coefficients(self, on_chunk: Callable[[int], None] | None = None) -> list[Tensor]:
@@ -230,7 +228,6 @@ class Expansion:
         """
         rows = self._reverse_rows(sum(x[0].numel() for x in self.inputs), on_chunk)
         if rows is not None:  # (K, B, *I) per input -> (n, B, *O, *I)
-            self._rows = None  # as large as a result: not kept past it
             return [
                 self._first_order_only(row.movedim(0, 1).reshape(*self.output.shape, *x.shape[1:]))
                 for row, x in zip(rows, self.inputs, strict=True)
@@ -258,7 +255,6 @@ class Expansion:
         """
         rows = self._reverse_rows(directions[0].shape[0], on_chunk)
         if rows is not None:  # sum over features of row (K, B, *I) times direction (D, B, *I)
-            self._rows = None
             first = sum(
                 torch.einsum("kbi,dbi->dbk", row.flatten(2), v.flatten(2))
                 for row, v in zip(rows, directions, strict=True)
@@ -330,11 +326,12 @@ class Expansion:
         mode gives this expansion exactly for less than jets along ``directions`` would cost
         (:mod:`hope_attr._reverse`: a locally affine model, or order 1); else ``None``.
 
-        Decided once per expansion; ``on_chunk`` advances by the share of outputs done.
+        Tried once per expansion (a later call keeps jets); ``on_chunk`` advances by the share of
+        outputs done.
         """
-        if self._rows_decided:
-            return self._rows
-        self._rows_decided = True
+        if self._reverse_tried:
+            return None
+        self._reverse_tried = True
         outputs = math.prod(self.output.shape[1:])
         if not _reverse.pays(outputs, directions, chunked=self.chunk_size < directions):
             return None
@@ -365,7 +362,7 @@ class Expansion:
             return True
 
         try:
-            self._rows = _reverse.jacobian_rows(
+            return _reverse.jacobian_rows(
                 self.forward_func, self.inputs, self.extra, self._output_index(),
                 self._flat_outputs(self.model_output), accept, examples,
             )  # fmt: skip
@@ -378,7 +375,7 @@ class Expansion:
                 stacklevel=user_stacklevel(),
             )
             self._progress_credit = reported  # the jets' chunks must not count these again
-        return self._rows
+            return None
 
     def _credited(self, on_chunk: Callable[[int], None] | None) -> Callable[[int], None] | None:
         """``on_chunk`` less the directions reverse mode already reported before giving up."""
@@ -395,9 +392,10 @@ class Expansion:
 
     def _output_index(self) -> Tensor:
         """``(B, K)``: the flat index, in the model's output ``(B, *O)``, of each output kept."""
-        flat = math.prod(self._model_output_shape[1:])
-        ids = torch.arange(flat, device=self.output.device).expand(self.output.shape[0], flat)
-        return self._flat_outputs(ids.reshape(self._model_output_shape))
+        shape = self.model_output.shape
+        flat = math.prod(shape[1:])
+        ids = torch.arange(flat, device=self.model_output.device).expand(shape[0], flat)
+        return self._flat_outputs(ids.reshape(shape))
 
     def _flat_outputs(self, output: Tensor) -> Tensor:
         """The model's output ``(B, *O)`` -> the selected outputs ``(B, K)``."""
