@@ -18,7 +18,10 @@ Three measurements, each a set of ratios measured in one run (issue 14):
    FeatureAblation's time in the default environment depends on where glibc's heap stands in
    that process (531-756 ms in three runs of this script on one commit); the report gives the
    median over the processes and every process's ratio.
-2. **Tuned allocator.** The same child with ``MALLOC_MMAP_MAX_=0
+2. **Without the compiled kernel.** The same child with ``HOPE_ATTR_NATIVE=0``: the Riccati
+   series run as torch operations, as on a machine without a C compiler
+   (:mod:`hope_attr._native`).
+   **Tuned allocator.** The same child with ``MALLOC_MMAP_MAX_=0
    MALLOC_TRIM_THRESHOLD_=100000000000``: how much the tuning that earlier benchmarks ran with
    is worth, per method (default time / tuned time).
 3. **Busy machine.** The CNN's order-4 call in children that share the CPUs with one CPU-bound
@@ -157,12 +160,17 @@ def main() -> None:
     # FeatureAblation's time in the default environment moves by up to 1.8x between processes
     # (where glibc's heap happens to stand), HOPE's by a few percent: one process per
     # configuration would make the ratio a draw. Alternate the two environments.
-    default_runs, tuned_runs = [], []
+    default_runs, tuned_runs, torch_loop_runs = [], [], []
     for _ in range(args.processes):
         default_runs.append(run_child(spec, clean_environment()))
         tuned_runs.append(run_child(spec, clean_environment(**TUNED)))
+        # What a machine without a C compiler gets (hope_attr._native declines).
+        torch_loop_runs.append(run_child(spec, clean_environment(HOPE_ATTR_NATIVE="0")))
     default = {name: statistics.median(run[name] for run in default_runs) for name in METHODS}
     tuned = {name: statistics.median(run[name] for run in tuned_runs) for name in METHODS}
+    torch_loops = {
+        name: statistics.median(run[name] for run in torch_loop_runs) for name in METHODS
+    }
     busy_spec = {"repeats": args.repeats, "methods": [BUSY_METHOD]}
     busy = {}
     fixed = {"HOPE_ATTR_ADAPT_THREADS": "0"}  # hope_attr._threads does not lower the count
@@ -180,6 +188,7 @@ def main() -> None:
     import torch
 
     import hope_attr
+    from hope_attr import _native
 
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
@@ -199,22 +208,28 @@ def main() -> None:
         f"- timing: medians of {args.repeats} interleaved rounds after a warm-up, in "
         f"{args.processes} fresh child processes per environment (parts 1-2, alternating) and "
         "one per busy-machine setting (part 3)",
+        "- compiled Riccati kernel (hope_attr/_native.py): "
+        + ("used" if _native.available() else f"unavailable ({_native.unavailable_reason()})")
+        + "; the last column runs the torch loops instead (`HOPE_ATTR_NATIVE=0`, as on a "
+        "machine without a C compiler)",
         f"- load average (1 min) at the start: {load_start:.2f}, at the end: "
         f"{os.getloadavg()[0]:.2f}; total wall time {time.time() - started:.0f} s",
         "",
         "## 1-2. Default environment (no MALLOC_*/OMP_* variable) and the tuned allocator",
         "",
         "| method | default env | x FeatureAblation (default) | per process | tuned allocator "
-        "| gain of tuning |",
-        "|---|---|---|---|---|---|",
+        "| gain of tuning | torch loops (no compiler) | x FeatureAblation (torch loops) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in METHODS:
         reference = name.split(":")[0] + ": FeatureAblation, 1 class"
         ratios = sorted(run[reference] / run[name] for run in default_runs)
+        loop_ratio = statistics.median(run[reference] / run[name] for run in torch_loop_runs)
         lines.append(
             f"| {name} | {default[name] * 1e3:.3g} ms | {statistics.median(ratios):.2f}x faster "
             f"| {' / '.join(f'{r:.2f}' for r in ratios)} | {tuned[name] * 1e3:.3g} ms "
-            f"| {default[name] / tuned[name]:.2f}x |"
+            f"| {default[name] / tuned[name]:.2f}x | {torch_loops[name] * 1e3:.3g} ms "
+            f"| {loop_ratio:.2f}x |"
         )
     lines += [
         "",
