@@ -42,6 +42,7 @@ __all__ = ["available", "riccati"]
 _log = logging.getLogger("hope_attr")
 _SOURCE = Path(__file__).with_name("_native_series.c")
 _BLOCK = 64  # the kernel's block of elements (BLOCK in the C source): thread ranges align to it
+_MAX_ORDER = 32  # MAX_ORDER in the C source (the library reports its own; checked on loading)
 # Below this many values (elements x orders) one thread does the whole series: handing a range to
 # another thread costs tens of microseconds.
 _THREADED_VALUES = 2**17
@@ -83,7 +84,7 @@ def riccati(
     if (
         out.device.type != "cpu"
         or dtype not in _FUNCTIONS
-        or not 1 <= order <= 32
+        or not 1 <= order <= _MAX_ORDER
         or any(t.dtype != dtype or t.device != out.device for t in (y0, slope0, u))
         or tuple(u.shape[1:]) != shape  # u broadcast over an axis: rare, left to the eager loops
         or not out.is_contiguous()
@@ -126,13 +127,12 @@ def _periodic(y0: Tensor, slope0: Tensor, shape: tuple[int, ...]) -> tuple[Tenso
     """
 
     def period(t: Tensor) -> int | None:
-        dims = t.dim()
-        while dims and t.shape[t.dim() - dims] == 1 and dims > 0:
-            dims -= 1  # leading ones broadcast like missing axes
-        trailing = tuple(t.shape[t.dim() - dims :]) if dims else ()
-        if dims > len(shape) or (dims and trailing != shape[len(shape) - dims :]):
+        own = list(t.shape)
+        while own and own[0] == 1:
+            own.pop(0)  # leading ones broadcast like missing axes
+        if len(own) > len(shape) or tuple(own) != shape[len(shape) - len(own) :]:
             return None
-        return math.prod(trailing)
+        return math.prod(own)
 
     p0, p1 = period(y0), period(slope0)
     if p0 is not None and p0 == p1:
@@ -174,10 +174,15 @@ def _library() -> ctypes.CDLL | None:
     return _state["library"]  # type: ignore[return-value]
 
 
-def _load() -> ctypes.CDLL:
-    compiler = os.environ.get("CC") or next(
+def find_compiler() -> str | None:
+    """The C compiler the kernel is built with: ``$CC``, else ``cc``, ``gcc`` or ``clang``."""
+    return os.environ.get("CC") or next(
         (found for name in ("cc", "gcc", "clang") if (found := shutil.which(name))), None
     )
+
+
+def _load() -> ctypes.CDLL:
+    compiler = find_compiler()
     if compiler is None:
         raise ValueError("no C compiler found (set CC to one)")
     # No fused multiply-adds: GCC fused some of a block's vectors and not others, so an element's
@@ -219,7 +224,7 @@ def _load() -> ctypes.CDLL:
             *(pointer,) * 4, integer, integer, ctypes.c_int, ctypes.c_int,
             ctypes.c_double, ctypes.c_double, integer, integer,
         ]  # fmt: skip
-    if library.hope_max_order() != 32:
+    if library.hope_max_order() != _MAX_ORDER:
         raise ValueError("the compiled kernel does not match this version of hope_attr")
     return library
 

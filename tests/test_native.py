@@ -4,7 +4,6 @@ where it declines, and the fallback when it cannot be built."""
 from __future__ import annotations
 
 import math
-import shutil
 
 import pytest
 import torch
@@ -22,9 +21,7 @@ FUNCTIONS = [
 
 
 def _compiler_present() -> bool:
-    import os
-
-    return bool(os.environ.get("CC") or any(shutil.which(c) for c in ("cc", "gcc", "clang")))
+    return _native.find_compiler() is not None
 
 
 def _eager(y0, slope0, u, order, linear, quadratic, monkeypatch) -> torch.Tensor:
