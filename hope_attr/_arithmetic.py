@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from hope_attr import _taylor_tables as tables
-from hope_attr._jet import Jet, cauchy_product, compose_series, riccati_series
+from hope_attr._jet import Jet, cauchy_product, compose_series, matmul_series, riccati_series
 from hope_attr._memo import cached
 
 
@@ -173,7 +173,7 @@ def matmul(a: object, b: object) -> Jet:
     """``torch.matmul`` with a jet on either or both sides (batch axes broadcast as usual)."""
     if is_jet(a) and is_jet(b):
         primal = torch.matmul(a.primal, b.primal)
-        series = cauchy_product(a.primal, a.series, b.primal, b.series, a.order, torch.matmul)
+        series = matmul_series(a.primal, a.series, b.primal, b.series, a.order)
         return Jet(primal, series, a.order)
     if is_jet(a):
         return Jet(torch.matmul(a.primal, b), torch.matmul(a.series, b), a.order)

@@ -128,6 +128,19 @@ CASES: dict[str, tuple[nn.Module, tuple[int, ...]]] = {
     "div jet/const, const/jet": (Fn(lambda x: x.sin() / 3.0 + 2.0 / (x * x + 1)), (2, 3)),
     "neg": (Fn(lambda x: -x.tanh()), (2, 3)),
     "matmul jet@jet": (Fn(lambda x: torch.matmul(x.tanh(), x.sin().transpose(1, 2))), (2, 2, 3)),
+    # a product larger than its factors (attention scores) runs as one product per order
+    "matmul jet@jet, product larger than the factors": (
+        Fn(lambda x: torch.matmul(x.tanh(), x.sin().transpose(1, 2))),
+        (2, 4, 2),
+    ),
+    "matmul jet@jet, orders stored unequal, batch broadcast": (
+        Fn(
+            lambda x: torch.matmul(
+                (2 * x).unsqueeze(1), torch.stack([x.sin(), x.cos()], 1).transpose(-1, -2)
+            )
+        ),
+        (2, 4, 2),
+    ),
     "matmul jet@const": (Fn(lambda x: x.tanh() @ C_3_4), (2, 3)),
     "matmul const@jet": (Fn(lambda x: C_4_2 @ x.sin()), (2, 2, 3)),
     "bmm": (Fn(lambda x: torch.bmm(x.sin(), x.cos().transpose(1, 2))), (2, 2, 3)),
