@@ -319,32 +319,28 @@ def matmul_series(a0: Tensor, a: Tensor, b0: Tensor, b: Tensor, order: int) -> T
     When the product is at least as large as either factor (attention scores ``q k^T``: a
     ``(L x L)`` product of ``(L x d)`` factors), order ``k``'s terms ``sum_i a_i b_{k-i}`` are one
     matrix product over a concatenated inner axis, ``[a_lo | ... | a_hi] @ [b_{k-lo}; ...;
-    b_{k-hi}]``, written straight into the result: no per-term product to allocate and add, and
-    a longer inner axis for the matrix kernel. Measured on this project's 2-core CPU VM: ViT-tiny's
-    scores at order 4, 6 directions, 14.7 -> 8.1 ms per product; a 2-layer ViT-tiny attribution
-    (196 superpixels, one class) 5.31 -> 5.06 s, medians of 7 interleaved rounds.
-    Otherwise (``softmax(.) v``: the factor is the large one) the terms go through
-    :func:`cauchy_product`, which does not copy the large factor.
+    b_{k-hi}]``, written straight into the result: no per-term product to allocate and add into
+    the large result, and a longer inner axis for the matrix kernel. Otherwise (``softmax(.) v``:
+    the factor is the large one) the terms go through :func:`cauchy_product`, which does not copy
+    the large factor.
     """
     if (
-        a.dim() < 3
-        or b.dim() < 3
-        or a0.dim() < 2
-        or b0.dim() < 2
+        min(a.dim(), b.dim()) < 3
+        or min(a0.dim(), b0.dim()) < 2
+        or a.shape[-2] < a.shape[-1]  # rows < inner: a is larger than the product
+        or b.shape[-1] < a.shape[-1]  # columns < inner: so is b
         or a.dtype != b.dtype
         or (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))
     ):
         return cauchy_product(a0, a, b0, b, order, torch.matmul)
     rows, inner, columns = a.shape[-2], a.shape[-1], b.shape[-1]
-    if rows < inner or columns < inner:
-        return cauchy_product(a0, a, b0, b, order, torch.matmul)
     ma, mb = a.shape[0], b.shape[0]
     m = min(order, ma + mb)
     batch = torch.broadcast_shapes(a0.shape[:-2], a.shape[1:-2], b0.shape[:-2], b.shape[1:-2])
     # Inner blocks: a's columns hold a_0, a_1, ..., a_ma; b's rows hold b_mb, ..., b_1, b_0, so
     # that the terms of every order are a contiguous run of blocks on both sides.
     a_blocks = [a0, *a.unbind(0)]
-    b_blocks = [*b.flip(0).unbind(0), b0]
+    b_blocks = [*reversed(b.unbind(0)), b0]  # views: flip(0) would copy b once more
     # The buffers come from the chunks' workspace: fresh blocks this large fault every page in.
     a_cat = _workspace.empty(a, (*batch, rows, (ma + 1) * inner))
     b_cat = _workspace.empty(b, (*batch, (mb + 1) * inner, columns))
