@@ -11,7 +11,7 @@ keeps the whole run at a few minutes on one thread. Baseline 0, one class (targe
 medians of ``--repeats`` calls after a warm-up, both methods in the same process;
 FeatureAblation runs all perturbations in one batch. Continuation runs twice: as shipped (each
 path the first series does not reach ends by one forward pass at its end) and with
-``hope_attr._continuation.TAYLOR_STEPS = 200`` (the path integrated in Taylor steps).
+``hope_attr.attribution.continuation.TAYLOR_STEPS = 200`` (the path integrated in Taylor steps).
 
 Run (from the repository root)::
 
@@ -35,7 +35,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "mnist"))
 from training import paper_cnn, relu_cnn  # noqa: E402
 
-from hope_attr import ConvergenceWarning, HOPEAttribution, _continuation  # noqa: E402
+from hope_attr import ConvergenceWarning, HOPEAttribution
+from hope_attr.attribution import continuation as _continuation
 from hope_attr.datasets import load_mnist  # noqa: E402
 
 
@@ -162,7 +163,8 @@ def main() -> None:
             "benchmarks/results/continuation.md` (errors: Frobenius norm of the map relative "
             "to FeatureAblation's). *continuation*: the default, each path the first series "
             "does not reach ends by one forward pass at its end (`steps` counts it as 1); "
-            "*Taylor steps*: `hope_attr._continuation.TAYLOR_STEPS = 200`, the path integrated "
+            "*Taylor steps*: `hope_attr.attribution.continuation.TAYLOR_STEPS = 200`, "
+            "the path integrated "
             "in Taylor steps up to any branch change (then the forward pass).\n\n" + table + "\n"
         )
     print(table)

@@ -20,14 +20,14 @@ Three measurements, each a set of ratios measured in one run (issue 14):
    median over the processes and every process's ratio.
 2. **Without the compiled kernel.** The same child with ``HOPE_ATTR_NATIVE=0``: the Riccati
    series run as torch operations, as on a machine without a C compiler
-   (:mod:`hope_attr._native`).
+   (:mod:`hope_attr.engine.native`).
    **Tuned allocator.** The same child with ``MALLOC_MMAP_MAX_=0
    MALLOC_TRIM_THRESHOLD_=100000000000``: how much the tuning that earlier benchmarks ran with
    is worth, per method (default time / tuned time).
 3. **Busy machine.** The CNN's order-4 call in children that share the CPUs with one CPU-bound
    process (a Python busy loop started just before and killed after): with 2 torch threads as
    hope_attr runs them by default (fitted to the cores other processes leave free,
-   :mod:`hope_attr._threads`), with 2 fixed threads (``HOPE_ATTR_ADAPT_THREADS=0``, alone and
+   :mod:`hope_attr.engine.threads`), with 2 fixed threads (``HOPE_ATTR_ADAPT_THREADS=0``, alone and
    with ``OMP_WAIT_POLICY=PASSIVE``) and with 1 thread; slowdown against the quiet 2-thread time
    of part 1.
 
@@ -164,7 +164,7 @@ def main() -> None:
     for _ in range(args.processes):
         default_runs.append(run_child(spec, clean_environment()))
         tuned_runs.append(run_child(spec, clean_environment(**TUNED)))
-        # What a machine without a C compiler gets (hope_attr._native declines).
+        # What a machine without a C compiler gets (hope_attr.engine.native declines).
         torch_loop_runs.append(run_child(spec, clean_environment(HOPE_ATTR_NATIVE="0")))
     default = {name: statistics.median(run[name] for run in default_runs) for name in METHODS}
     tuned = {name: statistics.median(run[name] for run in tuned_runs) for name in METHODS}
@@ -173,7 +173,7 @@ def main() -> None:
     }
     busy_spec = {"repeats": args.repeats, "methods": [BUSY_METHOD]}
     busy = {}
-    fixed = {"HOPE_ATTR_ADAPT_THREADS": "0"}  # hope_attr._threads does not lower the count
+    fixed = {"HOPE_ATTR_ADAPT_THREADS": "0"}  # hope_attr.engine.threads does not lower the count
     for label, threads, extra in (
         ("2 threads (hope_attr fits them to the free cores: the default)", 2, {}),
         ("2 threads, fixed (HOPE_ATTR_ADAPT_THREADS=0)", 2, fixed),
@@ -188,7 +188,7 @@ def main() -> None:
     import torch
 
     import hope_attr
-    from hope_attr import _native
+    from hope_attr.engine import native as _native
 
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
@@ -208,7 +208,7 @@ def main() -> None:
         f"- timing: medians of {args.repeats} interleaved rounds after a warm-up, in "
         f"{args.processes} fresh child processes per environment (parts 1-2, alternating) and "
         "one per busy-machine setting (part 3)",
-        "- compiled Riccati kernel (hope_attr/_native.py): "
+        "- compiled Riccati kernel (hope_attr/engine/native.py): "
         + ("used" if _native.available() else f"unavailable ({_native.unavailable_reason()})")
         + "; the last column runs the torch loops instead (`HOPE_ATTR_NATIVE=0`, as on a "
         "machine without a C compiler)",

@@ -13,7 +13,7 @@ width 192, MLP 768; GELU, LayerNorm; its zero-initialized head randomized), rand
   (the faster of the two is the reference);
 * per pixel (resnet18 only, 150528 features): ``attribute(x, target=0)`` and
   ``attribute_all_targets(x)`` without a mask, timed once each (resnet18 is piecewise linear,
-  so both come from reverse mode, :mod:`hope_attr._reverse`: one backward pass per class).
+  so both come from reverse mode, :mod:`hope_attr.engine.reverse`: one backward pass per class).
 
 Times are medians of ``--repeats`` calls after a warm-up, methods interleaved per round; ratios
 come from this one run. resnet18 is piecewise linear: every order >= 2 is zero there, and the
@@ -181,7 +181,7 @@ def report(rows: list[dict], args: argparse.Namespace, started: float, load: flo
                 f"(`attribute_all_targets(x)`, {row['pixel_all_gib']:.2f} GiB of maps; the "
                 f"process's peak resident memory after it: {row['peak_gib']:.2f} GiB). The "
                 "network is piecewise linear, so the expansion is its Jacobian and comes from "
-                "one backward pass per class (`hope_attr._reverse`).",
+                "one backward pass per class (`hope_attr.engine.reverse`).",
             ]
             if features:
                 lines[-1] += (

@@ -12,13 +12,14 @@ Three measurements, each reported as ratios measured in this one run:
    fastest composition is the baseline. The results are compared in the benchmark's dtype, and
    hope is checked against the two fastest compositions in float64 on a subset of the points
    (relative error <= 1e-9). hope takes its default route (for this MLP the multivariate
-   "MLP route" of ``hope_attr._mlp_taylor``) and, for comparison, the univariate jets
-   (``hope_attr._mixed``). A block-size sweep shows how both routes' points-per-block budgets were
+   "MLP route" of ``hope_attr.derivatives.mlp``) and, for comparison, the univariate jets
+   (``hope_attr.derivatives.mixed``). A block-size sweep shows how both routes' points-per-block
+   budgets were
    chosen, next to the jets' method before blocking (all points at once, the engine's default
    chunks of directions).
    **Routes**: both routes on 3-layer width-64 tanh MLPs with ``p = 2, 5, 8`` inputs, 1 or 4
    outputs and orders 2 to 5 (and 16 outputs for ``p = 5``) at 2000 points: which is faster,
-   and which one ``mixed_derivatives`` picks by default (``hope_attr._mlp_taylor.is_cheaper``).
+   and which one ``mixed_derivatives`` picks by default (``hope_attr.derivatives.mlp.is_cheaper``).
 2. **The paper's Table 1**: 10-layer tanh MLPs of width 1024 with ``p = 1, 2, 3`` inputs, all mixed
    partials of orders ``1..n`` for ``n = 1..10`` at one point, against the paper's baseline: nested
    ``torch.autograd.grad`` over every entry of the previous derivative tensor (``p^(k-1)`` backward
@@ -75,8 +76,10 @@ from torch import Tensor, nn
 from torch.func import jacfwd, jacrev, vmap
 
 import hope_attr
-from hope_attr import _interpolation, _mixed, _mlp_taylor
-from hope_attr._derivatives import Expansion
+from hope_attr.derivatives import interpolation as _interpolation
+from hope_attr.derivatives import mixed as _mixed
+from hope_attr.derivatives import mlp as _mlp_taylor
+from hope_attr.engine.expansion import Expansion
 
 SEED = 0
 ENVIRONMENT_VARIABLES = ("OMP_WAIT_POLICY", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")

@@ -47,9 +47,9 @@ import torch
 from torch import Tensor, nn
 
 import hope_attr
-from hope_attr._derivatives import Expansion
-from hope_attr._diagonal import diagonal_coefficients
+from hope_attr.attribution.diagonal import diagonal_coefficients
 from hope_attr.datasets import load_mnist
+from hope_attr.engine.expansion import Expansion
 
 SEED = 0
 THREADS = 2

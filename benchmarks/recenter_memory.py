@@ -23,7 +23,7 @@ def _measure(what: str, variables: int, order: int, outputs: int, points: int) -
     import torch
 
     from hope_attr import TaylorPolynomial
-    from hope_attr._monomials import multi_indices
+    from hope_attr.derivatives.monomials import multi_indices
 
     exponents = [(0,) * variables]
     for degree in range(1, order + 1):

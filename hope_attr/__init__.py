@@ -1,6 +1,6 @@
 """hope_attr: exact high-order Taylor expansions of PyTorch networks, served as Captum attributions.
 
-The jet convention (normalized Taylor coefficients) is stated once in :mod:`hope_attr._jet`.
+The jet convention (normalized Taylor coefficients) is stated once in :mod:`hope_attr.engine.jet`.
 The public names are imported on first use (PEP 562), so that ``hope-attr --help`` and
 ``import hope_attr.cli`` do not pay for importing torch and captum.
 """
@@ -16,40 +16,44 @@ except importlib.metadata.PackageNotFoundError:  # a source tree that was never 
 
 # Public name -> the module that defines it.
 _EXPORTS = {
-    "ConvergenceWarning": "hope_attr._convergence",
-    "DerivativeRangeWarning": "hope_attr._factorials",
-    "Diagnostics": "hope_attr._convergence",
-    "HOPEAttribution": "hope_attr._attribution",
-    "Jet": "hope_attr._jet",
-    "PiecewiseLinearWarning": "hope_attr._convergence",
-    "ReverseModeWarning": "hope_attr._reverse",
+    "ConvergenceWarning": "hope_attr.attribution.convergence",
+    "DerivativeRangeWarning": "hope_attr.engine.factorials",
+    "Diagnostics": "hope_attr.attribution.convergence",
+    "HOPEAttribution": "hope_attr.attribution.hope",
+    "Jet": "hope_attr.engine.jet",
+    "PiecewiseLinearWarning": "hope_attr.attribution.convergence",
+    "ReverseModeWarning": "hope_attr.engine.reverse",
     "TaylorPolynomial": "hope_attr.polynomial",
-    "TrainingModeError": "hope_attr._registry",
-    "UnsupportedOperationError": "hope_attr._registry",
+    "TrainingModeError": "hope_attr.engine.registry",
+    "UnsupportedOperationError": "hope_attr.engine.registry",
     "discover": "hope_attr.polynomial",
     "expand": "hope_attr.polynomial",
-    "interactions": "hope_attr._interactions",
-    "mixed_derivatives": "hope_attr._mixed",
-    "register_rule": "hope_attr._registry",
-    "unmixed_derivatives": "hope_attr._derivatives",
-    "unregister_rule": "hope_attr._registry",
+    "interactions": "hope_attr.interaction.indices",
+    "mixed_derivatives": "hope_attr.derivatives.mixed",
+    "register_rule": "hope_attr.engine.registry",
+    "unmixed_derivatives": "hope_attr.derivatives.unmixed",
+    "unregister_rule": "hope_attr.engine.registry",
 }
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
-    from hope_attr._attribution import HOPEAttribution
-    from hope_attr._convergence import ConvergenceWarning, Diagnostics, PiecewiseLinearWarning
-    from hope_attr._derivatives import unmixed_derivatives
-    from hope_attr._factorials import DerivativeRangeWarning
-    from hope_attr._interactions import interactions
-    from hope_attr._jet import Jet
-    from hope_attr._mixed import mixed_derivatives
-    from hope_attr._registry import (
+    from hope_attr.attribution.convergence import (
+        ConvergenceWarning,
+        Diagnostics,
+        PiecewiseLinearWarning,
+    )
+    from hope_attr.attribution.hope import HOPEAttribution
+    from hope_attr.derivatives.mixed import mixed_derivatives
+    from hope_attr.derivatives.unmixed import unmixed_derivatives
+    from hope_attr.engine.factorials import DerivativeRangeWarning
+    from hope_attr.engine.jet import Jet
+    from hope_attr.engine.registry import (
         TrainingModeError,
         UnsupportedOperationError,
         register_rule,
         unregister_rule,
     )
-    from hope_attr._reverse import ReverseModeWarning
+    from hope_attr.engine.reverse import ReverseModeWarning
+    from hope_attr.interaction.indices import interactions
     from hope_attr.polynomial import TaylorPolynomial, discover, expand
 
 
@@ -57,7 +61,7 @@ def __getattr__(name: str) -> object:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'hope_attr' has no attribute {name!r}")
     # The built-in rules first: a user's register_rule(torch.tanh, override=...) must meet them.
-    importlib.import_module("hope_attr._derivatives")
+    importlib.import_module("hope_attr.rules")
     value = getattr(importlib.import_module(_EXPORTS[name]), name)
     globals()[name] = value  # later look-ups skip __getattr__
     return value

@@ -18,8 +18,8 @@ settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 # Results must not depend on the load of the machine that runs the suite: hope_attr would lower
-# its thread count while other processes are busy (hope_attr._threads), and a different count can
-# change the last bits of a reduction. tests/test_threads.py turns it back on where it tests it.
+# its thread count while other processes are busy (hope_attr.engine.threads), and a different count
+# can change the last bits of a reduction. tests/test_threads.py turns it back on where it tests it.
 os.environ.setdefault("HOPE_ATTR_ADAPT_THREADS", "0")
 
 
@@ -37,7 +37,7 @@ def single_thread() -> Iterator[None]:
 def chunk_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """How many directions each chunk of an expansion propagated, in order (a spy on
     ``Expansion._propagate``, removed after the test)."""
-    from hope_attr import _derivatives
+    from hope_attr.engine import expansion as _derivatives
 
     sizes: list[int] = []
     propagate = _derivatives.Expansion._propagate

@@ -249,7 +249,7 @@ def test_unmixed_derivatives_shows_progress_over_direction_chunks(capsys) -> Non
 def test_group_chunks_are_resized_from_the_measured_series(monkeypatch, chunk_sizes) -> None:
     """A ReLU network stores one order of its series, not ``order``: after a first chunk sized
     by the bound, the other chunks of feature-mask directions are sized by what it measured."""
-    from hope_attr import _derivatives
+    from hope_attr.engine import expansion as _derivatives
 
     torch.manual_seed(0)
     model = nn.Sequential(

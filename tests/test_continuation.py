@@ -10,14 +10,10 @@ from captum.attr import FeatureAblation
 from torch import nn
 
 import hope_attr
-from hope_attr import (
-    ConvergenceWarning,
-    HOPEAttribution,
-    PiecewiseLinearWarning,
-    _continuation,
-    _kinks,
-)
-from hope_attr._derivatives import Expansion
+from hope_attr import ConvergenceWarning, HOPEAttribution, PiecewiseLinearWarning
+from hope_attr.attribution import continuation as _continuation
+from hope_attr.engine import kinks as _kinks
+from hope_attr.engine.expansion import Expansion
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -357,7 +353,7 @@ def test_crossing_time_is_never_later_than_the_true_crossing() -> None:
 
 @pytest.mark.parametrize("output_dims", [0, 1, 2])
 def test_coefficient_norms_are_the_largest_magnitude_over_the_outputs(output_dims: int) -> None:
-    from hope_attr import _convergence
+    from hope_attr.attribution import convergence as _convergence
 
     torch.manual_seed(0)
     outputs = (3, 2)[:output_dims]

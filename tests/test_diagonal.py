@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from hope_attr import HOPEAttribution
-from hope_attr._derivatives import Expansion
-from hope_attr._diagonal import diagonal_coefficients
+from hope_attr.attribution.diagonal import diagonal_coefficients
+from hope_attr.engine.expansion import Expansion
 from tests.oracle import relative_error, unmixed_reference
 
 

@@ -31,7 +31,7 @@ import torch
 import yaml
 
 import hope_attr
-from hope_attr import _registry
+from hope_attr.engine import registry as _registry
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_TEST = "<!-- no-test -->"
@@ -107,7 +107,7 @@ def isolated(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     if "matplotlib" in sys.modules:
         sys.modules["matplotlib"].use("Agg")
-    importlib.import_module("hope_attr._derivatives")  # the built-in rules, before the snapshot
+    importlib.import_module("hope_attr.engine.expansion")  # the built-in rules, before the snapshot
     module_rules = dict(_registry._MODULE_RULES)
     function_rules = dict(_registry._FUNCTION_RULES)
     default_dtype = torch.get_default_dtype()

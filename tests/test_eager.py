@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import hope_attr
-from hope_attr._derivatives import Expansion
+from hope_attr.engine.expansion import Expansion
 from tests.oracle import (
     ComposedReference,
     directional_reference,

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 import hope_attr
-from hope_attr import _interpolation
-from hope_attr._factorials import DerivativeRangeWarning, split, times_integers
+from hope_attr.derivatives import interpolation as _interpolation
+from hope_attr.engine.factorials import DerivativeRangeWarning, split, times_integers
 
 mpmath = pytest.importorskip("mpmath")
 
@@ -210,7 +210,7 @@ def test_expand_eight_variables_at_order_eight() -> None:
 @pytest.mark.parametrize("name", ["tanh", "sigmoid"])
 def test_taylor_tables_match_nested_autograd(name: str) -> None:
     """The tables' ODE recursion (with the symmetric square series) against nested autograd."""
-    from hope_attr import _taylor_tables
+    from hope_attr.engine import taylor_tables as _taylor_tables
 
     x = torch.linspace(-3, 3, 61, dtype=torch.float64)
     table = getattr(_taylor_tables, name)(x, 12)

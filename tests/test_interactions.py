@@ -156,7 +156,7 @@ def test_sampled_permutations_match_a_direct_control_variate_estimate(
     bucket_elements: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The estimate is permutation sampling of v - v_n, v_n from shapiq's Moebius transform."""
-    from hope_attr import _residual_shapley
+    from hope_attr.interaction import residual_shapley as _residual_shapley
 
     monkeypatch.setattr(_residual_shapley, "_BUCKET_ELEMENTS", bucket_elements)
     p, size, count, seed = 7, 2, 30, 3
@@ -429,7 +429,7 @@ def test_missing_shapiq_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_lattice_holds_every_small_coalition_once() -> None:
-    from hope_attr._moebius import Lattice
+    from hope_attr.interaction.moebius import Lattice
 
     lattice = Lattice(6, 3)
     expected = sorted(sum(1 << i for i in s) for k in range(4) for s in combinations(range(6), k))

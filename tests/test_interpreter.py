@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import hope_attr
-from hope_attr import _interpreter
+from hope_attr.engine import sequential as _interpreter
 from tests.oracle import relative_error, unmixed_reference
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import hope_attr
-from hope_attr import _memo
+from hope_attr.engine import memo as _memo
 from tests.oracle import ComposedReference, relative_error, unmixed_reference
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -8,8 +8,8 @@ from torch import nn
 from torch.func import jacfwd, vmap
 
 import hope_attr
-from hope_attr import _mixed
-from hope_attr._derivatives import Expansion
+from hope_attr.derivatives import mixed as _mixed
+from hope_attr.engine.expansion import Expansion
 
 ORDER = 4
 

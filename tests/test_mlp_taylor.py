@@ -1,4 +1,5 @@
-"""The MLP path of mixed partials (hope_attr/_mlp_taylor.py) against nested torch.func.jacfwd."""
+"""The MLP path of mixed partials (hope_attr/derivatives/mlp.py) against nested
+torch.func.jacfwd."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import torch
 from torch import nn
 
 import hope_attr
-from hope_attr import _mixed, _mlp_taylor
-from hope_attr._derivatives import Expansion
+from hope_attr.derivatives import mixed as _mixed
+from hope_attr.derivatives import mlp as _mlp_taylor
+from hope_attr.engine.expansion import Expansion
 from tests.test_mixed import _nested_jacfwd, _relative_error
 
 DTYPE = torch.float64
@@ -124,7 +126,7 @@ class Echo(nn.Identity):
 
 @pytest.fixture
 def custom_rules():
-    from hope_attr import _registry
+    from hope_attr.engine import registry as _registry
 
     hope_attr.register_rule(ScaledLinear)(
         lambda module, x: 2 * nn.functional.linear(x, module.weight, module.bias)
@@ -222,7 +224,7 @@ def test_activation_tables_are_the_rules_series(module: nn.Module) -> None:
     """The table read off directly (where there is one) is what the rule gives a unit jet, and
     either is the derivatives of the module itself."""
     z = torch.linspace(-2.95, 3.05, 13, dtype=DTYPE).reshape(1, 13)  # no kink on the grid
-    from hope_attr import _rules_elementwise
+    from hope_attr.rules import elementwise as _rules_elementwise
 
     direct = _rules_elementwise.activation_table(module, z, 4)
     # Plain tables are read off directly; compositions come from the rule.
@@ -246,7 +248,8 @@ def test_activation_tables_are_the_rules_series(module: nn.Module) -> None:
 
 
 def test_a_user_rule_for_an_activation_is_used(monkeypatch) -> None:
-    from hope_attr import _registry, _rules_elementwise
+    from hope_attr.engine import registry as _registry
+    from hope_attr.rules import elementwise as _rules_elementwise
 
     def doubled_tanh(module: nn.Tanh, x: hope_attr.Jet) -> hope_attr.Jet:
         return 2.0 * torch.tanh(x)
@@ -264,6 +267,6 @@ def test_a_user_rule_for_an_activation_is_used(monkeypatch) -> None:
 
 
 def _registry_rule(module: nn.Module):
-    from hope_attr import _registry
+    from hope_attr.engine import registry as _registry
 
     return _registry.module_rule(type(module))

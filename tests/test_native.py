@@ -1,5 +1,5 @@
-"""The compiled Riccati kernel (hope_attr/_native.py): references, agreement with the eager loops,
-where it declines, and the fallback when it cannot be built."""
+"""The compiled Riccati kernel (hope_attr/engine/native.py): references, agreement with the eager
+loops, where it declines, and the fallback when it cannot be built."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch.func import jvp
 
-from hope_attr import HOPEAttribution, _native
-from hope_attr._jet import riccati_series
+from hope_attr import HOPEAttribution
+from hope_attr.engine import native as _native
+from hope_attr.engine.jet import riccati_series
 
 # (name, g, g', linear, quadratic): g' = a + linear g + quadratic g^2.
 FUNCTIONS = [

@@ -18,8 +18,8 @@ import torch
 
 import hope_attr
 from hope_attr import TaylorPolynomial
-from hope_attr._monomials import multi_indices
-from hope_attr._recentering import MonomialIndex, binomial_table
+from hope_attr.derivatives.monomials import multi_indices
+from hope_attr.polynomial.recentering import MonomialIndex, binomial_table
 
 
 def full_exponents(num_variables: int, order: int) -> torch.Tensor:

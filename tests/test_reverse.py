@@ -1,4 +1,4 @@
-"""Reverse mode for locally affine models and order 1 (hope_attr._reverse).
+"""Reverse mode for locally affine models and order 1 (hope_attr.engine.reverse).
 
 References are independent of the engine: ``torch.func.jacrev`` / ``jvp`` in float64, and the
 engine's own forward jets with reverse mode switched off.
@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 import hope_attr
-from hope_attr import HOPEAttribution, _reverse
+from hope_attr import HOPEAttribution
+from hope_attr.engine import reverse as _reverse
 
 
 @pytest.fixture
@@ -198,7 +199,7 @@ def test_tuple_inputs_share_the_backward_passes(backward_passes) -> None:
 
 
 def test_the_progress_bar_counts_every_direction(monkeypatch, backward_passes) -> None:
-    from hope_attr import _derivatives
+    from hope_attr.engine import expansion as _derivatives
 
     seen: list[int] = []
     expansion = _derivatives.Expansion(
@@ -241,7 +242,7 @@ def test_torchvision_families(family: str, affine: bool, backward_passes) -> Non
     """ReLU/ReLU6 networks (residual adds, concatenation, BatchNorm) take reverse mode and give
     their Jacobian; hardswish is piecewise quadratic, so MobileNetV3 keeps jets."""
     pytest.importorskip("torchvision")
-    from hope_attr._derivatives import Expansion
+    from hope_attr.engine.expansion import Expansion
     from tests.test_zoo import _image, _realistic, _tiny_builders
 
     model, size = _tiny_builders()[family]()
@@ -271,7 +272,7 @@ class _Shifted(nn.Module):
 
 def test_the_batch_runs_in_slices_that_fit_the_graph_budget(monkeypatch, backward_passes):
     """Per-example targets and batch-first extra arguments stay aligned with their examples."""
-    from hope_attr import _derivatives
+    from hope_attr.engine import expansion as _derivatives
 
     model = _Shifted().double().eval()
     x = torch.randn(3, 10, dtype=torch.float64)
@@ -333,7 +334,7 @@ def test_an_output_specific_edit_keeps_the_progress_count(backward_passes) -> No
     with torch.no_grad():
         model[0].bias.add_(10.0)  # every unit active: class 2's gradient goes through the edit
     seen: list[int] = []
-    from hope_attr import _derivatives
+    from hope_attr.engine import expansion as _derivatives
 
     expansion = _derivatives.Expansion(
         model, torch.randn(1, 12, dtype=torch.float64), 2, internal_batch_size=2

@@ -277,7 +277,7 @@ def test_operator_targets_are_registered() -> None:
         operator.pow,
         operator.getitem,
     ):
-        assert hope_attr._registry.function_rule(op) is not None
+        assert hope_attr.engine.registry.function_rule(op) is not None
 
 
 @pytest.mark.parametrize(
@@ -290,7 +290,7 @@ def test_operator_targets_are_registered() -> None:
 )
 def test_first_conv_reads_kernel_slices(conv: nn.Module, shape: tuple[int, ...]) -> None:
     # The seed's response is gathered from the kernel; it must equal convolving one-hot images.
-    from hope_attr._rules_linear import _conv_seed_response
+    from hope_attr.rules.linear import _conv_seed_response
 
     conv = conv.double()
     features = torch.Size(shape).numel()

@@ -1,4 +1,4 @@
-"""Intra-op threads fitted to the cores other processes leave free (hope_attr._threads)."""
+"""Intra-op threads fitted to the cores other processes leave free (hope_attr.engine.threads)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import hope_attr
-from hope_attr import _threads
+from hope_attr.engine import threads as _threads
 
 linux_only = pytest.mark.skipif(
     not Path("/proc/loadavg").exists(), reason="reads Linux's /proc/loadavg"

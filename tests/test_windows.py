@@ -1,4 +1,4 @@
-"""Receptive-field windows (hope_attr/_windows.py) against the nested-jvp oracle.
+"""Receptive-field windows (hope_attr/engine/windows.py) against the nested-jvp oracle.
 
 The windowed path must give exactly what the dense rules give, at the map's edges (padding,
 windows hanging over the border, partial pooling blocks) and across chunks of directions.
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import hope_attr
-from hope_attr import _windows
+from hope_attr.engine import windows as _windows
 from tests.oracle import relative_error, unmixed_reference
 
 ORDER = 5
@@ -174,7 +174,7 @@ def test_windowed_stem_matches_nested_jvp(name: str, window_calls: dict[str, int
 def test_second_convolution_runs_on_the_windows(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The convolution of windowed series must take the windowed path (else the stems above
     would test the dense path twice)."""
-    from hope_attr import _rules_linear
+    from hope_attr.rules import linear as _rules_linear
 
     calls = []
     original = _rules_linear._conv_window
@@ -194,7 +194,7 @@ def test_both_ways_to_convolve_windows_match_nested_jvp(
     name: str, as_matrix: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A window's convolution as a matrix product or as a padded convolution: both exact."""
-    from hope_attr import _rules_linear
+    from hope_attr.rules import linear as _rules_linear
 
     chosen = []
     monkeypatch.setattr(
@@ -217,7 +217,7 @@ def test_both_ways_to_convolve_windows_match_nested_jvp(
     ],
 )
 def test_window_matrix_is_the_full_correlation(conv: nn.Module, size: tuple[int, ...]) -> None:
-    from hope_attr import _rules_linear
+    from hope_attr.rules import linear as _rules_linear
 
     weight = conv.weight.detach().double()
     windows = torch.randn(5, weight.shape[1] * conv.groups, *size, dtype=torch.float64)
@@ -326,7 +326,7 @@ def test_gather_serves_a_whole_table_at_once() -> None:
 def test_default_chunks_are_sized_from_the_measured_series(monkeypatch, chunk_sizes) -> None:
     """With windows, the primal's shape overstates a direction's series: the first chunk is
     sized by that bound, measures the series and sizes the other chunks by what it saw."""
-    from hope_attr import _derivatives
+    from hope_attr.engine import expansion as _derivatives
 
     model, shape = STEMS["conv-tanh-pool-conv-tanh-pool"]
     model = model.double().eval()
@@ -348,7 +348,7 @@ def test_cpu_chunks_are_capped_for_the_caches_but_not_below_the_minimum(
 ) -> None:
     """On a CPU the chunk is capped by the cache budget, never below the minimum chunk: with a
     budget no direction fits, every chunk holds exactly the minimum (the last one the rest)."""
-    from hope_attr import _derivatives
+    from hope_attr.engine import expansion as _derivatives
 
     model, shape = STEMS["conv-tanh-pool-conv-tanh-pool"]
     model = model.double().eval()

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 import hope_attr
-from hope_attr import _workspace
-from hope_attr._derivatives import Expansion
+from hope_attr.engine import workspace as _workspace
+from hope_attr.engine.expansion import Expansion
 from tests.oracle import directional_reference, relative_error, unmixed_reference
 
 pytestmark = pytest.mark.usefixtures("single_thread")

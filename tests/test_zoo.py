@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from hope_attr._derivatives import Expansion
+from hope_attr.engine.expansion import Expansion
 from tests.oracle import directional_reference
 
 torchvision = pytest.importorskip("torchvision")

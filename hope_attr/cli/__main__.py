@@ -1,0 +1,5 @@
+import sys
+
+from hope_attr.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,470 @@
+"""Run the user's own forward eagerly, with jets standing in for the input tensors.
+
+The model's Python runs as written: shape asserts, ``if x.dim() == 3``, branches on values
+(decided by the primal, i.e. at the expansion point, like a ReLU's kink), hooks, reused modules.
+Every torch function that receives a :class:`~hope_attr.Jet` reaches
+:meth:`Jet.__torch_function__`, which calls :func:`dispatch` here:
+
+1. the registered Taylor rule of that function (:mod:`hope_attr.engine.registry`);
+2. else, for a Python function that only dispatched to us because of its ``has_torch_function``
+   check (``F.multi_head_attention_forward``), its own body, one level down;
+3. else, for an ATen operator or a builtin with a decomposition in ``torch._decomp``, that
+   decomposition (``hardswish``, ``native_layer_norm``...), whose pieces have rules;
+4. else :class:`~hope_attr.UnsupportedOperationError`, naming the op, the module it runs in and
+   the user's source line.
+
+Module rules that users register (``register_rule(MyModule)``) are honoured through one pair of
+process-wide module hooks that exist only while some thread runs an expansion, and act only in
+that thread: such a module runs its ``forward`` on copies of the primals (so its Python, hooks and
+asserts still run) and its rule supplies the jet. A module that carries its own forward pre-hooks,
+or runs while other global forward hooks exist, runs its ``forward`` on the jets instead, so that
+the hooks see them. The built-in module rules are not used here: torch's modules call functions
+that have rules of their own (they serve the ``nn.Sequential`` shortcut in
+:mod:`hope_attr.engine.sequential`). Nothing is set on the user's modules.
+
+All state is thread-local, so expansions in several threads do not interfere, and a run that
+stops half-way (an error, Ctrl-C) leaves nothing behind: the ``finally`` clauses restore it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+import threading
+import types
+from collections.abc import Callable, Sequence
+from functools import cache
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from hope_attr.engine import registry as _registry
+from hope_attr.engine.arithmetic import _replace, contains_jet
+from hope_attr.engine.jet import Jet
+
+# Modules whose training-mode behaviour differs from eval: expanding them in training mode would
+# differentiate a random mask or batch statistics.
+_TRAIN_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+
+
+class _Run:
+    """What one thread's current expansion needs to know while the model runs."""
+
+    def __init__(self, forward_func: object, observe: Callable[[object], None] | None) -> None:
+        self.forward_func = forward_func
+        self.observe = observe
+        # Modules whose forward runs on primals while their rule makes the jet: (module, jets).
+        self.pending: list[tuple[nn.Module, tuple]] = []
+        # Module calls made inside such a forward (they see no jets and must not be matched).
+        self.nested = 0
+        self._names: dict[int, str] | None = None
+
+    def module_name(self, module: nn.Module) -> str | None:
+        if self._names is None:
+            roots = [self.forward_func, getattr(self.forward_func, "__self__", None)]
+            self._names = {}
+            for root in roots:
+                if isinstance(root, nn.Module):
+                    for name, sub in root.named_modules(remove_duplicate=False):
+                        self._names.setdefault(id(sub), name)
+        return self._names.get(id(module))
+
+
+_local = threading.local()
+
+
+def _current() -> _Run | None:
+    return getattr(_local, "run", None)
+
+
+def run(
+    forward_func: Callable[..., Any],
+    args: Sequence[object],
+    observe: Callable[[object], None] | None = None,
+) -> object:
+    """Call ``forward_func(*args)`` (some args may be jets) with the engine active.
+
+    ``observe`` sees every value a rule produced (used to size chunks from the series).
+    """
+    previous = _current()
+    _local.run = _Run(forward_func, observe)
+    _ModuleHooks.acquire()
+    try:
+        with torch.no_grad():
+            return forward_func(*args)
+    finally:
+        _ModuleHooks.release()
+        _local.run = previous
+
+
+def unwrap(forward_func: Callable[..., Any]) -> Callable[..., Any]:
+    """The eager module behind ``torch.compile`` and ``DataParallel`` wrappers.
+
+    A compiled module would trace our jets with dynamo; the original module computes the same
+    function eagerly. ``DataParallel`` scatters tensors over devices, which jets are not.
+    """
+    seen = 0
+    while seen < 8:
+        seen += 1
+        if hasattr(forward_func, "_orig_mod") and isinstance(forward_func, nn.Module):
+            forward_func = forward_func._orig_mod
+        elif isinstance(forward_func, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            forward_func = forward_func.module
+        elif callable(getattr(forward_func, "_torchdynamo_orig_callable", None)):
+            forward_func = forward_func._torchdynamo_orig_callable  # torch.compile(function)
+        else:
+            break
+    return forward_func
+
+
+def check_eval_mode(forward_func: object) -> None:
+    """Refuse Dropout/BatchNorm in training mode anywhere in a model we can see."""
+    owner = forward_func if isinstance(forward_func, nn.Module) else None
+    owner = owner or getattr(forward_func, "__self__", None)
+    if not isinstance(owner, nn.Module):
+        return  # other modules are checked when they are called (see _ModuleHooks)
+    for name, module in owner.named_modules():
+        _check_module_mode(module, name)
+
+
+def _check_module_mode(module: nn.Module, name: str | None) -> None:
+    if module.training and isinstance(module, _TRAIN_DEPENDENT):
+        where = f"module '{name}'" if name else "the model"
+        if name is None:
+            where = f"a {type(module).__name__} module"
+        raise _registry.TrainingModeError(
+            f"{where} ({type(module).__name__}) is in training mode, where its output is "
+            "random or depends on the batch. Call model.eval() before computing derivatives."
+        )
+
+
+# --------------------------------------------------------------------------- dispatch
+def dispatch(func: Callable[..., Any], args: tuple, kwargs: dict) -> object:
+    """Apply ``func`` to arguments some of which are jets (see the module docstring)."""
+    rule = _registry.function_rule(func)
+    if rule is None:
+        rule = _fallback(func)
+        if rule is None:
+            raise _registry.unsupported(_kind(func), func, where())
+        if _is_decomposition(rule):
+            try:
+                result = rule(*args, **kwargs)
+            except _registry.UnsupportedOperationError as inner:
+                # PyTorch's internal pieces mean nothing to the user: name the op they called.
+                raise _registry.unsupported(_kind(func), func, where()) from inner
+            return _observed(result)
+    return _observed(rule(*args, **kwargs))
+
+
+def _observed(result: object) -> object:
+    state = _current()
+    if state is not None and state.observe is not None:
+        state.observe(result)
+    return result
+
+
+def _is_decomposition(rule: object) -> bool:
+    return getattr(rule, "__module__", "").startswith(
+        ("torch._decomp", "torch._refs", "torch._prims")
+    )
+
+
+def _kind(func: object) -> str:
+    if isinstance(func, torch._ops.OpOverload):
+        return "ATen operator"
+    if getattr(func, "__objclass__", None) is not None:
+        return "tensor method"
+    return "function"
+
+
+@cache
+def _fallback(func: Callable[..., Any]) -> Callable[..., Any] | None:
+    body = _composite_body(func)
+    if body is not None:
+        return body
+    if isinstance(func, torch._ops.OpOverload):
+        # An ATen op (from a decomposition): its torch-level namesake usually has a rule and the
+        # same argument convention (aten.add.Tensor(a, b, alpha=) is torch.add(a, b, alpha=)).
+        name = func.overloadpacket.__name__
+        for home in (torch, torch.Tensor, torch.nn.functional):
+            namesake = getattr(home, name, None)
+            rule = _registry.function_rule(namesake) if namesake is not None else None
+            if rule is not None:
+                return rule
+    decomposition = _decomposition(func)
+    if decomposition is not None:
+        return decomposition
+    return None
+
+
+def _in_place_rule(func: object) -> Callable[..., Any] | None:
+    """``hardswish_(x)``, ``aten.relu_``: the out-of-place op, then written into ``x``."""
+    if isinstance(func, torch._ops.OpOverload):
+        name = func.overloadpacket.__name__
+        if not name.endswith("_") or name.endswith("__"):
+            return None
+        packet = getattr(torch.ops.aten, name[:-1], None)
+        out_of_place = getattr(packet, func._overloadname, None) if packet else None
+    else:
+        name = getattr(func, "__name__", "") or ""
+        home = getattr(func, "__self__", None)
+        if not name.endswith("_") or name.endswith("__") or home is None:
+            return None
+        out_of_place = getattr(home, name[:-1], None)
+    if out_of_place is None:
+        return None
+
+    def rule(target: object, *args: object, **kwargs: object) -> object:
+        result = dispatch(out_of_place, (target, *args), kwargs)
+        return target.assign(result) if isinstance(target, Jet) else result
+
+    return rule
+
+
+_DISPATCH_CHECKS = ("has_torch_function", "has_torch_function_unary", "has_torch_function_variadic")
+
+
+def _composite_body(func: object) -> Callable[..., Any] | None:
+    """A Python function's body with its own ``has_torch_function`` check switched off.
+
+    ``F.multi_head_attention_forward(jet, ...)`` reaches us only because it checks its arguments
+    for ``__torch_function__`` first; its body is ordinary torch code, which runs on jets (every
+    call inside it reaches :func:`dispatch` again, one level down).
+    """
+    if not isinstance(func, types.FunctionType):
+        return None
+    if not set(_DISPATCH_CHECKS) & set(func.__code__.co_names):
+        return None
+    namespace = dict(func.__globals__)
+    for name in _DISPATCH_CHECKS:
+        namespace[name] = _never
+    body = types.FunctionType(
+        func.__code__, namespace, func.__name__, func.__defaults__, func.__closure__
+    )
+    body.__kwdefaults__ = func.__kwdefaults__
+    return body
+
+
+def _never(*args: object, **kwargs: object) -> bool:
+    return False
+
+
+def _decomposition(func: object) -> Callable[..., Any] | None:
+    """PyTorch's own decomposition of ``func`` into simpler ops, if it has one."""
+    from torch._decomp import decomposition_table
+
+    if isinstance(func, torch._ops.OpOverload):
+        return _unwrapped(decomposition_table.get(func))
+    name = getattr(func, "__name__", None)
+    packet = getattr(torch.ops.aten, name, None) if name else None
+    if packet is None and name and name.startswith("special_"):  # torch.special.X is aten.X
+        packet = getattr(torch.ops.aten, name.removeprefix("special_"), None)
+    if packet is None:
+        return None
+    for overload in ("default", "Tensor", "self", "input"):
+        op = getattr(packet, overload, None)
+        if op is not None and op in decomposition_table:
+            return _unwrapped(decomposition_table[op])
+    return None
+
+
+def _unwrapped(decomposition: Callable[..., Any] | None) -> Callable[..., Any] | None:
+    """The decomposition without its ``out=``/type-promotion wrappers, which insist on real
+    tensors; jets keep the input's dtype, which is all those wrappers would decide."""
+    return inspect.unwrap(decomposition) if decomposition is not None else None
+
+
+# --------------------------------------------------------------------------- module rules
+class _ModuleHooks:
+    """One global forward pre-hook and forward hook, present while any thread expands."""
+
+    _lock = threading.Lock()
+    _users = 0
+    _handles: tuple[RemovableHandle, RemovableHandle] | None = None
+
+    @classmethod
+    def acquire(cls) -> None:
+        with cls._lock:
+            cls._users += 1
+            if cls._handles is None:
+                cls._handles = (
+                    nn.modules.module.register_module_forward_pre_hook(_before_module),
+                    nn.modules.module.register_module_forward_hook(_after_module),
+                )
+
+    @classmethod
+    def release(cls) -> None:
+        with cls._lock:
+            cls._users -= 1
+            if cls._users == 0 and cls._handles is not None:
+                for handle in cls._handles:
+                    handle.remove()
+                cls._handles = None
+
+    @classmethod
+    def ours(cls) -> set[int]:
+        handles = cls._handles
+        return {h.id for h in handles} if handles is not None else set()
+
+
+def _before_module(module: nn.Module, args: tuple) -> tuple | None:
+    state = _current()
+    if state is None:
+        return None
+    if state.pending:
+        state.nested += 1  # inside a forward that runs on primals
+        return None
+    _check_module_mode(module, state.module_name(module))
+    rule = _registry.module_rule(type(module))
+    if rule is not None and rule.__module__.startswith("hope_attr."):
+        # The built-in module rules only call the function rules that the module's own forward
+        # reaches: letting the forward run on jets costs no second primal pass.
+        return None
+    # Hooks that must see what the module computes on jets: its own pre-hooks (they run after
+    # this one) and other global forward hooks (registered before ours, they run before ours).
+    # Then the forward runs on jets itself, through the function rules.
+    foreign_hooks = len(nn.modules.module._global_forward_hooks) > 1
+    if rule is None or module._forward_pre_hooks or foreign_hooks or not contains_jet(args):
+        return None
+    state.pending.append((module, args))
+    # Copies: the forward may work in place (SiLU(inplace=True)) on what is the jet's primal.
+    return _replace(args, lambda a: a.primal.clone() if isinstance(a, Jet) else a)
+
+
+def _after_module(module: nn.Module, args: tuple, output: object) -> object:
+    state = _current()
+    if state is None or not state.pending:
+        return None
+    if state.nested:
+        state.nested -= 1
+        return None
+    pending, jets = state.pending.pop()
+    assert pending is module, "module hooks out of step"
+    result = _registry.module_rule(type(module))(module, *jets)
+    if state.observe is not None:
+        state.observe(result)
+    return result
+
+
+def user_hooks_present() -> bool:
+    """Global module hooks other than ours (they must run, so no shortcut may skip modules)."""
+    mod = nn.modules.module
+    ours = _ModuleHooks.ours()
+    tables = (
+        mod._global_forward_pre_hooks,
+        mod._global_forward_hooks,
+        mod._global_backward_pre_hooks,
+        mod._global_backward_hooks,
+    )
+    return any(key not in ours for table in tables for key in list(table))
+
+
+# --------------------------------------------------------------------------- error locations
+_SKIPPED_ROOTS = tuple(
+    os.path.dirname(os.path.realpath(m.__file__)) + os.sep
+    for m in (torch, sys.modules[__name__.split(".", 1)[0]])  # torch/ and hope_attr/
+)
+
+
+def where() -> str:
+    """``(in module 'layer1.0.conv1', source: File "net.py", line 12: y = f(x))``."""
+    state = _current()
+    frame = sys._getframe(1)
+    module_path = None
+    source = None
+    while frame is not None:
+        if module_path is None and state is not None:
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, nn.Module):
+                name = state.module_name(owner)
+                if name is not None:
+                    module_path = f"module '{name}'" if name else "the model"
+                    module_path += f" ({type(owner).__name__})"
+        if source is None:
+            raw = frame.f_code.co_filename
+            filename = os.path.realpath(raw)
+            if not filename.startswith(_SKIPPED_ROOTS) and not raw.startswith("<frozen"):
+                source = _source_line(frame)
+        frame = frame.f_back
+    parts = [f"in {module_path}" if module_path else "called in the forward"]
+    if source:
+        parts.append(f"source: {source}")
+    return "(" + "; ".join(parts) + ")"
+
+
+def _source_line(frame: types.FrameType) -> str:
+    import linecache
+
+    code = frame.f_code
+    text = linecache.getline(code.co_filename, frame.f_lineno).strip()
+    return f'File "{code.co_filename}", line {frame.f_lineno}, in {code.co_name}: {text}'
+
+
+__all__ = ["Jet", "Tensor", "check_eval_mode", "dispatch", "run", "unwrap", "where"]
+
+
+# --------------------------------------------------------------------------- tensor attributes
+# Attributes and query methods that read only metadata: a jet answers them with its primal's.
+_METADATA = frozenset(
+    {
+        "shape", "dtype", "device", "ndim", "layout", "is_nested", "is_cuda", "is_cpu",
+        "is_sparse", "is_quantized", "is_meta", "is_mkldnn", "is_mps", "is_xla", "names",
+        "requires_grad", "is_leaf", "grad_fn", "itemsize",
+    }
+)  # fmt: skip
+_QUERIES = frozenset(
+    {
+        "size", "dim", "numel", "nelement", "element_size", "stride", "is_contiguous",
+        "is_floating_point", "is_complex", "get_device", "new_zeros", "new_ones", "new_empty",
+        "new_full", "new_tensor", "storage_offset", "is_signed",
+    }
+)  # fmt: skip
+
+
+def tensor_attribute(jet: Jet, name: str) -> object:
+    """``jet.<name>``: a metadata read, a bound Taylor rule, or an in-place update."""
+    if name in ("requires_grad", "grad_fn"):  # jets are computed with autograd off
+        return False if name == "requires_grad" else None
+    if name in _METADATA:
+        return getattr(jet.primal, name)
+    if name in _QUERIES:
+        return getattr(jet.primal, name)
+    method = getattr(torch.Tensor, name, None)
+    if method is None:
+        raise AttributeError(f"'Tensor' object has no attribute '{name}'")
+    if name.endswith("_") and not name.endswith("__"):
+        return _in_place(jet, name)
+    if not callable(method):  # a property such as .T or .mT
+        return dispatch(getattr, (jet, name), {})
+    return lambda *args, **kwargs: dispatch(method, (jet, *args), kwargs)
+
+
+def _in_place(jet: Jet, name: str) -> Callable[..., Jet]:
+    if name == "copy_":
+        return lambda source, non_blocking=False: _copy_into(jet, source)
+    out_of_place = getattr(torch.Tensor, name[:-1], None)
+    if out_of_place is None:
+        raise _registry.unsupported("tensor method", getattr(torch.Tensor, name), where())
+
+    def update(*args: object, **kwargs: object) -> Jet:
+        return jet.assign(dispatch(out_of_place, (jet, *args), kwargs))
+
+    return update
+
+
+def _copy_into(jet: Jet, source: object) -> Jet:
+    if not isinstance(source, Jet):
+        raise unsupported_mutation(jet)
+    if source.primal.shape != jet.primal.shape:  # copy_ broadcasts its source
+        source = dispatch(torch.Tensor.expand, (source, jet.primal.shape), {})
+    return jet.assign(source)
+
+
+def unsupported_mutation(jet: Jet) -> Exception:
+    return _registry.UnsupportedOperationError(
+        "hope_attr cannot write a constant into a tensor that depends on the input in place "
+        f"{where()}; write the operation out of place (y = f(x) instead of x.f_())."
+    )

@@ -1,0 +1,187 @@
+"""Taylor rules derived by identities over the primitive rules.
+
+SiLU, Mish, softmax and log-softmax are registered with the other activations in
+:mod:`hope_attr.rules.elementwise`; the rest are registered here.
+
+Each function here only encodes an identity (``silu(x) = x sigmoid(x)``, softmax as ``exp`` over a
+sum, layer norm from means and ``rsqrt``); exactness follows from the primitives'. Constants that
+are read off the primal -- the max subtracted for a stable softmax -- do not change the function,
+so they do not change its series.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hope_attr.engine import arithmetic as ar
+from hope_attr.engine.jet import Jet
+from hope_attr.engine.registry import register_rule
+
+
+def _reduce(x: Jet, dims: Sequence[int], mean: bool) -> Jet:
+    """Sum or mean over axes of the model's tensor, keeping them (a linear map per sample)."""
+    ndim = x.primal.dim()
+    series_dims = tuple((d % ndim) + 2 for d in dims)
+    reduce = torch.mean if mean else torch.sum
+    series = reduce(
+        x.series.expand(*x.series.shape[:2], *x.primal.shape), series_dims, keepdim=True
+    )
+    return Jet(reduce(x.primal, tuple(dims), keepdim=True), series, x.order)
+
+
+def silu(x: Jet, inplace: bool = False) -> Jet:
+    return x * ar.sigmoid(x)
+
+
+def mish(x: Jet, inplace: bool = False) -> Jet:
+    return x * ar.tanh(ar.softplus(x))
+
+
+def gelu_tanh(x: Jet) -> Jet:
+    """``gelu(x, approximate="tanh") = x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``."""
+    inner = (x + 0.044715 * ar.power(x, 3.0)) * math.sqrt(2 / math.pi)
+    return 0.5 * x * (1 + ar.tanh(inner))
+
+
+def softmax(x: Jet, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> Jet:
+    if dim is None:
+        raise ValueError("softmax needs an explicit dim")
+    shift = x.primal.amax(dim, keepdim=True)
+    e = ar.exp(x - shift)
+    return e / _reduce(e, (dim,), mean=False)
+
+
+def log_softmax(x: Jet, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> Jet:
+    if dim is None:
+        raise ValueError("log_softmax needs an explicit dim")
+    shifted = x - x.primal.amax(dim, keepdim=True)
+    return shifted - ar.log(_reduce(ar.exp(shifted), (dim,), mean=False))
+
+
+def _normalize(x: Jet, dims: Sequence[int], eps: float) -> Jet:
+    centered = x - _reduce(x, dims, mean=True)
+    variance = _reduce(centered * centered, dims, mean=True)
+    return centered * ar.power(variance + eps, -0.5)
+
+
+@register_rule(F.layer_norm)
+def layer_norm(
+    x: Jet,
+    normalized_shape: Sequence[int],
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Jet:
+    dims = tuple(range(-len(normalized_shape), 0))
+    y = _normalize(x, dims, eps)
+    if weight is not None:
+        y = y * weight
+    return y + bias if bias is not None else y
+
+
+@register_rule(nn.LayerNorm)
+def _layer_norm_module(module: nn.LayerNorm, x: Jet) -> Jet:
+    return layer_norm(x, module.normalized_shape, module.weight, module.bias, module.eps)
+
+
+@register_rule(F.group_norm)
+def group_norm(
+    x: Jet,
+    num_groups: int,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Jet:
+    batch, channels = x.primal.shape[:2]
+    grouped = ar.map_per_sample(lambda t: t.reshape(batch, num_groups, -1), x)
+    y = ar.map_per_sample(lambda t: t.reshape(x.primal.shape), _normalize(grouped, (-1,), eps))
+    affine_shape = (channels, *([1] * (x.primal.dim() - 2)))
+    if weight is not None:
+        y = y * weight.reshape(affine_shape)
+    return y + bias.reshape(affine_shape) if bias is not None else y
+
+
+@register_rule(nn.GroupNorm)
+def _group_norm_module(module: nn.GroupNorm, x: Jet) -> Jet:
+    return group_norm(x, module.num_groups, module.weight, module.bias, module.eps)
+
+
+def _integral(x: Jet, value: Tensor, derivative: Callable[[Jet], Jet]) -> Jet:
+    """``f(x0 + u)`` for ``f`` given by its value and derivative: ``f_k = [f'(x0 + t)]_{k-1} / k``.
+
+    The table of ``f'`` comes from running ``derivative`` on a unit jet at the primal (one
+    direction, primal-sized), so ``f`` needs no derivative formula of its own.
+    """
+    order = x.order
+    unit = Jet(x.primal, torch.ones_like(x.primal).reshape(1, 1, *x.primal.shape), order)
+    slope = derivative(unit)
+    series = slope.full_series()[:, 0]  # coefficients 1..n of f'(x0 + t)
+    table = [value, slope.primal] + [series[k - 2] / k for k in range(2, order + 1)]
+    return ar.elementwise(x, table, value)
+
+
+@register_rule(torch.erf, torch.Tensor.erf, torch.special.erf)
+def erf(x: Jet) -> Jet:
+    # erf' = 2 / sqrt(pi) * exp(-x^2)
+    return _integral(x, torch.erf(x.primal), lambda u: (2 / math.sqrt(math.pi)) * ar.exp(-(u * u)))
+
+
+@register_rule(torch.atan, torch.Tensor.atan, torch.arctan)
+def atan(x: Jet) -> Jet:
+    # atan' = 1 / (1 + x^2)
+    return _integral(x, torch.atan(x.primal), lambda u: ar.reciprocal(1 + u * u))
+
+
+@register_rule(torch.expm1, torch.Tensor.expm1, torch.special.expm1)
+def expm1(x: Jet) -> Jet:
+    # Only the primal differs from exp(x) - 1 (in rounding); the series are exp's.
+    e = ar.exp(x)
+    return Jet(torch.expm1(x.primal), e.series, x.order)
+
+
+@register_rule(torch.log1p, torch.Tensor.log1p, torch.special.log1p)
+def log1p(x: Jet) -> Jet:
+    shifted = ar.log(x + 1.0)
+    return Jet(torch.log1p(x.primal), shifted.series, x.order)
+
+
+@register_rule(torch.linalg.vector_norm)
+def vector_norm(
+    x: Jet,
+    ord: float = 2,
+    dim=None,
+    keepdim: bool = False,
+    *,
+    dtype=None,  # noqa: A002, ANN001
+) -> Jet:
+    """``(sum |x|^p)^(1/p)``; p = 2 as ``sqrt(sum x^2)`` (smooth away from 0)."""
+    if ord in (math.inf, -math.inf) or ord == 0:
+        raise ValueError(f"vector_norm with ord={ord} is not smooth; hope_attr supports p > 0")
+    dims = tuple(range(x.primal.dim())) if dim is None else dim
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    powered = x * x if ord == 2 else ar.power(torch.abs(x), float(ord))
+    total = _reduce(powered, dims, mean=False)
+    if not keepdim:
+        total = ar.map_per_sample(lambda t: t.squeeze(dims), total)
+    norm = ar.power(total, 1.0 / float(ord))
+    at_zero = norm.primal == 0
+    if bool(at_zero.any()):
+        # The kink of a norm at 0 (a cone): slope 0 there, PyTorch's convention for |x| and ReLU
+        # too (F.normalize of a zero vector, SwinV2's padded keys). The raw series holds NaN.
+        series = norm.series.expand(*norm.series.shape[:2], *norm.primal.shape)
+        norm = Jet(norm.primal, torch.where(at_zero, 0.0, series), x.order)
+    return norm
+
+
+@register_rule(torch.norm, torch.Tensor.norm)
+def norm(x: Jet, p: float | str = "fro", dim=None, keepdim: bool = False, dtype=None) -> Jet:  # noqa: ANN001
+    if p == "fro":
+        p = 2
+    if not isinstance(p, (int, float)):
+        raise ValueError(f"norm with p={p!r} has no Taylor rule; use torch.linalg.vector_norm")
+    return vector_norm(x, p, dim, keepdim)

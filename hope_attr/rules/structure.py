@@ -1,0 +1,325 @@
+"""Taylor rules of structural operations (reshapes, permutations, selections, concatenation,
+sums), of metadata queries and of piecewise-constant functions.
+
+A structural op is linear and applies per example: it acts on every coefficient through
+``torch.vmap`` (:func:`hope_attr.engine.arithmetic.map_per_sample`). Queries and piecewise-constant
+results (shapes, indices, signs, truth values) are read off the primal: constants.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hope_attr.engine import arithmetic as ar
+from hope_attr.engine import kinks as _kinks
+from hope_attr.engine.arithmetic import expanded_series as _expanded
+from hope_attr.engine.jet import Jet, cauchy_product
+from hope_attr.engine.registry import UnsupportedOperationError, register_rule
+
+
+def _structural(fn: Callable[..., Tensor]) -> Callable[..., object]:
+    """Rule for an op that only moves, selects or sums entries: linear, applied per sample."""
+
+    def rule(*args, **kwargs) -> object:
+        return ar.map_per_sample(fn, *args, **kwargs)
+
+    return rule
+
+
+def _selecting(fn: Callable[..., Tensor]) -> Callable[..., object]:
+    """Like :func:`_structural`, for ops whose tensor constants are indices or factors."""
+
+    def rule(*args, **kwargs) -> object:
+        return ar.map_per_sample(fn, *args, keep_constants=True, **kwargs)
+
+    return rule
+
+
+def _reshaping(fn: Callable[..., Tensor]) -> Callable[..., Jet]:
+    """Like :func:`_structural`, but a reshape of a seed that keeps the batch axis stays a seed."""
+    structural = _structural(fn)
+
+    def rule(x: Jet, *args, **kwargs) -> Jet:
+        if x.seed is not None and x._series is None:
+            primal = fn(x.primal, *args, **kwargs)
+            if primal.shape[0] == x.primal.shape[0]:  # row-major order, hence direction order, kept
+                return Jet(primal, None, x.order, x.seed)
+        return structural(x, *args, **kwargs)
+
+    return rule
+
+
+for _targets, _fn in [
+    ((torch.Tensor.view,), torch.Tensor.view),
+    # The method accepts both call forms: x.reshape(2, 3) and torch.reshape(x, (2, 3)).
+    ((torch.reshape, torch.Tensor.reshape), torch.Tensor.reshape),
+    ((torch.flatten, torch.Tensor.flatten), torch.flatten),
+    ((torch.Tensor.unflatten, torch.unflatten), torch.unflatten),
+    ((torch.Tensor.contiguous,), torch.Tensor.contiguous),
+]:
+    register_rule(*_targets)(_reshaping(_fn))
+
+for _targets, _fn in [
+    ((torch.permute, torch.Tensor.permute), torch.Tensor.permute),
+    ((torch.transpose, torch.Tensor.transpose), torch.Tensor.transpose),
+    ((torch.squeeze, torch.Tensor.squeeze), torch.Tensor.squeeze),
+    ((torch.unsqueeze, torch.Tensor.unsqueeze), torch.Tensor.unsqueeze),
+    # Tensor methods accept both call forms: x.permute(0, 2, 1) and torch.permute(x, (0, 2, 1)).
+    ((torch.Tensor.expand,), torch.Tensor.expand),
+    ((torch.Tensor.repeat,), torch.Tensor.repeat),
+    ((torch.flip, torch.Tensor.flip), torch.Tensor.flip),
+    ((torch.roll, torch.Tensor.roll), torch.Tensor.roll),
+    ((torch.narrow, torch.Tensor.narrow), torch.Tensor.narrow),
+    ((operator.getitem, torch.Tensor.__getitem__), operator.getitem),
+    ((torch.sum, torch.Tensor.sum), torch.sum),
+    ((torch.mean, torch.Tensor.mean), torch.mean),
+    ((F.pad,), F.pad),
+]:
+    register_rule(*_targets)(_selecting(_fn))
+
+# Concatenating jets with constant blocks: a constant block has a zero series.
+register_rule(torch.cat, torch.concat, torch.concatenate)(_structural(torch.cat))
+register_rule(torch.stack)(_structural(torch.stack))
+
+
+# More ops that only move, select, repeat or sum entries (each linear, applied per sample). Their
+# tensor arguments are indices or counts, never added to the result: passed unchanged.
+for _targets, _fn in [
+    ((torch.gather, torch.Tensor.gather), torch.gather),
+    ((torch.index_select, torch.Tensor.index_select), torch.index_select),
+    ((torch.take_along_dim, torch.Tensor.take_along_dim), torch.take_along_dim),
+    ((torch.select, torch.Tensor.select), torch.select),
+    ((torch.tril, torch.Tensor.tril), torch.tril),
+    ((torch.triu, torch.Tensor.triu), torch.triu),
+    ((torch.repeat_interleave, torch.Tensor.repeat_interleave), torch.repeat_interleave),
+    ((torch.cumsum, torch.Tensor.cumsum), torch.cumsum),
+    ((torch.diagonal, torch.Tensor.diagonal), torch.diagonal),
+    ((torch.movedim, torch.Tensor.movedim, torch.moveaxis), torch.movedim),
+    ((torch.swapaxes, torch.Tensor.swapaxes, torch.swapdims), torch.swapaxes),
+    ((torch.t, torch.Tensor.t), torch.t),
+    ((torch.tile, torch.Tensor.tile), torch.tile),
+    ((torch.Tensor.unfold,), torch.Tensor.unfold),
+    ((torch.Tensor.expand_as,), lambda x, other: x.expand(other.shape)),
+    ((torch.Tensor.view_as,), lambda x, other: x.view(other.shape)),
+    ((torch.Tensor.reshape_as,), lambda x, other: x.reshape(other.shape)),
+    ((F.unfold,), F.unfold),
+    ((F.fold,), F.fold),
+    ((F.pixel_shuffle,), F.pixel_shuffle),
+    ((F.pixel_unshuffle,), F.pixel_unshuffle),
+]:
+    register_rule(*_targets)(_selecting(_fn))
+
+
+_LINEAR_RESAMPLING = (
+    "nearest", "nearest-exact", "linear", "bilinear", "bicubic", "trilinear", "area",
+)  # fmt: skip
+
+
+@register_rule(torch.einsum)
+def _einsum(equation: str, *operands: object) -> Jet:
+    """Linear in one jet operand; two jet operands form a product (a Cauchy product of their
+    series, with the order and direction axes carried by an ellipsis)."""
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    jets = [o for o in operands if ar.is_jet(o)]
+    if len(jets) == 1:  # the other operands are factors: kept, not zeroed
+        return ar.map_per_sample(
+            lambda *ops: torch.einsum(equation, *ops), *operands, keep_constants=True
+        )
+    compact = equation.replace(" ", "")
+    if len(operands) != 2 or "->" not in compact or "..." in compact:
+        raise UnsupportedOperationError(
+            f"torch.einsum({equation!r}) of {len(jets)} tensors that depend on the input has no "
+            "Taylor rule: hope_attr handles two operands with an explicit '->' output and no "
+            "'...'; write it as matmul or as two einsums"
+        )
+    inputs, output = compact.split("->")
+    first, second = inputs.split(",")
+    lifted = f"...{first},...{second}->...{output}"
+    a, b = operands
+    primal = torch.einsum(compact, a.primal, b.primal)
+    series = cauchy_product(
+        a.primal, _expanded(a), b.primal, _expanded(b), a.order,
+        op=lambda x, y: torch.einsum(lifted, x, y),
+    )  # fmt: skip
+    return Jet(primal, series, a.order)
+
+
+@register_rule(F.interpolate, F.upsample)
+def _interpolate(x: Jet, *args, **kwargs) -> Jet:
+    # Nearest, (bi/tri)linear, bicubic and area resampling are linear maps of the input.
+    mode = kwargs.get("mode", args[2] if len(args) > 2 else "nearest")
+    if mode not in _LINEAR_RESAMPLING:
+        raise UnsupportedOperationError(f"F.interpolate(mode={mode!r}) has no Taylor rule")
+    return ar.map_batchwise(
+        x, lambda s: F.interpolate(s, *args, **kwargs), F.interpolate(x.primal, *args, **kwargs)
+    )
+
+
+@register_rule(torch.masked_fill, torch.Tensor.masked_fill)
+def _masked_fill(x: Jet, mask: Tensor, value: object) -> Jet:
+    if ar.is_jet(value):
+        return torch.where(mask, value, x)
+    primal = x.primal.masked_fill(mask, value)
+    series = ar.lifted_series(x, primal.dim()).masked_fill(mask, 0.0)
+    return Jet(primal, series.expand(*series.shape[:2], *primal.shape), x.order)
+
+
+@register_rule(nn.Flatten, nn.Unflatten)
+def _flatten_module(module: nn.Module, x: Jet) -> Jet:
+    return _reshaping(module)(x)
+
+
+def _splitting(fn: Callable[..., tuple[Tensor, ...]]) -> Callable[..., tuple[Jet, ...]]:
+    def rule(x: Jet, *args, **kwargs) -> tuple[Jet, ...]:
+        pieces = len(fn(x.primal, *args, **kwargs))
+        return tuple(
+            ar.map_per_sample(lambda t, i=i: fn(t, *args, **kwargs)[i], x) for i in range(pieces)
+        )
+
+    return rule
+
+
+for _targets, _fn in [
+    ((torch.Tensor.chunk, torch.chunk), torch.chunk),
+    ((torch.Tensor.split, torch.split), torch.split),
+    ((torch.Tensor.unbind, torch.unbind), torch.unbind),
+]:
+    register_rule(*_targets)(_splitting(_fn))
+
+
+def _primal_query(method: Callable[..., object]) -> Callable[..., object]:
+    return lambda x, *args, **kwargs: method(x.primal, *args, **kwargs)
+
+
+for _method in (
+    torch.Tensor.size,
+    torch.Tensor.dim,
+    torch.Tensor.numel,
+    torch.ones_like,
+    torch.zeros_like,
+    torch.full_like,
+    torch.empty_like,
+    torch.Tensor.new_zeros,
+    torch.Tensor.new_ones,
+    torch.Tensor.new_full,
+    torch.Tensor.new_empty,
+):
+    # Shapes, and tensors built from a shape, do not depend on the input's values: constants.
+    register_rule(_method)(_primal_query(_method))
+
+
+# Piecewise-constant results (indices, signs, truth values, integers): read off the primal, they
+# are constants with no series, like the branch of a ReLU. Python's `if` on them, `.item()` and
+# `.tolist()` therefore see the values at the expansion point.
+# Taylor continuation must not step past a change of these values (hope_attr.engine.kinks): each
+# reports where its value changes, or that it cannot say (then continuation stops there).
+def _integer_steps(x: object, *args: object, **kwargs: object) -> None:
+    if ar.is_jet(x):
+        _kinks.report(x, torch.floor(x.primal), torch.ceil(x.primal))
+
+
+def _rounding_steps(x: object, *args: object, **kwargs: object) -> None:
+    if ar.is_jet(x):
+        nearest = torch.round(x.primal)
+        _kinks.report(x, nearest - 0.5, nearest + 0.5)
+
+
+_CHANGES_AT: dict[str, Callable[..., None] | None] = {
+    "sign": lambda x, *a, **k: _kinks.report(x, 0.0),
+    "signbit": lambda x, *a, **k: _kinks.report(x, 0.0),
+    "floor": _integer_steps, "ceil": _integer_steps, "trunc": _integer_steps,
+    "round": _rounding_steps,
+    # Never change along a finite path:
+    "isnan": None, "isinf": None, "isfinite": None, "isneginf": None, "isposinf": None,
+}  # fmt: skip
+
+
+def _piecewise_constant(target: Callable[..., object], name: str) -> Callable[..., object]:
+    report = _CHANGES_AT.get(name, lambda *a, **k: _kinks.report_unlocated(*a))
+
+    def rule(*args: object, **kwargs: object) -> object:
+        if report is not None:
+            report(*args, **kwargs)
+        return target(*ar.replace_jets(args), **kwargs)
+
+    return rule
+
+
+for _name in (
+    "any", "all", "argmax", "argmin", "argsort", "isnan", "isinf", "isfinite", "isneginf",
+    "isposinf", "sign", "signbit", "nonzero", "count_nonzero", "equal", "allclose", "isclose",
+    "bucketize", "searchsorted", "floor", "ceil", "round", "trunc", "logical_not",
+    "logical_and", "logical_or", "logical_xor", "bincount", "unique", "histc",
+):  # fmt: skip
+    for _home in (torch, torch.Tensor):
+        _target = getattr(_home, _name, None)
+        if _target is not None:
+            register_rule(_target)(_piecewise_constant(_target, _name))
+
+
+def _value_query(method: Callable[..., object]) -> Callable[..., object]:
+    """A value leaving the jet (``.item()``, ``int(x)``...): where it changes is unknown."""
+
+    def rule(x: Jet, *args: object, **kwargs: object) -> object:
+        _kinks.report_unlocated(x)
+        return method(x.primal, *args, **kwargs)
+
+    return rule
+
+
+for _method in (
+    torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.long,
+    torch.Tensor.int, torch.Tensor.bool, torch.Tensor.short, torch.Tensor.byte,
+    torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__, torch.Tensor.__index__,
+):  # fmt: skip
+    register_rule(_method)(_value_query(_method))
+register_rule(torch.Tensor.__len__)(_primal_query(torch.Tensor.__len__))
+
+
+@register_rule(getattr)
+def _getattr(x: Jet, name: str) -> object:
+    if name in ("shape", "dtype", "device", "ndim", "is_cuda", "layout"):
+        return getattr(x.primal, name)
+    if name in ("T", "mT"):
+        return ar.map_per_sample(lambda t: getattr(t, name), x)
+    raise AttributeError(
+        f"hope_attr: attribute '{name}' of a tensor that depends on the input is "
+        "not supported in a traced forward"
+    )
+
+
+def _conversion(method: Callable[..., Tensor]) -> Callable[..., Jet | Tensor]:
+    """dtype/device conversions and copies act on primal and series alike; a conversion to an
+    integer or boolean dtype is a step function, constant between its jumps (as ``.long()``)."""
+
+    def rule(x: Jet, *args, **kwargs) -> Jet | Tensor:
+        primal = method(x.primal, *args, **kwargs)
+        if not (primal.is_floating_point() or primal.is_complex()):
+            _kinks.report_unlocated(x)
+            return primal
+        return Jet(primal, method(x.series, *args, **kwargs), x.order)
+
+    return rule
+
+
+for _method in (
+    torch.Tensor.to,
+    torch.Tensor.type_as,
+    torch.Tensor.float,
+    torch.Tensor.double,
+    torch.Tensor.clone,
+    torch.clone,
+):
+    register_rule(_method)(_conversion(_method))
+
+
+@register_rule(torch.Tensor.detach, torch.detach)
+def _detach(x: Jet) -> Tensor:
+    # Autograd treats a detached tensor as a constant; so do we.
+    return x.primal.detach()
