@@ -22,6 +22,7 @@ _EXPORTS = {
     "HOPEAttribution": "hope_attr.attribution.hope",
     "Jet": "hope_attr.engine.jet",
     "PiecewiseLinearWarning": "hope_attr.attribution.convergence",
+    "Resources": "hope_attr.engine.resources",
     "ReverseModeWarning": "hope_attr.engine.reverse",
     "TaylorPolynomial": "hope_attr.polynomial",
     "TrainingModeError": "hope_attr.engine.registry",
@@ -31,6 +32,8 @@ _EXPORTS = {
     "interactions": "hope_attr.interaction.indices",
     "mixed_derivatives": "hope_attr.derivatives.mixed",
     "register_rule": "hope_attr.engine.registry",
+    "resources": "hope_attr.engine.resources",
+    "show_config": "hope_attr.engine.configuration",
     "unmixed_derivatives": "hope_attr.derivatives.unmixed",
     "unregister_rule": "hope_attr.engine.registry",
 }
@@ -44,6 +47,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
     from hope_attr.attribution.hope import HOPEAttribution
     from hope_attr.derivatives.mixed import mixed_derivatives
     from hope_attr.derivatives.unmixed import unmixed_derivatives
+    from hope_attr.engine.configuration import show_config
     from hope_attr.engine.factorials import DerivativeRangeWarning
     from hope_attr.engine.jet import Jet
     from hope_attr.engine.registry import (
@@ -52,6 +56,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
         register_rule,
         unregister_rule,
     )
+    from hope_attr.engine.resources import Resources, resources
     from hope_attr.engine.reverse import ReverseModeWarning
     from hope_attr.interaction.indices import interactions
     from hope_attr.polynomial import TaylorPolynomial, discover, expand
@@ -61,7 +66,7 @@ def __getattr__(name: str) -> object:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'hope_attr' has no attribute {name!r}")
     # The built-in rules first: a user's register_rule(torch.tanh, override=...) must meet them.
-    importlib.import_module("hope_attr.rules")
+    importlib.import_module("hope_attr.engine.expansion")  # the engine and every built-in rule
     value = getattr(importlib.import_module(_EXPORTS[name]), name)
     globals()[name] = value  # later look-ups skip __getattr__
     return value
@@ -78,6 +83,7 @@ __all__ = [  # the keys of _EXPORTS, spelled out for linters and `from hope_attr
     "HOPEAttribution",
     "Jet",
     "PiecewiseLinearWarning",
+    "Resources",
     "ReverseModeWarning",
     "TaylorPolynomial",
     "TrainingModeError",
@@ -87,6 +93,8 @@ __all__ = [  # the keys of _EXPORTS, spelled out for linters and `from hope_attr
     "interactions",
     "mixed_derivatives",
     "register_rule",
+    "resources",
+    "show_config",
     "unmixed_derivatives",
     "unregister_rule",
 ]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
 from hypothesis import settings
+
+import hope_attr
+from hope_attr.engine.resources import Resources
 
 # CI must not fail on an example no earlier run drew: by default the property tests draw the same
 # examples every run (and keep no database). `HYPOTHESIS_PROFILE=explore python -m pytest` draws
@@ -17,10 +21,13 @@ settings.register_profile("deterministic", derandomize=True, database=None)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
-# Results must not depend on the load of the machine that runs the suite: hope_attr would lower
-# its thread count while other processes are busy (hope_attr.engine.threads), and a different count
-# can change the last bits of a reduction. tests/test_threads.py turns it back on where it tests it.
-os.environ.setdefault("HOPE_ATTR_ADAPT_THREADS", "0")
+
+@pytest.fixture
+def policy() -> Iterator[Callable[..., Resources]]:
+    """``policy(**changes)`` changes this thread's resource policy (:func:`hope_attr.resources`)
+    for the rest of the test; the policy in force before comes back at teardown."""
+    with contextlib.ExitStack() as stack:
+        yield lambda **changes: stack.enter_context(hope_attr.resources(**changes))
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ def test_unmixed_derivatives_with_windows_and_chunks() -> None:
     model, x = _cnn(), torch.rand(3, 1, 20, 20, dtype=torch.float64)
     expected = hope_attr.unmixed_derivatives(model, x, 6)
     for chunk in (None, 37):
-        got = hope_attr.unmixed_derivatives(model.cuda(), x.cuda(), 6, internal_batch_size=chunk)
+        got = hope_attr.unmixed_derivatives(model.cuda(), x.cuda(), 6, directions_per_chunk=chunk)
         _close(got, expected)
         model.cpu()
 

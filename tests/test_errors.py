@@ -73,9 +73,9 @@ def test_non_int_order_raises_type_error(order: object) -> None:
 
 
 @pytest.mark.parametrize("size", [0, -2, True, 1.5])
-def test_bad_internal_batch_size_raises_value_error(size: object) -> None:
-    with pytest.raises(ValueError, match="internal_batch_size must be a positive int"):
-        hope_attr.unmixed_derivatives(_mlp(), _x(2, 3), ORDER, internal_batch_size=size)
+def test_bad_directions_per_chunk_raises_value_error(size: object) -> None:
+    with pytest.raises(ValueError, match="directions_per_chunk must be a positive int"):
+        hope_attr.unmixed_derivatives(_mlp(), _x(2, 3), ORDER, directions_per_chunk=size)
 
 
 def test_mismatched_batch_sizes_across_tuple_inputs() -> None:
@@ -424,11 +424,11 @@ def _conv_model() -> nn.Module:
     [(_mlp, (3, 3)), (_conv_model, (2, 2, 4, 4))],
     ids=["mlp", "conv"],
 )
-def test_internal_batch_size_does_not_change_results(make, shape: tuple[int, ...]) -> None:
+def test_directions_per_chunk_does_not_change_results(make, shape: tuple[int, ...]) -> None:
     model = make()
     x = _x(*shape)
     results = {
-        size: hope_attr.unmixed_derivatives(model, x, ORDER, internal_batch_size=size)
+        size: hope_attr.unmixed_derivatives(model, x, ORDER, directions_per_chunk=size)
         for size in (1, 3, None)
     }
     assert torch.equal(results[1], results[3]), (results[1] - results[3]).abs().max()

@@ -71,7 +71,7 @@ def _without_memo(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_chunks_share_one_primal_pass(memos: list[_memo.PrimalMemo]) -> None:
     x = torch.rand(2, 2, 12, 12, dtype=torch.float64) - 0.5
-    got = hope_attr.unmixed_derivatives(_model(), x, 3, internal_batch_size=50)
+    got = hope_attr.unmixed_derivatives(_model(), x, 3, directions_per_chunk=50)
     chunks = -(-x[0].numel() // 50)
     (memo,) = memos
     # Every value was computed in the first chunk only and served to the others.
@@ -87,13 +87,13 @@ def test_memo_changes_no_result(monkeypatch: pytest.MonkeyPatch) -> None:
     mask = (torch.arange(144).reshape(12, 12) // 20).expand(1, 2, 12, 12)
     hope = hope_attr.HOPEAttribution(_model(), order=4)
     with_memo = hope.attribute_all_targets(x, feature_mask=mask, internal_batch_size=2)
-    derivatives = hope_attr.unmixed_derivatives(_model(), x, 3, internal_batch_size=7)
+    derivatives = hope_attr.unmixed_derivatives(_model(), x, 3, directions_per_chunk=7)
     _without_memo(monkeypatch)
     # The same chunks: a matrix product's rounding may depend on how many rows it has.
     without = hope.attribute_all_targets(x, feature_mask=mask, internal_batch_size=2)
     assert torch.equal(with_memo, without)
     assert torch.equal(
-        derivatives, hope_attr.unmixed_derivatives(_model(), x, 3, internal_batch_size=7)
+        derivatives, hope_attr.unmixed_derivatives(_model(), x, 3, directions_per_chunk=7)
     )
 
 

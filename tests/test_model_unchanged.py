@@ -218,9 +218,9 @@ def test_checker_detects_global_hooks() -> None:
 
 
 @pytest.mark.parametrize("requires_grad", [False, True])
-@pytest.mark.parametrize("internal_batch_size", [None, 1, 3])
+@pytest.mark.parametrize("directions_per_chunk", [None, 1, 3])
 def test_successful_call_leaves_model_and_input_unchanged(
-    requires_grad: bool, internal_batch_size: int | None
+    requires_grad: bool, directions_per_chunk: int | None
 ) -> None:
     model = _net()
     x = _input(requires_grad=requires_grad)
@@ -228,7 +228,9 @@ def test_successful_call_leaves_model_and_input_unchanged(
     with torch.no_grad():
         output = model(x_value)
     before = _snapshot(model)
-    result = hope_attr.unmixed_derivatives(model, x, ORDER, internal_batch_size=internal_batch_size)
+    result = hope_attr.unmixed_derivatives(
+        model, x, ORDER, directions_per_chunk=directions_per_chunk
+    )
     _assert_unchanged(model, before)
     _assert_input_unchanged(x, x_value, requires_grad)
     assert not result.requires_grad
@@ -288,9 +290,9 @@ FAILING_CALLS: dict[str, tuple[Callable[[], nn.Module], Callable[..., Any], type
         ValueError,
     ),
     "order 0": (_net, lambda m, x: ((m, x, 0), {}), ValueError),
-    "bad internal_batch_size": (
+    "bad directions_per_chunk": (
         _net,
-        lambda m, x: ((m, x, ORDER), {"internal_batch_size": 0}),
+        lambda m, x: ((m, x, ORDER), {"directions_per_chunk": 0}),
         ValueError,
     ),
     "output without batch axis": (

@@ -32,10 +32,6 @@ def backward_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return counts
 
 
-def _jets_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_reverse, "pays", lambda *args, **kwargs: False)
-
-
 class _Residual(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -68,13 +64,13 @@ def _per_example_jacobian(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def test_a_relu_network_gets_its_jacobian_by_reverse_mode(backward_passes) -> None:
     model = _relu_net()
     x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
-    derivatives = hope_attr.unmixed_derivatives(model, x, order=3, internal_batch_size=4)
+    derivatives = hope_attr.unmixed_derivatives(model, x, order=3, directions_per_chunk=4)
     assert backward_passes == [5]  # one per output class, not one jet per pixel
     torch.testing.assert_close(derivatives[0], _per_example_jacobian(model, x))
     assert (derivatives[1:] == 0).all()
 
 
-def test_reverse_mode_equals_the_jets_it_replaces(monkeypatch, backward_passes) -> None:
+def test_reverse_mode_equals_the_jets_it_replaces(policy, backward_passes) -> None:
     model = _relu_net()
     x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
     mask = torch.arange(64).reshape(1, 1, 8, 8) // 4  # 16 groups of 4 pixels
@@ -83,7 +79,7 @@ def test_reverse_mode_equals_the_jets_it_replaces(monkeypatch, backward_passes) 
         fast = hope.attribute_all_targets(x, feature_mask=mask, internal_batch_size=2)
     fast_pixels = hope.attribute(x, target=[0, 4, 2], internal_batch_size=8)
     assert backward_passes == [5, 1]  # all classes; then one target per example
-    _jets_only(monkeypatch)
+    policy(reverse_mode=False)
     hope = HOPEAttribution(model, order=4)
     with pytest.warns(hope_attr.PiecewiseLinearWarning):
         jets = hope.attribute_all_targets(x, feature_mask=mask, internal_batch_size=2)
@@ -118,7 +114,7 @@ def test_order_one_of_a_smooth_model_is_its_gradient(backward_passes) -> None:
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(12, 6), nn.Tanh(), nn.Linear(6, 2)).double().eval()
     x = torch.randn(3, 12, dtype=torch.float64)
-    derivatives = hope_attr.unmixed_derivatives(model, x, order=1, internal_batch_size=3)
+    derivatives = hope_attr.unmixed_derivatives(model, x, order=1, directions_per_chunk=3)
     assert backward_passes == [2]
     torch.testing.assert_close(derivatives[0], _per_example_jacobian(model, x))
 
@@ -127,7 +123,7 @@ def test_a_smooth_model_above_order_one_keeps_jets(backward_passes) -> None:
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(12, 6), nn.Tanh(), nn.Linear(6, 2)).double().eval()
     x = torch.randn(3, 12, dtype=torch.float64)
-    derivatives = hope_attr.unmixed_derivatives(model, x, order=2, internal_batch_size=3)
+    derivatives = hope_attr.unmixed_derivatives(model, x, order=2, directions_per_chunk=3)
     assert backward_passes == []
     assert derivatives[1].abs().amax() > 0.01
 
@@ -159,7 +155,7 @@ def test_gradients_that_differ_from_the_derivative_fall_back_to_jets(backward_pa
     model = model.double().eval()
     x = torch.randn(2, 10, dtype=torch.float64)
     with pytest.warns(hope_attr.ReverseModeWarning, match="not the derivative"):
-        derivatives = hope_attr.unmixed_derivatives(model, x, order=2, internal_batch_size=2)
+        derivatives = hope_attr.unmixed_derivatives(model, x, order=2, directions_per_chunk=2)
     assert backward_passes == []  # the first row disagreed with the probe's J v
     undoubled = nn.Sequential(*list(model)[:2], list(model)[3])
     torch.testing.assert_close(derivatives[0], _per_example_jacobian(undoubled, x))
@@ -170,7 +166,7 @@ def test_a_module_backward_hook_keeps_jets(backward_passes) -> None:
     handle = model[-1].register_full_backward_hook(lambda module, grad_in, grad_out: None)
     try:
         x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
-        hope_attr.unmixed_derivatives(model, x, order=2, internal_batch_size=4)
+        hope_attr.unmixed_derivatives(model, x, order=2, directions_per_chunk=4)
     finally:
         handle.remove()
     assert backward_passes == []
@@ -189,7 +185,7 @@ def test_tuple_inputs_share_the_backward_passes(backward_passes) -> None:
 
     model = TwoInputs().double().eval()
     x, y = torch.randn(2, 6, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)
-    dx, dy = hope_attr.unmixed_derivatives(model, (x, y), order=2, internal_batch_size=2)
+    dx, dy = hope_attr.unmixed_derivatives(model, (x, y), order=2, directions_per_chunk=2)
     assert backward_passes == [2]
     jx, jy = torch.func.vmap(
         torch.func.jacrev(lambda a, b: model(a[None], b[None])[0], argnums=(0, 1))
@@ -203,7 +199,7 @@ def test_the_progress_bar_counts_every_direction(monkeypatch, backward_passes) -
 
     seen: list[int] = []
     expansion = _derivatives.Expansion(
-        _relu_net(), torch.randn(1, 1, 8, 8, dtype=torch.float64), 2, internal_batch_size=4
+        _relu_net(), torch.randn(1, 1, 8, 8, dtype=torch.float64), 2, directions_per_chunk=4
     )
     expansion.unmixed_coefficients(on_chunk=seen.append)
     assert backward_passes == [5] and sum(seen) == 64 and len(seen) == 5
@@ -214,7 +210,7 @@ def test_reverse_mode_leaves_the_model_as_it_was(backward_passes) -> None:
     model[0].weight.requires_grad_(False)
     before = {name: (p.requires_grad, p.clone()) for name, p in model.named_parameters()}
     x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
-    hope_attr.unmixed_derivatives(model, x, order=2, internal_batch_size=4)
+    hope_attr.unmixed_derivatives(model, x, order=2, directions_per_chunk=4)
     assert backward_passes == [5]
     for name, p in model.named_parameters():
         assert p.requires_grad == before[name][0] and p.grad is None
@@ -248,7 +244,7 @@ def test_torchvision_families(family: str, affine: bool, backward_passes) -> Non
     model, size = _tiny_builders()[family]()
     x = _image(size).repeat(2, 1, 1, 1) + torch.randn(2, 1, 1, 1, dtype=torch.float64)
     model = _realistic(model, x[:1])
-    expansion = Expansion(model, x, order=2, internal_batch_size=64)
+    expansion = Expansion(model, x, order=2, directions_per_chunk=64)
     if not affine:
         assert expansion._reverse_rows(x[0].numel(), None) is None
         return
@@ -270,7 +266,7 @@ class _Shifted(nn.Module):
         return self.body(x + shift) * scale
 
 
-def test_the_batch_runs_in_slices_that_fit_the_graph_budget(monkeypatch, backward_passes):
+def test_the_batch_runs_in_slices_that_fit_the_graph_budget(policy, backward_passes):
     """Per-example targets and batch-first extra arguments stay aligned with their examples."""
     from hope_attr.engine import expansion as _derivatives
 
@@ -279,11 +275,11 @@ def test_the_batch_runs_in_slices_that_fit_the_graph_budget(monkeypatch, backwar
     shift = torch.randn(3, 10, dtype=torch.float64)
     target = [2, 0, 3]
     seen: list[int] = []
-    monkeypatch.setattr(_derivatives, "_GRAPH_BUDGET_BYTES", 1)  # one example per slice
-    expansion = _derivatives.Expansion(
-        model, x, 2, (shift, 0.5), internal_batch_size=2,
-        select=lambda values: values[:, torch.arange(3), target],
-    )  # fmt: skip
+    with hope_attr.resources(graph_budget_bytes=1):  # one example per slice
+        expansion = _derivatives.Expansion(
+            model, x, 2, (shift, 0.5), directions_per_chunk=2,
+            select=lambda values: values[:, torch.arange(3), target],
+        )  # fmt: skip
     coefficients = expansion.unmixed_coefficients(on_chunk=seen.append)[0]
     assert backward_passes == [1] and sum(seen) == 10 and len(seen) == 3  # 3 slices
     for b in range(3):
@@ -293,7 +289,7 @@ def test_the_batch_runs_in_slices_that_fit_the_graph_budget(monkeypatch, backwar
         sliced = HOPEAttribution(model).attribute(
             x, target=target, additional_forward_args=(shift, 0.5), internal_batch_size=2
         )
-    _jets_only(monkeypatch)
+    policy(reverse_mode=False)
     jets = HOPEAttribution(model).attribute(
         x, target=target, additional_forward_args=(shift, 0.5), internal_batch_size=2
     )
@@ -311,7 +307,7 @@ def test_a_hook_on_a_wrapped_model_is_caught_by_the_check(backward_passes) -> No
     try:
         with pytest.warns(hope_attr.ReverseModeWarning):
             actual = hope_attr.unmixed_derivatives(
-                lambda t: model(t), x, order=1, internal_batch_size=1024
+                lambda t: model(t), x, order=1, directions_per_chunk=1024
             )
     finally:
         handle.remove()
@@ -337,7 +333,7 @@ def test_an_output_specific_edit_keeps_the_progress_count(backward_passes) -> No
     from hope_attr.engine import expansion as _derivatives
 
     expansion = _derivatives.Expansion(
-        model, torch.randn(1, 12, dtype=torch.float64), 2, internal_batch_size=2
+        model, torch.randn(1, 12, dtype=torch.float64), 2, directions_per_chunk=2
     )
     with pytest.warns(hope_attr.ReverseModeWarning, match="output 2"):
         expansion.unmixed_coefficients(on_chunk=seen.append)
@@ -348,15 +344,15 @@ def test_inside_inference_mode(backward_passes) -> None:
     model = _relu_net()
     with torch.inference_mode():
         x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
-        derivatives = hope_attr.unmixed_derivatives(model, x, order=2, internal_batch_size=4)
+        derivatives = hope_attr.unmixed_derivatives(model, x, order=2, directions_per_chunk=4)
     assert backward_passes == [5]
     torch.testing.assert_close(derivatives[0], _per_example_jacobian(model, x.clone()))
 
 
-def test_an_integer_cast_is_a_step_with_zero_derivative(monkeypatch) -> None:
+def test_an_integer_cast_is_a_step_with_zero_derivative(policy) -> None:
     """Quantizing through ``.to(torch.int64)`` is constant between its jumps: zero derivatives
     (the jets used to pass the series through the cast)."""
-    _jets_only(monkeypatch)
+    policy(reverse_mode=False)
 
     class Quantized(nn.Module):
         def __init__(self) -> None:

@@ -160,7 +160,7 @@ def test_windowed_stem_matches_nested_jvp(name: str, window_calls: dict[str, int
         model = model.double().eval()
     x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     # 37 directions per chunk: chunks start mid-row and mid-channel.
-    actual = hope_attr.unmixed_derivatives(model, x, ORDER, internal_batch_size=37)
+    actual = hope_attr.unmixed_derivatives(model, x, ORDER, directions_per_chunk=37)
     expected = unmixed_reference(model, x, ORDER)
     assert relative_error(actual, expected) <= TOLERANCE
     assert window_calls["scatter"] > 0
@@ -203,7 +203,7 @@ def test_both_ways_to_convolve_windows_match_nested_jvp(
     model, shape = STEMS[name]
     model = model.double().eval()
     x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    actual = hope_attr.unmixed_derivatives(model, x, 3, internal_batch_size=37)
+    actual = hope_attr.unmixed_derivatives(model, x, 3, directions_per_chunk=37)
     assert chosen
     assert relative_error(actual, unmixed_reference(model, x, 3)) <= TOLERANCE
 
@@ -323,7 +323,7 @@ def test_gather_serves_a_whole_table_at_once() -> None:
                 assert torch.equal(gathered[:, d, :, :, i, j], expected)
 
 
-def test_default_chunks_are_sized_from_the_measured_series(monkeypatch, chunk_sizes) -> None:
+def test_default_chunks_are_sized_from_the_measured_series(policy, chunk_sizes) -> None:
     """With windows, the primal's shape overstates a direction's series: the first chunk is
     sized by that bound, measures the series and sizes the other chunks by what it saw."""
     from hope_attr.engine import expansion as _derivatives
@@ -333,30 +333,28 @@ def test_default_chunks_are_sized_from_the_measured_series(monkeypatch, chunk_si
     x = torch.rand(*shape, dtype=torch.float64)
     # The largest activation, the first conv's output, has 4 * 12 * 12 entries per example.
     bound = ORDER * 4 * 12 * 12 * shape[0] * 8 * _derivatives._TEMPORARY_COPIES
-    monkeypatch.setattr(_derivatives, "_SERIES_BUDGET_BYTES", 20 * bound)
+    policy(series_budget_bytes=20 * bound)
     sizes = chunk_sizes
     actual = hope_attr.unmixed_derivatives(model, x, ORDER)
     assert sizes[0] == 20 and len(sizes) >= 2 and sizes[1] > 20, sizes
     assert sum(sizes) == 256
-    one_by_one = hope_attr.unmixed_derivatives(model, x, ORDER, internal_batch_size=1)
+    one_by_one = hope_attr.unmixed_derivatives(model, x, ORDER, directions_per_chunk=1)
     assert relative_error(actual, one_by_one) <= 1e-13
     assert relative_error(actual, unmixed_reference(model, x, ORDER)) <= TOLERANCE
 
 
 def test_cpu_chunks_are_capped_for_the_caches_but_not_below_the_minimum(
-    monkeypatch, chunk_sizes
+    policy, chunk_sizes
 ) -> None:
     """On a CPU the chunk is capped by the cache budget, never below the minimum chunk: with a
     budget no direction fits, every chunk holds exactly the minimum (the last one the rest)."""
-    from hope_attr.engine import expansion as _derivatives
 
     model, shape = STEMS["conv-tanh-pool-conv-tanh-pool"]
     model = model.double().eval()
     x = torch.rand(*shape, dtype=torch.float64)
-    monkeypatch.setattr(_derivatives, "_CPU_CACHE_BUDGET_BYTES", 1)
-    monkeypatch.setattr(_derivatives, "_MIN_CACHE_CHUNK", 24)
+    policy(cpu_cache_budget_bytes=1, min_cache_chunk=24)
     sizes = chunk_sizes
     actual = hope_attr.unmixed_derivatives(model, x, ORDER)
     assert sizes == [24] * (256 // 24) + [256 % 24], sizes
-    one_by_one = hope_attr.unmixed_derivatives(model, x, ORDER, internal_batch_size=1)
+    one_by_one = hope_attr.unmixed_derivatives(model, x, ORDER, directions_per_chunk=1)
     assert relative_error(actual, one_by_one) <= 1e-13

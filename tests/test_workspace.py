@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import hope_attr
+from hope_attr.engine import scope as _scope
 from hope_attr.engine import workspace as _workspace
 from hope_attr.engine.expansion import Expansion
 from tests.oracle import directional_reference, relative_error, unmixed_reference
@@ -58,12 +59,14 @@ def test_chunks_reuse_buffers_and_results_stay_exact(
     workspaces: list[_workspace.Workspace], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     x = torch.rand(2, 1, 12, 12, dtype=torch.float64) - 0.5
-    got = hope_attr.unmixed_derivatives(_cnn(), x, 4, internal_batch_size=10)
+    got = hope_attr.unmixed_derivatives(_cnn(), x, 4, directions_per_chunk=10)
     (workspace,) = workspaces
     assert workspace.reused > 10  # every chunk after the first reuses the kept buffers
     assert relative_error(got, unmixed_reference(_cnn(), x, 4)) < TOL
-    monkeypatch.setattr(_workspace, "_storage_use_count", None)  # no workspace at all
-    assert torch.equal(got, hope_attr.unmixed_derivatives(_cnn(), x, 4, internal_batch_size=10))
+    with hope_attr.resources(workspace=False):
+        alone = hope_attr.unmixed_derivatives(_cnn(), x, 4, directions_per_chunk=10)
+    assert len(workspaces) == 1  # no second workspace
+    assert torch.equal(got, alone)
 
 
 @pytest.mark.parametrize(("chunk", "keeps"), [(100, False), (50, True)])
@@ -73,7 +76,7 @@ def test_only_chunks_whose_shapes_repeat_keep_buffers(
     """144 directions in chunks of 100 and 44 share no buffer shape: keeping the first chunk's
     buffers would only pin memory. Chunks of 50, 50 and 44: the two full ones share theirs."""
     x = torch.rand(1, 1, 12, 12, dtype=torch.float64) - 0.5
-    hope_attr.unmixed_derivatives(_cnn(), x, 3, internal_batch_size=chunk)
+    hope_attr.unmixed_derivatives(_cnn(), x, 3, directions_per_chunk=chunk)
     (workspace,) = workspaces
     assert (workspace.kept_bytes > 0) == keeps and (workspace.reused > 0) == keeps
 
@@ -85,7 +88,7 @@ def test_chunk_results_that_are_kept_are_never_overwritten(
     # (a workspace buffer) of every chunk is still alive when the next chunk asks for one.
     x = torch.rand(1, 1, 12, 12, dtype=torch.float64) - 0.5
     directions = torch.randn(9, 1, 1, 12, 12, dtype=torch.float64)
-    expansion = Expansion(_cnn(), x, 3, internal_batch_size=2)
+    expansion = Expansion(_cnn(), x, 3, directions_per_chunk=2)
     got = expansion.directional_coefficients((directions,))  # (n, D, B, C)
     (workspace,) = workspaces
     assert workspace.reused > 0
@@ -103,7 +106,7 @@ def test_a_buffer_is_handed_out_only_when_nothing_holds_it() -> None:
     def memory(t: torch.Tensor) -> int:
         return t.untyped_storage().data_ptr()
 
-    with _workspace.active(workspace):
+    with _scope.active(workspace=workspace):
         first = _workspace.empty(like, (100,))
         view = first[10:20]
         kept = {memory(first)}
@@ -126,7 +129,7 @@ def test_a_buffer_is_handed_out_only_when_nothing_holds_it() -> None:
 def test_the_budget_and_other_devices_just_allocate() -> None:
     workspace = _workspace.Workspace(budget_bytes=400)
     like = torch.ones(())
-    with _workspace.active(workspace):
+    with _scope.active(workspace=workspace):
         kept = _workspace.empty(like, (100,))
         del kept
         assert _workspace.empty(like, (100,)) is not None

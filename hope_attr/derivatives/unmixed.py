@@ -9,8 +9,7 @@ from typing import Any, overload
 from captum._utils.progress import NullProgress, progress
 from torch import Tensor
 
-from hope_attr.engine import threads as _threads
-from hope_attr.engine.expansion import Expansion
+from hope_attr.engine.expansion import Expansion, directions_argument
 from hope_attr.engine.factorials import times_integers
 
 
@@ -21,6 +20,7 @@ def unmixed_derivatives(
     order: int,
     *,
     additional_forward_args: Any = None,
+    directions_per_chunk: int | None = None,
     internal_batch_size: int | None = None,
     show_progress: bool = False,
 ) -> Tensor: ...
@@ -33,18 +33,19 @@ def unmixed_derivatives(
     order: int,
     *,
     additional_forward_args: Any = None,
+    directions_per_chunk: int | None = None,
     internal_batch_size: int | None = None,
     show_progress: bool = False,
 ) -> tuple[Tensor, ...]: ...
 
 
-@_threads.on_free_cores
 def unmixed_derivatives(
     forward_func: Callable[..., Tensor],
     inputs: Tensor | tuple[Tensor, ...],
     order: int,
     *,
     additional_forward_args: Any = None,
+    directions_per_chunk: int | None = None,
     internal_batch_size: int | None = None,
     show_progress: bool = False,
 ) -> Tensor | tuple[Tensor, ...]:
@@ -58,15 +59,19 @@ def unmixed_derivatives(
 
     Args:
         forward_func: a model or function, called as
-            ``forward_func(inputs, *additional_forward_args)``; returns ``(B, *O)``. It must be
-            traceable by ``torch.fx`` and use operations that have Taylor rules; modules such as
-            Dropout and BatchNorm must be in eval mode. Examples in a batch must be independent.
+            ``forward_func(inputs, *additional_forward_args)``; returns ``(B, *O)``. Its own
+            Python runs eagerly on jets (branches are taken at ``inputs``); every torch
+            operation it applies to them needs a Taylor rule or a decomposition into operations
+            that have one. Dropout and BatchNorm must be in eval mode. Examples in a batch must
+            be independent.
         inputs: a tensor ``(B, *I)`` or a tuple of such tensors (same ``B``), floating point.
         order: highest derivative order ``n >= 1``.
         additional_forward_args: extra arguments passed after the inputs (not differentiated);
             a single value or a tuple, as in Captum.
-        internal_batch_size: how many feature directions are propagated at once. Memory grows
-            linearly with it; the default keeps the largest activation's series near 16 MiB.
+        directions_per_chunk: how many feature directions are propagated at once. Memory grows
+            linearly with it; by default the resource policy's budgets choose it
+            (:class:`hope_attr.Resources`).
+        internal_batch_size: the old name of ``directions_per_chunk`` (FutureWarning).
         show_progress: a progress bar over the feature directions, advanced chunk by chunk
             (Captum's, so tqdm's when installed).
 
@@ -91,7 +96,8 @@ def unmixed_derivatives(
         torch.Size([3, 1, 1, 2])
     """
     is_tuple = isinstance(inputs, tuple)
-    expansion = Expansion(forward_func, inputs, order, additional_forward_args, internal_batch_size)
+    chunk = directions_argument(directions_per_chunk, internal_batch_size)
+    expansion = Expansion(forward_func, inputs, order, additional_forward_args, chunk)
     # k! is applied in float64, never formed in the output dtype (35! overflows float32).
     factorials = [math.factorial(k) for k in range(1, order + 1)]
     bar = NullProgress()

@@ -13,14 +13,14 @@ Every torch function that receives a :class:`~hope_attr.Jet` reaches
 4. else :class:`~hope_attr.UnsupportedOperationError`, naming the op, the module it runs in and
    the user's source line.
 
-Module rules that users register (``register_rule(MyModule)``) are honoured through one pair of
-process-wide module hooks that exist only while some thread runs an expansion, and act only in
-that thread: such a module runs its ``forward`` on copies of the primals (so its Python, hooks and
-asserts still run) and its rule supplies the jet. A module that carries its own forward pre-hooks,
-or runs while other global forward hooks exist, runs its ``forward`` on the jets instead, so that
-the hooks see them. The built-in module rules are not used here: torch's modules call functions
-that have rules of their own (they serve the ``nn.Sequential`` shortcut in
-:mod:`hope_attr.engine.sequential`). Nothing is set on the user's modules.
+Module rules are for users (``register_rule(MyModule)``); the built-in rules are all function
+rules, reached by the torch calls of each module's own ``forward``. A user's module rule is
+honoured through one pair of process-wide module hooks that exist only while some thread runs an
+expansion, and act only in that thread: such a module runs its ``forward`` on copies of the
+primals (so its Python, hooks and asserts still run) and its rule supplies the jet. A module that
+carries its own forward pre-hooks, or runs while other global forward hooks exist, runs its
+``forward`` on the jets instead, so that the hooks see them. A plain ``nn.Sequential`` skips the
+module call machinery (:mod:`hope_attr.engine.sequential`). Nothing is set on the user's modules.
 
 All state is thread-local, so expansions in several threads do not interfere, and a run that
 stops half-way (an error, Ctrl-C) leaves nothing behind: the ``finally`` clauses restore it.
@@ -28,12 +28,13 @@ stops half-way (an error, Ctrl-C) leaves nothing behind: the ``finally`` clauses
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import sys
 import threading
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import cache
 from typing import Any
 
@@ -89,12 +90,21 @@ def run(
 
     ``observe`` sees every value a rule produced (used to size chunks from the series).
     """
+    with running(forward_func, observe), torch.no_grad():
+        return forward_func(*args)
+
+
+@contextlib.contextmanager
+def running(
+    forward_func: object, observe: Callable[[object], None] | None = None
+) -> Iterator[None]:
+    """The engine's state for one run of ``forward_func`` in this thread: what :func:`dispatch`
+    and the module hooks read. Restored on exit, also after an error or Ctrl-C."""
     previous = _current()
     _local.run = _Run(forward_func, observe)
     _ModuleHooks.acquire()
     try:
-        with torch.no_grad():
-            return forward_func(*args)
+        yield
     finally:
         _ModuleHooks.release()
         _local.run = previous
@@ -318,11 +328,7 @@ def _before_module(module: nn.Module, args: tuple) -> tuple | None:
         state.nested += 1  # inside a forward that runs on primals
         return None
     _check_module_mode(module, state.module_name(module))
-    rule = _registry.module_rule(type(module))
-    if rule is not None and rule.__module__.startswith("hope_attr."):
-        # The built-in module rules only call the function rules that the module's own forward
-        # reaches: letting the forward run on jets costs no second primal pass.
-        return None
+    rule = _registry.module_rule(type(module))  # only users register module rules
     # Hooks that must see what the module computes on jets: its own pre-hooks (they run after
     # this one) and other global forward hooks (registered before ours, they run before ours).
     # Then the forward runs on jets itself, through the function rules.
@@ -468,3 +474,6 @@ def unsupported_mutation(jet: Jet) -> Exception:
         "hope_attr cannot write a constant into a tensor that depends on the input in place "
         f"{where()}; write the operation out of place (y = f(x) instead of x.f_())."
     )
+
+
+_registry.install_engine(sys.modules[__name__])

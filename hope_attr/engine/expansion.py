@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -14,44 +13,17 @@ from torch import Tensor
 import hope_attr.rules  # noqa: F401  (registers the built-in rules)
 from hope_attr.engine import dispatch as _eager
 from hope_attr.engine import memo as _memo
+from hope_attr.engine import resources as _resources
 from hope_attr.engine import reverse as _reverse
-from hope_attr.engine import sequential as _interpreter
-from hope_attr.engine import threads as _threads
+from hope_attr.engine import scope as _scope
+from hope_attr.engine import sequential as _sequential
 from hope_attr.engine import workspace as _workspace
 from hope_attr.engine.jet import InputSeed, Jet
 from hope_attr.engine.stacklevel import user_stacklevel
 
-# Memory the series of one activation may take. The default chunk of directions is sized so that
-# the largest series (with the temporaries of a nonlinearity, ~4 copies) fits in it. Every chunk
-# pays the interpreter's dispatch and the Taylor tables of the primal again (about 5 ms on the
-# MNIST CNN at order 10), so fewer chunks win, up to a point set by the memory system: the
-# temporaries of one chunk should stay on the allocator's reused heap (hope_attr.engine.workspace
-# keeps the large ones) and mostly in the CPU's caches. On a CPU the chunk is therefore capped at
-# _CPU_CACHE_BUDGET_BYTES of series; the cap never goes below _MIN_CACHE_CHUNK directions, where
-# the per-chunk overhead would dominate (larger models keep the memory bound alone: resnet18 at
-# 224 px runs chunks of ~5 directions).
-# Measured with benchmarks/default_env.py's CNN (batch 16, 2 threads, glibc defaults), ms per call
-# for chunks of a fixed size, order 10 all classes / order 4 one class:
-#   8: 666 / 353   16: 600 / 243   32: - / 204   64: - / 208   the 64 MiB bound alone: 690 / 225;
-# with the cap at 64 MiB: 616-639 / 215-238, 32 MiB: 586-604 / 210-225, 24 MiB: 576-592 / 212-217.
-_SERIES_BUDGET_BYTES = 64 * 2**20
-_CPU_CACHE_BUDGET_BYTES = 32 * 2**20
-_MIN_CACHE_CHUNK = 16
-# Reverse mode (hope_attr.engine.reverse) runs the batch in slices whose forward values, kept for
-# the backward passes, take at most this much on a CPU, as the primal pass counts them (resnet18 at
-# 224 px: 31 MiB per image counted, 39 MiB of peak memory measured per image for a forward and
-# one backward pass).
-_GRAPH_BUDGET_BYTES = 512 * 2**20
-# The primal values shared by the chunks (hope_attr.engine.memo) may take this much on a CPU.
-_MEMO_BUDGET_BYTES = 256 * 2**20
-# On a GPU, every chunk costs hundreds of kernel launches (resnet18 at 224 px: 40 chunks of 5
-# directions spent 0.6 s launching 68 ms of kernels on an H200), so the budget is a share of the
-# device's free memory instead.
-_GPU_SHARE_OF_FREE_MEMORY = 0.25
+# Budgets and switches come from the thread's resource policy (hope_attr.engine.resources), read
+# once per expansion. A nonlinearity keeps about this many copies of its input's series at once:
 _TEMPORARY_COPIES = 4
-# The buffers the chunks of one CPU call reuse (hope_attr.engine.workspace) may take this much: the
-# largest series' few kept copies (a tanh's coefficients and slope, a dense scatter).
-_WORKSPACE_BUDGET_BYTES = 2 * _SERIES_BUDGET_BYTES
 # The default chunk size comes from the primal pass: ``order`` coefficients of the largest
 # activation per direction, an upper bound. Receptive-field windows
 # (:mod:`hope_attr.engine.windows`)
@@ -74,8 +46,10 @@ class Expansion:
         inputs: Tensor | tuple[Tensor, ...],
         order: int,
         additional_forward_args: Any = None,
-        internal_batch_size: int | None = None,
+        directions_per_chunk: int | None = None,
         select: Callable[[Tensor], Tensor] | None = None,
+        *,
+        internal_batch_size: int | None = None,  # TODO(lead): drop once callers are renamed
     ) -> None:
         """Trace and check ``forward_func`` at ``inputs``; run its primal pass.
 
@@ -85,14 +59,19 @@ class Expansion:
         """
         self.inputs: tuple[Tensor, ...] = inputs if isinstance(inputs, tuple) else (inputs,)
         self.extra = _format_additional_args(additional_forward_args)
-        _check_arguments(forward_func, self.inputs, order, internal_batch_size)
+        self.resources = _resources.current()
+        if directions_per_chunk is None:
+            directions_per_chunk = internal_batch_size
+        if directions_per_chunk is None:
+            directions_per_chunk = self.resources.directions_per_chunk
+        _check_arguments(forward_func, self.inputs, order, directions_per_chunk)
         self.order = order
         self.forward_func = _eager.unwrap(forward_func)
-        # A plain nn.Sequential of modules with rules and no hooks runs as a list of rule calls,
-        # skipping the per-module call machinery (a fifth of a small MLP's expansion); anything
-        # else runs the model's own forward eagerly on jets (hope_attr.engine.dispatch).
-        self._chain = _interpreter.sequential_chain(self.forward_func, self.inputs, self.extra)
-        self._graph = self._chain
+        # A plain nn.Sequential without hooks runs its layers' forwards one after another,
+        # skipping the per-module call machinery (a fifth of a small MLP's expansion; see
+        # hope_attr.engine.sequential); anything else runs the model's own forward eagerly on
+        # jets (hope_attr.engine.dispatch).
+        self._layers = _sequential.sequential_layers(self.forward_func, self.inputs, self.extra)
         _eager.check_eval_mode(self.forward_func)
         largest = [0]
         self._activation_bytes = 0  # every value of the primal pass: what autograd would keep
@@ -107,12 +86,12 @@ class Expansion:
         self._select = select
         self.model_output: Tensor = output  # before ``select``
         self.output: Tensor = output if select is None else select(output.unsqueeze(0))[0]
-        self.chunk_given = internal_batch_size is not None
-        if internal_batch_size is None:
+        self.chunk_given = directions_per_chunk is not None
+        if directions_per_chunk is None:
             itemsize = self.inputs[0].element_size()
             per_direction = order * largest[0] * itemsize * _TEMPORARY_COPIES
-            internal_batch_size = _directions_within_budget(per_direction, self.inputs[0].device)
-        self.chunk_size = internal_batch_size
+            directions_per_chunk = self._directions_within_budget(per_direction)
+        self.chunk_size = directions_per_chunk
         self._memo: _memo.PrimalMemo | None = None
         self._workspace: _workspace.Workspace | None = None
         self._reverse_tried = False  # reverse mode is decided (and run) once per expansion
@@ -174,7 +153,7 @@ class Expansion:
     ) -> Iterator[tuple[int, int, _SeriesProbe | None]]:
         """``(start, stop, probe)`` of each chunk of ``total`` directions.
 
-        Without a user's ``internal_batch_size``, the first of several chunks comes with a probe
+        Without a fixed ``directions_per_chunk``, the first of several chunks comes with a probe
         for the caller to propagate with; the series it saw size the other chunks (see the note
         on chunk sizes at the top of this module). ``on_chunk`` hears of each finished chunk.
         """
@@ -182,36 +161,34 @@ class Expansion:
         measure = not self.chunk_given and chunk < total
         # Every chunk runs the forward again: the first one records the primal values (and the
         # tables at them) for the others (hope_attr.engine.memo).
-        self._memo = _memo.PrimalMemo(_memo_budget(device)) if chunk < total else None
+        policy = self.resources
+        remember = chunk < total and policy.primal_memo
+        self._memo = _memo.PrimalMemo(policy.memo_budget(device)) if remember else None
         # ... and keeps their largest buffers for the others (hope_attr.engine.workspace), but only
         # in chunks whose shapes repeat: full chunks after the probe, when there are two or more.
         # Kept buffers of a chunk that no other chunk matches only pin memory (one image of the
         # MNIST CNN at order 4 runs a probe of 113 directions and one of 668: 5-10% slower).
-        workspace = _workspace.Workspace(_WORKSPACE_BUDGET_BYTES) if device.type == "cpu" else None
+        keep = device.type == "cpu" and policy.workspace
+        workspace = _workspace.Workspace(policy.workspace_budget_bytes) if keep else None
         full_before = False
-        # ... and runs on the cores other processes leave free (hope_attr.engine.threads). The
-        # public entry points fit their whole call already (then this block changes nothing); this
-        # covers the expansions of polynomials and continuation paths.
-        threads = _threads.fitted_to_free_cores() if device.type == "cpu" else nullcontext()
         start = 0
         try:
-            with threads:
-                while start < total:
-                    stop = min(total, start + chunk)
-                    probe = _SeriesProbe() if measure and start == 0 else None
-                    full = probe is None and stop - start == chunk
-                    repeats = full and (full_before or stop + chunk <= total)
-                    self._workspace = workspace if repeats else None
-                    yield start, stop, probe
-                    full_before = full_before or full
-                    if self._memo is not None:
-                        self._memo.recording = False
-                    if probe is not None:
-                        measured = probe.bytes_per_direction * _TEMPORARY_COPIES
-                        chunk = max(chunk, _directions_within_budget(measured, device))
-                    if on_chunk is not None:
-                        on_chunk(stop - start)
-                    start = stop
+            while start < total:
+                stop = min(total, start + chunk)
+                probe = _SeriesProbe() if measure and start == 0 else None
+                full = probe is None and stop - start == chunk
+                repeats = full and (full_before or stop + chunk <= total)
+                self._workspace = workspace if repeats else None
+                yield start, stop, probe
+                full_before = full_before or full
+                if self._memo is not None:
+                    self._memo.recording = False
+                if probe is not None:
+                    measured = probe.bytes_per_direction * _TEMPORARY_COPIES
+                    chunk = max(chunk, self._directions_within_budget(measured))
+                if on_chunk is not None:
+                    on_chunk(stop - start)
+                start = stop
         finally:
             self._memo = None
             self._workspace = None
@@ -230,7 +207,9 @@ class Expansion:
             return None
         self._reverse_tried = True
         outputs = math.prod(self.output.shape[1:])
-        if not _reverse.pays(outputs, directions, chunked=self.chunk_size < directions):
+        if not self.resources.reverse_mode or not _reverse.pays(
+            outputs, directions, chunked=self.chunk_size < directions
+        ):
             return None
         if _reverse.has_backward_hooks(self.forward_func):
             return None
@@ -243,7 +222,9 @@ class Expansion:
         batch = self.inputs[0].shape[0]
         # The backward passes keep the forward's values: slices of the batch bound that memory.
         per_example = max(1, self._activation_bytes // batch)
-        examples = max(1, min(batch, _graph_budget(self.inputs[0].device) // per_example))
+        examples = max(
+            1, min(batch, self.resources.graph_budget(self.inputs[0].device) // per_example)
+        )
         passes = outputs * -(-batch // examples)
         done = reported = 0
 
@@ -300,36 +281,38 @@ class Expansion:
             output = self._select(output.unsqueeze(0))[0]
         return output.reshape(output.shape[0], -1)
 
+    def _directions_within_budget(self, bytes_per_direction: int) -> int:
+        """Directions per chunk whose series fit the policy's budgets on the inputs' device."""
+        policy, device = self.resources, self.inputs[0].device
+        fits = max(1, policy.series_budget(device) // max(bytes_per_direction, 1))
+        if device.type == "cpu":
+            # The temporaries of a chunk should stay in the CPU's caches and on the allocator's
+            # reused heap, but not so few directions that the per-chunk overhead dominates.
+            in_cache = policy.cpu_cache_budget_bytes // max(bytes_per_direction, 1)
+            fits = min(fits, max(in_cache, policy.min_cache_chunk))
+        return fits
+
     def _first_order_only(self, first: Tensor) -> Tensor:
         """``(n, *first.shape)``: ``first`` as order 1, zeros above (a locally affine model)."""
         result = self.output.new_zeros((self.order, *first.shape))
         result[0] = first
         return result
 
-    @property
-    def graph(self) -> _interpreter.TracedGraph:
-        """The forward as a ``torch.fx`` graph, for the consumers that need its structure (the
-        paper's rule, the MLP route of mixed partials); traced on first use."""
-        if self._graph is None:
-            self._graph = _interpreter.trace(self.forward_func, (*self.inputs, *self.extra))
-        return self._graph
-
     def run(
         self, args: tuple[object, ...], observe: Callable[[object], None] | None = None
     ) -> object:
         """``forward_func(*args)`` where some args may be jets; ``observe`` sees values."""
-        if self._chain is not None:
-            with torch.no_grad():
-                return _interpreter.run(self._chain, args, observe)
+        if self._layers is not None:
+            return _sequential.run(self.forward_func, self._layers, args[0], observe)
         if not any(isinstance(a, Jet) for a in args):
-            with torch.no_grad(), _interpreter.observing(observe):
+            with torch.no_grad(), _sequential.observing(observe):
                 return _eager.run(self.forward_func, args)
         return _eager.run(self.forward_func, args, observe)
 
     def _propagate(
         self, args: list[object], num_directions: int, probe: _SeriesProbe | None = None
     ) -> Tensor:
-        with _memo.active(self._memo), _workspace.active(self._workspace):
+        with _scope.active(memo=self._memo, workspace=self._workspace):
             value = self.run((*args, *self.extra), probe)
         if isinstance(value, Jet):
             series = value.full_series()  # (n, D, B, *O)
@@ -360,34 +343,27 @@ class _SeriesProbe:
         self.bytes_per_direction = max(self.bytes_per_direction, per_direction)
 
 
-def _directions_within_budget(bytes_per_direction: int, device: torch.device) -> int:
-    fits = max(1, _series_budget(device) // max(bytes_per_direction, 1))
-    if device.type == "cpu":
-        in_cache = _CPU_CACHE_BUDGET_BYTES // max(bytes_per_direction, 1)
-        fits = min(fits, max(in_cache, _MIN_CACHE_CHUNK))
-    return fits
+def directions_argument(
+    directions_per_chunk: int | None, internal_batch_size: int | None
+) -> int | None:
+    """The chunk size a public function was given, under its name or its old one.
 
-
-def _series_budget(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return max(_SERIES_BUDGET_BYTES, int(free * _GPU_SHARE_OF_FREE_MEMORY))
-    return _SERIES_BUDGET_BYTES
-
-
-def _graph_budget(device: torch.device) -> int:
-    """Memory the values autograd keeps for one reverse-mode slice of the batch may take."""
-    if device.type == "cuda":
-        return _series_budget(device)
-    return _GRAPH_BUDGET_BYTES
-
-
-def _memo_budget(device: torch.device) -> int:
-    # The primals of one pass (resnet18, one 224 px image: 42 MiB); a larger batch keeps those of
-    # the first layers only, the rest are recomputed per chunk as before.
-    if device.type == "cuda":
-        return _series_budget(device)
-    return _MEMO_BUDGET_BYTES
+    ``internal_batch_size`` meant "feature directions per chunk" here, not what Captum means by it
+    (examples times steps per forward pass), so it was renamed ``directions_per_chunk``; the old
+    name still works, with a FutureWarning.
+    """
+    if internal_batch_size is None:
+        return directions_per_chunk
+    if directions_per_chunk is not None:
+        raise TypeError("pass directions_per_chunk only: internal_batch_size is its old name")
+    warnings.warn(
+        "internal_batch_size is now called directions_per_chunk (how many feature directions "
+        "are propagated at once; Captum's internal_batch_size means something else); the old "
+        "name will be removed in a later release",
+        FutureWarning,
+        stacklevel=user_stacklevel(),
+    )
+    return internal_batch_size
 
 
 def _format_additional_args(additional_forward_args: Any) -> tuple[Any, ...]:
@@ -399,7 +375,7 @@ def _format_additional_args(additional_forward_args: Any) -> tuple[Any, ...]:
 
 
 def _check_arguments(
-    forward_func: object, inputs: tuple[Tensor, ...], order: object, internal_batch_size: object
+    forward_func: object, inputs: tuple[Tensor, ...], order: object, directions_per_chunk: object
 ) -> None:
     if not callable(forward_func):
         raise TypeError(f"forward_func must be a model or a function, got {type(forward_func)}")
@@ -407,14 +383,13 @@ def _check_arguments(
         raise TypeError(f"order must be an int >= 1, got {order!r}")
     if order < 1:
         raise ValueError(f"order must be >= 1, got {order}: order 1 is the gradient")
-    if internal_batch_size is not None and (
-        isinstance(internal_batch_size, bool)
-        or not isinstance(internal_batch_size, int)
-        or internal_batch_size < 1
+    if directions_per_chunk is not None and (
+        isinstance(directions_per_chunk, bool)
+        or not isinstance(directions_per_chunk, int)
+        or directions_per_chunk < 1
     ):
         raise ValueError(
-            f"internal_batch_size must be a positive int (directions per chunk), got "
-            f"{internal_batch_size!r}"
+            f"directions_per_chunk must be a positive int, got {directions_per_chunk!r}"
         )
     if not inputs:
         raise ValueError("inputs is an empty tuple; pass a tensor or a tuple of tensors")

@@ -25,6 +25,7 @@ smooth elementwise ``g`` composes through the table ``g^(j)(x)/j!`` evaluated on
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,7 @@ import torch
 from torch import Tensor
 
 from hope_attr.engine import native as _native
+from hope_attr.engine import registry as _registry
 from hope_attr.engine import workspace as _workspace
 
 if TYPE_CHECKING:
@@ -141,26 +143,26 @@ class Jet:
 
     # Python operators, so that compositions read like the identities they encode.
     def __add__(self, other: object) -> Jet:
-        return _arith().add(self, other)
+        return _rule(operator.add)(self, other)
 
     __radd__ = __add__
 
     def __sub__(self, other: object) -> Jet:
-        return _arith().sub(self, other)
+        return _rule(operator.sub)(self, other)
 
     def __rsub__(self, other: object) -> Jet:
-        return _arith().sub(other, self)
+        return _rule(operator.sub)(other, self)
 
     def __mul__(self, other: object) -> Jet:
-        return _arith().mul(self, other)
+        return _rule(operator.mul)(self, other)
 
     __rmul__ = __mul__
 
     def __truediv__(self, other: object) -> Jet:
-        return _arith().div(self, other)
+        return _rule(operator.truediv)(self, other)
 
     def __rtruediv__(self, other: object) -> Jet:
-        return _arith().div(other, self)
+        return _rule(operator.truediv)(other, self)
 
     def __neg__(self) -> Jet:
         return self.with_series(-self.primal, -self.series)
@@ -172,10 +174,10 @@ class Jet:
         return torch.pow(base, self)
 
     def __matmul__(self, other: object) -> Jet:
-        return _arith().matmul(self, other)
+        return _rule(operator.matmul)(self, other)
 
     def __rmatmul__(self, other: object) -> Jet:
-        return _arith().matmul(other, self)
+        return _rule(operator.matmul)(other, self)
 
     def __abs__(self) -> Jet:
         return torch.abs(self)
@@ -199,7 +201,7 @@ class Jet:
         metadata (``x.shape``, ``x.is_nested``) is the primal's."""
         if name.startswith("__"):
             raise AttributeError(name)
-        return _eager().tensor_attribute(self, name)
+        return _registry.engine().tensor_attribute(self, name)
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN206
@@ -208,7 +210,7 @@ class Jet:
         This is what lets a user's rule be written with ordinary torch functions, and what runs
         a model's own forward on jets (:mod:`hope_attr.engine.dispatch`).
         """
-        return _eager().dispatch(func, args, kwargs or {})
+        return _registry.engine().dispatch(func, args, kwargs or {})
 
     def __bool__(self) -> bool:
         return bool(self.primal)
@@ -217,13 +219,13 @@ class Jet:
         return len(self.primal)
 
     def __iter__(self):  # noqa: ANN204
-        return iter(_eager().dispatch(torch.Tensor.unbind, (self,), {}))
+        return iter(_registry.engine().dispatch(torch.Tensor.unbind, (self,), {}))
 
     def __getitem__(self, index: object) -> Jet:
-        return _eager().dispatch(torch.Tensor.__getitem__, (self, index), {})
+        return _registry.engine().dispatch(torch.Tensor.__getitem__, (self, index), {})
 
     def __setitem__(self, index: object, value: object) -> None:
-        _eager().dispatch(torch.Tensor.__setitem__, (self, index, value), {})
+        _registry.engine().dispatch(torch.Tensor.__setitem__, (self, index, value), {})
 
     def __iadd__(self, other: object) -> Jet:
         return self.assign(self + other)
@@ -240,7 +242,7 @@ class Jet:
     def assign(self, value: Jet) -> Jet:
         """Make this jet hold ``value`` (an in-place op: ``x.add_(y)``, ``x += y``)."""
         if not isinstance(value, Jet):
-            raise _eager().unsupported_mutation(self)
+            raise _registry.engine().unsupported_mutation(self)
         if value.primal.shape != self.primal.shape:
             raise RuntimeError(
                 f"in-place operation changes the shape {tuple(self.primal.shape)} to "
@@ -264,16 +266,10 @@ def _primal(value: object) -> object:
     return value.primal if isinstance(value, Jet) else value
 
 
-def _arith():  # late import: the arithmetic module builds on Jet
-    from hope_attr.engine import arithmetic as _arithmetic
-
-    return _arithmetic
-
-
-def _eager():  # late import: the engine builds on Jet
-    from hope_attr.engine import dispatch as _eager
-
-    return _eager
+def _rule(op: object):  # noqa: ANN202
+    # Python operators reach the same rules as torch.add & co., through the registry: the jet
+    # is a data type, and the modules that implement its arithmetic build on it.
+    return _registry.function_rule(op)
 
 
 def cauchy_product(

@@ -22,7 +22,6 @@ direction, per point of the batch (continuation gives every point one direction)
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hope_attr.engine import scope as _scope
 from hope_attr.engine.jet import Jet
 
 
@@ -48,9 +48,6 @@ class _Watch:
         self.first = earliest if self.first is None else torch.minimum(self.first, earliest)
 
 
-_state = threading.local()
-
-
 @contextmanager
 def watch(measure: bool = True) -> Iterator[_Watch]:
     """Record piecewise-linear operations run on this thread inside the block.
@@ -59,16 +56,12 @@ def watch(measure: bool = True) -> Iterator[_Watch]:
         measure: compute each point's first crossing time; ``False`` only records that some
             piecewise-linear rule ran (cheap, works with windowed jets).
     """
-    previous = getattr(_state, "watch", None)
-    _state.watch = _Watch(measure)
-    try:
-        yield _state.watch
-    finally:
-        _state.watch = previous
+    with _scope.active(watch=_Watch(measure)) as state:
+        yield state.watch
 
 
 def _active() -> _Watch | None:
-    current = getattr(_state, "watch", None)
+    current = _scope.current().watch
     if current is None:
         return None
     current.seen = True

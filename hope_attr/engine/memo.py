@@ -18,15 +18,13 @@ only up to a byte budget: the memo never holds more than one pass's primals.
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-_local = threading.local()
+from hope_attr.engine import scope as _scope
 
 
 class _Unkeyable(Exception):
@@ -70,27 +68,17 @@ class PrimalMemo:
 
 
 def cached(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)``, from the thread's active memo where it holds the result.
+    """``fn(*args, **kwargs)``, from the memo the current call activated where it holds the
+    result (:mod:`hope_attr.engine.scope`).
 
     ``fn`` must be a pure function of its arguments (same values in, same values out), stable in
     identity (a module-level function, not a lambda made per call), and the caller must not
     change its result in place.
     """
-    memo = getattr(_local, "memo", None)
+    memo = _scope.current().memo
     if memo is None:
         return fn(*args, **kwargs)
     return memo.call(fn, args, kwargs)
-
-
-@contextmanager
-def active(memo: PrimalMemo | None) -> Iterator[None]:
-    """Make ``memo`` the thread's memo inside the block (``None``: no memo)."""
-    previous = getattr(_local, "memo", None)
-    _local.memo = memo
-    try:
-        yield
-    finally:
-        _local.memo = previous
 
 
 def _key(value: Any, held: list[Tensor]) -> Any:

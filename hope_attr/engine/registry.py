@@ -1,14 +1,14 @@
 """The one registry of Taylor rules, and the errors it raises.
 
-A rule tells the interpreter how an operation acts on jets (convention:
-:mod:`hope_attr.engine.jet`).
+A rule tells the engine (:mod:`hope_attr.engine.dispatch`) how an operation acts on jets
+(convention: :mod:`hope_attr.engine.jet`).
 
-* A **module rule** is registered for an ``nn.Module`` type and called as
-  ``rule(module, *args, **kwargs)``. It matches subclasses (lookup walks the MRO), and a module
-  with a rule is not traced into: it is one step of the interpreted graph.
 * A **function rule** is registered for a function (``torch.tanh``, ``F.relu``,
   ``operator.add``) or a tensor method (``torch.Tensor.view``) and called with that function's
-  own arguments.
+  own arguments. Every built-in rule is one (:mod:`hope_attr.rules` registers them all).
+* A **module rule** is registered by a user for an ``nn.Module`` type and called as
+  ``rule(module, *args, **kwargs)``. It matches subclasses (lookup walks the MRO); the module's
+  own ``forward`` still runs, on the primal values, and the rule supplies the jet.
 
 Arguments that depend on the model input arrive as :class:`~hope_attr.Jet`; everything else
 arrives unchanged. Operations none of whose arguments are jets run as usual and need no rule.
@@ -31,6 +31,29 @@ _MODULE_RULES: dict[type, Callable[..., Any]] = {}
 _FUNCTION_RULES: dict[object, Callable[..., Any]] = {}
 # Bumped by every (un)registration, so that what was derived from the rules can be cached.
 _generation = 0
+
+# The engine that applies rules to jets (hope_attr.engine.dispatch installs itself when it is
+# imported). The jet type reaches it through here: the data type cannot import the engine, which
+# builds on it.
+_engine: Any = None
+
+
+def install_engine(engine: Any) -> None:
+    """Make ``engine`` (a module with ``dispatch``, ``tensor_attribute`` and
+    ``unsupported_mutation``) the one that :class:`~hope_attr.Jet` hands torch calls to."""
+    global _engine
+    _engine = engine
+
+
+def engine() -> Any:
+    """The installed engine (:mod:`hope_attr.engine.dispatch`)."""
+    if _engine is None:
+        raise RuntimeError(
+            "hope_attr's engine is not loaded: import hope_attr (or hope_attr.engine.dispatch) "
+            "before applying torch functions to a Jet"
+        )
+    return _engine
+
 
 _HOW_TO_ADD = (
     "Register a Taylor rule with @hope_attr.register_rule({target}) (see docs/adding_a_rule.md), "
@@ -135,7 +158,7 @@ def module_rule(module_type: type) -> Callable[..., Any] | None:
     """The rule of the closest registered class along the MRO, or None.
 
     A subclass that overrides ``forward`` computes something else than the class the rule was
-    written for, so it does not inherit the rule (it is traced through instead).
+    written for, so it does not inherit the rule (its own forward runs on the jets instead).
     """
     for cls in module_type.__mro__:
         if cls in _MODULE_RULES:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hope_attr.engine import resources as _resources
 from hope_attr.engine import workspace as _workspace
 
 __all__ = ["Window", "block_mean"]
@@ -59,9 +60,9 @@ class Window:
         """Windows pay off when they hold fewer entries than the map.
 
         Even a 7x7 window in an 8x8 map saves the zeros of the border and lets a convolution run
-        as one matrix product.
+        as one matrix product. ``Resources.windows = False`` turns them off.
         """
-        return self.num_entries < math.prod(self.full)
+        return _resources.current().windows and self.num_entries < math.prod(self.full)
 
     def layout(self) -> tuple[Tensor, Tensor]:
         """``(flat, inside)``, each ``(D, E)``: every entry's flat position in the map (clamped

@@ -23,16 +23,13 @@ is the last. The count is a private PyTorch function; without it nothing is reus
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from torch import Tensor
 
-__all__ = ["Workspace", "active", "empty", "zeros"]
+from hope_attr.engine import scope as _scope
 
-_local = threading.local()
+__all__ = ["Workspace", "empty", "zeros"]
+
 # Smaller blocks stay on glibc's reused heap anyway (its mmap threshold starts at 128 KiB and
 # rises with the blocks freed); keeping them would only cost the scan.
 _MIN_BYTES = 2**20
@@ -76,28 +73,18 @@ def _only_reference(buffer: Tensor) -> bool:
 
 
 def empty(like: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """``like.new_empty(shape)``, from the thread's active workspace where there is one.
+    """``like.new_empty(shape)``, from the workspace the current call activated, if any
+    (:mod:`hope_attr.engine.scope`).
 
     The caller must write every entry before reading it, and must not keep the result beyond the
     call in any way other than holding it (or views of it): the workspace sees those.
     """
-    workspace = getattr(_local, "workspace", None)
-    if workspace is None or like.device.type != "cpu":
+    workspace = _scope.current().workspace
+    if workspace is None or like.device.type != "cpu" or _storage_use_count is None:
         return like.new_empty(shape)
     return workspace.empty(like, shape)
 
 
 def zeros(like: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """``like.new_zeros(shape)``, from the thread's active workspace where there is one."""
+    """``like.new_zeros(shape)``, from the workspace the current call activated, if any."""
     return empty(like, shape).zero_()
-
-
-@contextmanager
-def active(workspace: Workspace | None) -> Iterator[None]:
-    """Make ``workspace`` the thread's workspace inside the block (``None``: none)."""
-    previous = getattr(_local, "workspace", None)
-    _local.workspace = workspace if _storage_use_count is not None else None
-    try:
-        yield
-    finally:
-        _local.workspace = previous

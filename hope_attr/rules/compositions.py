@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from hope_attr.engine import arithmetic as ar
 from hope_attr.engine.jet import Jet
@@ -84,11 +84,6 @@ def layer_norm(
     return y + bias if bias is not None else y
 
 
-@register_rule(nn.LayerNorm)
-def _layer_norm_module(module: nn.LayerNorm, x: Jet) -> Jet:
-    return layer_norm(x, module.normalized_shape, module.weight, module.bias, module.eps)
-
-
 @register_rule(F.group_norm)
 def group_norm(
     x: Jet,
@@ -104,11 +99,6 @@ def group_norm(
     if weight is not None:
         y = y * weight.reshape(affine_shape)
     return y + bias.reshape(affine_shape) if bias is not None else y
-
-
-@register_rule(nn.GroupNorm)
-def _group_norm_module(module: nn.GroupNorm, x: Jet) -> Jet:
-    return group_norm(x, module.num_groups, module.weight, module.bias, module.eps)
 
 
 def _integral(x: Jet, value: Tensor, derivative: Callable[[Jet], Jet]) -> Jet:

@@ -36,6 +36,7 @@ class Activation:
 
     rule: Callable[..., Jet]
     module: type[nn.Module] | None = None
+    functions: tuple[object, ...] = ()
     settings: Callable[[nn.Module], dict] = lambda module: {}
     table: Callable[..., list[Tensor] | None] | None = None
 
@@ -47,21 +48,26 @@ ELEMENTWISE_FUNCTIONS: set[object] = set()
 
 
 def activation(*functions: object, **fields: object) -> Activation:
-    """Register one activation: its rule for every function form, and for its module class a
-    module rule that calls it with the module's settings."""
-    spec = Activation(**fields)
+    """Register one activation: its rule for every function form. The module class is only
+    recorded (its own ``forward`` calls one of the functions, which reaches the rule)."""
+    spec = Activation(functions=functions, **fields)
     register_rule(*functions)(spec.rule)
     if spec.settings is not _dim:  # softmax mixes entries: not elementwise
         ELEMENTWISE_FUNCTIONS.update(functions)
     if spec.module is not None:
         ACTIVATIONS[spec.module] = spec
-        register_rule(spec.module)(_activation_module)
     return spec
 
 
-def _activation_module(module: nn.Module, x: Jet) -> Jet:
-    spec = _spec(type(module))
-    return spec.rule(x, **spec.settings(module))
+def is_builtin(spec: Activation, module_type: type) -> bool:
+    """Whether ``module_type`` computes what ``spec`` says: no user rule for the module type or
+    for its functions, and the module's ``forward`` is the torch class's own."""
+    return (
+        _registry.module_rule(module_type) is None
+        and all(_registry.function_rule(f) is spec.rule for f in spec.functions)
+        and spec.module is not None
+        and module_type.forward is spec.module.forward
+    )
 
 
 def _spec(module_type: type) -> Activation:
@@ -179,9 +185,9 @@ def activation_table(module: nn.Module, primal: Tensor, order: int) -> list[Tens
     """``[g(x), g'(x), g''(x)/2!, ..., g^(n)(x)/n!]`` of an activation module whose rule is the
     built-in one and a plain table (``None`` for compositions such as SiLU, and for a rule a user
     registered instead): what the rule composes a jet with, without a jet."""
-    if _registry.module_rule(type(module)) is not _activation_module:
-        return None
     spec = _spec(type(module))
+    if not is_builtin(spec, type(module)):
+        return None
     if spec.table is not None:
         return spec.table(primal, order, **spec.settings(module))
     if spec.rule in (_relu, _leaky_relu, _hardtanh):

@@ -23,11 +23,6 @@ from hope_attr.engine.registry import TrainingModeError, register_rule
 from hope_attr.engine.windows import Window
 
 
-@register_rule(nn.Linear)
-def _linear_module(module: nn.Linear, x: Jet) -> Jet:
-    return _linear(x, module.weight, module.bias)
-
-
 @register_rule(F.linear)
 def _linear(x: Jet, weight: Tensor, bias: Tensor | None = None) -> Jet:
     primal = cached(F.linear, x.primal, weight, bias)
@@ -92,15 +87,6 @@ class _ConvCall:
         """The convolution of a primal (with the bias), shared by the chunks of an expansion."""
         args = (self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         return cached(self.function, x, *args)
-
-
-@register_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
-def _conv_module(module: nn.modules.conv._ConvNd, x: Jet) -> Jet:
-    if module.padding_mode != "zeros":  # padded by the module itself, then an unpadded conv
-        return ar.map_batchwise(
-            x, lambda s: module._conv_forward(s, module.weight, None), module(x.primal)
-        )
-    return _conv(_ConvCall.of_module(module), x)
 
 
 def _conv_function(x: Jet, weight: Tensor, *args, **kwargs) -> Jet:
@@ -306,47 +292,6 @@ for _target in (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d):
     register_rule(_target)(_conv_transpose_function(_target))
 
 
-@register_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-def _conv_transpose_module(module: nn.modules.conv._ConvTransposeNd, x: Jet) -> Jet:
-    conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[
-        len(module.kernel_size)
-    ]
-
-    def apply(s: Tensor, bias: Tensor | None) -> Tensor:
-        return conv(
-            s,
-            module.weight,
-            bias,
-            module.stride,
-            module.padding,
-            module.output_padding,
-            module.groups,
-            module.dilation,
-        )
-
-    return ar.map_batchwise(x, lambda s: apply(s, None), apply(x.primal, module.bias))
-
-
-@register_rule(nn.modules.batchnorm._BatchNorm)
-def _batch_norm_module(module: nn.modules.batchnorm._BatchNorm, x: Jet) -> Jet:
-    if module.training or module.running_var is None:
-        raise TrainingModeError(
-            f"{type(module).__name__} normalizes with batch statistics (training mode or "
-            "track_running_stats=False), which couples the examples of a batch. Call model.eval() "
-            "on a model whose batch norms track running statistics."
-        )
-    return _batch_norm(
-        x,
-        module.running_mean,
-        module.running_var,
-        module.weight,
-        module.bias,
-        False,
-        0.0,
-        module.eps,
-    )
-
-
 @register_rule(F.batch_norm)
 def _batch_norm(
     x: Jet,
@@ -370,21 +315,6 @@ def _batch_norm(
         gain = gain * weight
     gain = gain.reshape(-1, *([1] * (x.primal.dim() - 2)))
     return ar.scale(x, gain, primal)
-
-
-@register_rule(
-    nn.Identity,
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.AlphaDropout,
-    nn.FeatureAlphaDropout,
-)
-def _identity_module(module: nn.Module, x: Jet, *args, **kwargs) -> Jet:
-    if module.training and isinstance(module, nn.modules.dropout._DropoutNd):
-        raise TrainingModeError(f"{type(module).__name__} is in training mode; call model.eval().")
-    return x
 
 
 @register_rule(

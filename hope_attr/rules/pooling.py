@@ -9,7 +9,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from hope_attr.engine import arithmetic as ar
 from hope_attr.engine import kinks as _kinks
@@ -21,18 +21,6 @@ from hope_attr.engine.registry import register_rule
 from hope_attr.engine.windows import block_mean
 
 _AVG_POOL = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
-
-
-@register_rule(nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
-def _avg_pool_module(module: nn.modules.pooling._AvgPoolNd, x: Jet) -> Jet:
-    spatial = x.primal.dim() - 2
-    arguments = dict(
-        kernel_size=module.kernel_size, stride=module.stride, padding=module.padding,
-        ceil_mode=module.ceil_mode, count_include_pad=module.count_include_pad,
-    )  # fmt: skip
-    if not isinstance(module, nn.AvgPool1d):
-        arguments["divisor_override"] = module.divisor_override
-    return _avg_pool(_AVG_POOL[spatial - 1], x, **arguments)
 
 
 def _avg_pool_function(pool: Callable[..., Tensor]) -> Callable[..., Jet]:
@@ -88,11 +76,6 @@ def _batchwise_function(fn: Callable[..., Tensor]) -> Callable[..., Jet]:
         return ar.map_batchwise(x, lambda s: fn(s, *args, **kwargs), primal)
 
     return rule
-
-
-@register_rule(nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
-def _adaptive_avg_pool_module(module: nn.Module, x: Jet) -> Jet:
-    return ar.map_batchwise(x, module, module(x.primal))
 
 
 for _pool in (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d):
@@ -166,18 +149,3 @@ for _target, _pool in (
     (F.adaptive_max_pool3d_with_indices, F.adaptive_max_pool3d),
 ):
     register_rule(_target)(_with_indices(_registry.function_rule(_pool)))
-
-
-@register_rule(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
-def _max_pool_module(module: nn.modules.pooling._MaxPoolNd, x: Jet) -> Jet:
-    pool = _MAX_POOL[x.primal.dim() - 3]
-    return _registry.function_rule(pool)(
-        x, module.kernel_size, module.stride, module.padding, module.dilation,
-        ceil_mode=module.ceil_mode, return_indices=module.return_indices,
-    )  # fmt: skip
-
-
-@register_rule(nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
-def _adaptive_max_pool_module(module: nn.Module, x: Jet) -> Jet:
-    pool = (F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)[x.primal.dim() - 3]
-    return _registry.function_rule(pool)(x, module.output_size, module.return_indices)

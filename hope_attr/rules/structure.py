@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from hope_attr.engine import arithmetic as ar
 from hope_attr.engine import kinks as _kinks
@@ -170,11 +170,6 @@ def _masked_fill(x: Jet, mask: Tensor, value: object) -> Jet:
     return Jet(primal, series.expand(*series.shape[:2], *primal.shape), x.order)
 
 
-@register_rule(nn.Flatten, nn.Unflatten)
-def _flatten_module(module: nn.Module, x: Jet) -> Jet:
-    return _reshaping(module)(x)
-
-
 def _splitting(fn: Callable[..., tuple[Tensor, ...]]) -> Callable[..., tuple[Jet, ...]]:
     def rule(x: Jet, *args, **kwargs) -> tuple[Jet, ...]:
         pieces = len(fn(x.primal, *args, **kwargs))
@@ -290,7 +285,7 @@ def _getattr(x: Jet, name: str) -> object:
         return ar.map_per_sample(lambda t: getattr(t, name), x)
     raise AttributeError(
         f"hope_attr: attribute '{name}' of a tensor that depends on the input is "
-        "not supported in a traced forward"
+        "not supported on jets; read it from a tensor that does not depend on the input"
     )
 
 
