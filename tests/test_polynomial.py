@@ -38,6 +38,20 @@ def test_known_polynomial_is_expanded_exactly_from_any_center() -> None:
         assert abs(terms[monomial] - value) <= 1e-12
 
 
+def test_chunks_of_directions_change_nothing_and_the_old_name_warns() -> None:
+    # One direction per chunk against the closed form; internal_batch_size is the old name.
+    center = torch.tensor([0.3, -0.7, 1.1, 0.2, -0.4], dtype=torch.float64)
+    chunked = hope_attr.expand(known_polynomial, center, order=3, directions_per_chunk=1)
+    with pytest.warns(FutureWarning, match="directions_per_chunk"):
+        old_name = hope_attr.expand(known_polynomial, center, order=3, internal_batch_size=2)
+    for poly in (chunked, old_name):
+        terms = {monomial: value for value, monomial in poly.terms(around_zero=True, digits=14)}
+        assert terms.keys() == KNOWN_TERMS.keys()
+        assert all(abs(terms[m] - value) <= 1e-12 for m, value in KNOWN_TERMS.items())
+    with pytest.raises(TypeError, match="internal_batch_size is its old name"):
+        hope_attr.expand(known_polynomial, center, 3, directions_per_chunk=1, internal_batch_size=1)
+
+
 def _smooth_net() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 3)).double().eval()

@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+import hope_attr
 from hope_attr import TaylorPolynomial
 
 VALID = {
@@ -51,6 +52,7 @@ MALFORMED = [
     (with_field("center", [0.5, float("nan")]), "center must hold finite numbers"),
     (with_field("center", [0.5, 10**400]), "center must hold finite numbers"),
     (with_field("center", [0.5, True]), "center must hold numbers"),
+    (with_field("center", []), "center must be a non-empty list of numbers, one per variable"),
     (with_field("exponents", []), "non-empty list of rows"),
     (with_field("exponents", [[0, 0], [1], [0, 2]]), "list 2 integers"),
     (with_field("exponents", [[0, 0], [1, 0], [0, 10**7]]), "integers from 0 to 1000"),
@@ -94,6 +96,35 @@ def test_malformed_files_are_refused_with_the_reason(tmp_path, text: str, messag
     assert time.perf_counter() - start < 0.5
     assert str(path) in str(raised.value)
     assert len(str(raised.value)) < 400  # nested garbage is abbreviated, not echoed
+
+
+@pytest.mark.parametrize("rows", [[[]], [[], []]])
+def test_a_file_without_variables_is_refused_with_the_field_to_fix(tmp_path, rows) -> None:
+    # Issue 30: "center": [] with rows of no exponents passed every check, then torch's max()
+    # of an empty tensor raised a RuntimeError about reduction dims.
+    payload = dict(VALID, names=[], center=[], exponents=rows, output_shape=[1])
+    payload["coefficients"] = [[1.0] for _ in rows]
+    path = tmp_path / "empty.json"
+    path.write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match=r"center must be a non-empty list of numbers") as raised:
+        TaylorPolynomial.load(path)
+    assert str(path) in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: TaylorPolynomial(
+            torch.zeros(0), torch.zeros(1, 0, dtype=torch.long), torch.ones(1)
+        ),
+        lambda: hope_attr.expand(torch.sin, torch.zeros(0), 2),
+        lambda: hope_attr.discover(torch.sin, [], 1.0, num_points=2, order=2),
+    ],
+    ids=["constructor", "expand", "discover"],
+)
+def test_a_point_without_variables_is_refused(call) -> None:
+    with pytest.raises(ValueError, match="must hold at least one number, one per variable"):
+        call()
 
 
 def test_save_refuses_non_finite_coefficients(tmp_path) -> None:
@@ -155,6 +186,9 @@ def test_bad_points_and_outputs_are_refused() -> None:
         poly.recenter([0.0, float("inf")])
     with pytest.raises(TypeError, match="new_center must be a tensor or a sequence"):
         poly.recenter("origin")
+    for bound in (poly.bounds, poly.remainder_bound):  # refused before any expansion
+        with pytest.raises(ValueError, match=r"tensor of points \(N, 2\)"):
+            bound(torch.zeros(2), radius=1.0, forward_func=torch.sin)
     for output in (3, -4, (0, 0), 1.0, True):
         with pytest.raises(ValueError, match=r"within the output shape \(3,\)"):
             poly.terms(output=output)

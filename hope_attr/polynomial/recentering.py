@@ -137,6 +137,7 @@ class TaylorShift:
 
     def __init__(self, index: MonomialIndex) -> None:
         exponents = index.exponents
+        self.num_monomials = len(exponents)
         self.steps: list[tuple[int, list[tuple[int, Tensor, Tensor, Tensor]]]] = []
         for variable in range(exponents.shape[1]):
             column = exponents[:, variable]
@@ -171,6 +172,32 @@ class TaylorShift:
         return coefficients
 
 
+def shift_coefficients(
+    shift: TaylorShift, coefficients: Tensor, offsets: Tensor, degree: int
+) -> Tensor:
+    """``B`` polynomials' coefficients ``(B, M, F)`` re-centered by ``offsets (B, p)``, in float64.
+
+    ``coefficients`` hold the first ``M`` monomials of the set ``shift`` acts on (the original
+    rows come first in :func:`close_downwards`); the monomials added to close the set start at
+    zero. Returns ``(B, M', F)`` float64, ``M'`` the size of the closed set.
+
+    Raises:
+        ValueError: finite coefficients overflow float64 (a shift too far for the ``degree``).
+    """
+    flat = coefficients.double()
+    if shift.num_monomials > flat.shape[1]:  # monomials added to close the set start at zero
+        padding = flat.new_zeros(len(flat), shift.num_monomials - flat.shape[1], flat.shape[2])
+        flat = torch.cat([flat, padding], dim=1)
+    moved = shift.apply(flat, offsets)
+    if not bool(torch.isfinite(moved).all()) and bool(torch.isfinite(flat).all()):
+        raise ValueError(
+            f"re-centering overflowed float64: a shift of up to {offsets.abs().max().item():.3g} "
+            f"at degree {degree} makes coefficients beyond 1.8e308; re-center nearer "
+            "or lower the order"
+        )
+    return moved
+
+
 @lru_cache(maxsize=8)
 def binomial_table(top: int) -> Tensor:
     """``(top + 1, top + 1)`` float64: ``C(n, k)`` rounded once from exact integers.
@@ -198,4 +225,11 @@ def count_monomials(num_variables: int, order: int, limit: int) -> int:
     return total
 
 
-__all__ = ["MonomialIndex", "TaylorShift", "binomial_table", "close_downwards", "count_monomials"]
+__all__ = [
+    "MonomialIndex",
+    "TaylorShift",
+    "binomial_table",
+    "close_downwards",
+    "count_monomials",
+    "shift_coefficients",
+]
