@@ -2,7 +2,7 @@
 
 The Ray dataset holds batch numbers, not examples: each actor receives one copy of the
 attribution (model included) and of the data set when it starts, and reads the examples of the
-batches it is handed itself, with the same :func:`~hope_attr.audit._run.attribute_batch` the
+batches it is handed itself, with the same :func:`~hope_attr.audit._batch.attribute_batch` the
 local engine calls, so both engines give the same maps for the same batches. The actors return
 one row per example; this process groups them by batch and writes the shards (one writer).
 """
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from captum.attr import Attribution
 
-from hope_attr.audit._run import BatchError, Plan, attribute_batch
+from hope_attr.audit._batch import BatchError, Plan, attribute_batch
 
 _BATCH_ERROR = re.compile(r"attribute_dataset: batch \d+ \(examples .*?failed: .*", re.DOTALL)
 

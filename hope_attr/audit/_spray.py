@@ -32,6 +32,9 @@ class SprayResult:
         eigenvalues: the smallest eigenvalues of the normalized graph Laplacian, ascending.
         features: the downsized, normalized maps that were compared, ``(N, h, w)`` or ``(N, D)``.
         embedding: a 2-D embedding for plotting (t-SNE of the spectral embedding), or None.
+        spectral: the spectral embedding the t-SNE embeds, ``(N, k)`` (the leading eigenvectors
+            of the graph's normalized Laplacian, scikit-learn's ``spectral_embedding``), or None
+            with ``embed=False``. :func:`hope_attr.audit.to_virelay` exports it.
     """
 
     indices: np.ndarray
@@ -40,6 +43,7 @@ class SprayResult:
     eigenvalues: np.ndarray
     features: np.ndarray
     embedding: np.ndarray | None
+    spectral: np.ndarray | None = None
 
     @property
     def eigengaps(self) -> np.ndarray:
@@ -187,7 +191,7 @@ def spray(
             init="pca",
             random_state=random_state,
         ).fit_transform(spectral)
-    return SprayResult(positions, clusters, n_clusters, eigenvalues, features, embedding)
+    return SprayResult(positions, clusters, n_clusters, eigenvalues, features, embedding, spectral)
 
 
 def _cluster(

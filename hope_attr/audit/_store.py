@@ -1,23 +1,14 @@
-"""The on-disk layout of an audit, and :class:`AttributionStore`, which reads it.
+"""Reading an audit store: :class:`AttributionStore` and :class:`Example`.
 
-A store is a folder::
-
-    out/manifest.json      settings, versions, and the shards that are complete
-    out/shards/00000.npz   batch 0: indices, maps, labels, predictions, targets
-    out/shards/00001.npz   ...
-
-Batch ``k`` always holds the examples ``k * batch_size`` up to ``(k + 1) * batch_size - 1``, so a
-shard is named by its batch and a rerun can only overwrite it, never duplicate it. A shard counts
-as written once the manifest lists it: the shard file is written first and the manifest after it,
-each to a temporary file that is then renamed, so a run killed at any moment leaves a manifest
-that lists only complete shards (a shard file it does not list is recomputed on resume).
+The layout and its checks are in :mod:`._manifest`. Every shard is checked when it is loaded (its
+SHA-256 against the manifest's, then its examples and map shape), so a store never returns a map
+that is not the one its run wrote: a missing, damaged or replaced shard raises a
+:class:`~hope_attr.audit.StoreError` that names the file.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-FORMAT = "hope_attr.audit/1"
-MANIFEST = "manifest.json"
-SHARDS = "shards"
-FIELDS = ("indices", "maps", "labels", "predictions", "targets")
-MISSING = -1  # labels, predictions or targets that the run did not have
+from hope_attr.audit._manifest import FIELDS, MANIFEST, StoreError, load_shard, read_manifest
 
 
 @dataclass(frozen=True)
@@ -52,53 +39,6 @@ class Example:
     target: int
 
 
-def shard_name(batch: int) -> str:
-    return f"{SHARDS}/{batch:05d}.npz"
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """``write(handle)`` into a temporary file beside ``path``, then rename it onto ``path``.
-
-    A rename within one folder is atomic: readers (and a resumed run) see the old file or the new
-    one, never half of one.
-    """
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
-def write_shard(root: Path, batch: int, arrays: dict[str, np.ndarray]) -> str:
-    name = shard_name(batch)
-    atomic_write(root / name, lambda stream: np.savez(stream, **arrays))
-    return name
-
-
-def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
-    text = json.dumps(manifest, indent=1, sort_keys=True).encode()
-    atomic_write(root / MANIFEST, lambda stream: stream.write(text))
-
-
-def read_manifest(root: Path) -> dict[str, Any] | None:
-    path = root / MANIFEST
-    if not path.exists():
-        return None
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise ValueError(
-            f"{path} is not a hope_attr audit manifest (format {manifest.get('format')!r}, "
-            f"expected {FORMAT!r}): choose another out folder"
-        )
-    return manifest
-
-
 class AttributionStore:
     """The maps of an audit, read from its folder and indexed by the examples' data set indices.
 
@@ -111,6 +51,8 @@ class AttributionStore:
 
     Raises:
         FileNotFoundError: the folder holds no manifest.
+        hope_attr.audit.StoreError: the manifest is damaged or not a hope_attr manifest (and,
+            when a shard is read, the shard is missing or damaged).
 
     Example:
         >>> import tempfile, torch, hope_attr
@@ -211,6 +153,21 @@ class AttributionStore:
             return np.zeros((0, *shape), dtype=dtype)
         return np.concatenate(parts)
 
+    def verify(self) -> list[str]:
+        """Check every stored shard (checksum, examples, map shape) without keeping it loaded.
+
+        Returns:
+            One message per missing or damaged shard, naming its file; empty when all are
+            sound. ``attribute_dataset`` with the run's arguments recomputes the ones named.
+        """
+        problems = []
+        for batch, _ in self._shards:
+            try:
+                load_shard(self.path, self.manifest, batch)
+            except StoreError as error:
+                problems.append(str(error))
+        return problems
+
     def torch(self, field: str = "maps") -> torch.Tensor:
         """:meth:`numpy` as a tensor (sharing its memory)."""
         return torch.from_numpy(self.numpy(field))
@@ -235,7 +192,10 @@ class AttributionStore:
         if batch not in self._loaded:
             if len(self._loaded) >= 8:  # bound the memory of random access
                 self._loaded.pop(next(iter(self._loaded)))
-            entry = self.manifest["shards"][str(batch)]
-            with np.load(self.path / entry["file"]) as data:
-                self._loaded[batch] = {field: data[field] for field in FIELDS}
+            self._loaded[batch] = load_shard(self.path, self.manifest, batch)
         return self._loaded[batch]
+
+    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
+        """The stored shards' arrays, in index order, one shard in memory at a time."""
+        for batch, _ in self._shards:
+            yield load_shard(self.path, self.manifest, batch)
