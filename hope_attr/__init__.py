@@ -19,6 +19,7 @@ _EXPORTS = {
     "ConvergenceWarning": "hope_attr.attribution.convergence",
     "DerivativeRangeWarning": "hope_attr.engine.factorials",
     "Diagnostics": "hope_attr.attribution.convergence",
+    "DroppedDependenceWarning": "hope_attr.engine.registry",
     "HOPEAttribution": "hope_attr.attribution.hope",
     "Jet": "hope_attr.engine.jet",
     "PiecewiseLinearWarning": "hope_attr.attribution.convergence",
@@ -51,6 +52,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
     from hope_attr.engine.factorials import DerivativeRangeWarning
     from hope_attr.engine.jet import Jet
     from hope_attr.engine.registry import (
+        DroppedDependenceWarning,
         TrainingModeError,
         UnsupportedOperationError,
         register_rule,
@@ -80,6 +82,7 @@ __all__ = [  # the keys of _EXPORTS, spelled out for linters and `from hope_attr
     "ConvergenceWarning",
     "DerivativeRangeWarning",
     "Diagnostics",
+    "DroppedDependenceWarning",
     "HOPEAttribution",
     "Jet",
     "PiecewiseLinearWarning",

@@ -154,6 +154,9 @@ def _check_module_mode(module: nn.Module, name: str | None) -> None:
 # --------------------------------------------------------------------------- dispatch
 def dispatch(func: Callable[..., Any], args: tuple, kwargs: dict) -> object:
     """Apply ``func`` to arguments some of which are jets (see the module docstring)."""
+    for value in args:
+        if type(value) is Jet and value._stale is not None:
+            value.check_current()
     rule = _registry.function_rule(func)
     if rule is None:
         rule = _fallback(func)
@@ -162,11 +165,57 @@ def dispatch(func: Callable[..., Any], args: tuple, kwargs: dict) -> object:
         if _is_decomposition(rule):
             try:
                 result = rule(*args, **kwargs)
-            except _registry.UnsupportedOperationError as inner:
+            except Exception as inner:  # noqa: BLE001 - torch._refs assert on jets; say what
                 # PyTorch's internal pieces mean nothing to the user: name the op they called.
                 raise _registry.unsupported(_kind(func), func, where()) from inner
-            return _observed(result)
-    return _observed(rule(*args, **kwargs))
+            return _observed(_aliased(func, args, kwargs, result))
+    return _observed(_aliased(func, args, kwargs, rule(*args, **kwargs)))
+
+
+# Functions whose result shares memory with their first argument in PyTorch (a view): an
+# in-place change of either must outdate the other (Jet.link_view).
+_VIEWS = frozenset(
+    {
+        "view", "view_as", "reshape", "reshape_as", "__getitem__", "getitem", "narrow", "select",
+        "transpose", "t", "permute", "unsqueeze", "squeeze", "expand", "expand_as", "flatten",
+        "unflatten", "movedim", "moveaxis", "swapaxes", "swapdims", "split", "chunk", "unbind",
+        "tensor_split", "diagonal", "as_strided", "unfold", "hsplit", "vsplit", "dsplit",
+        "split_with_sizes",
+    }
+)  # fmt: skip
+
+
+def _aliased(func: object, args: tuple, kwargs: dict, result: object) -> object:
+    """Link views to their source, and carry out ``inplace=True`` on the jet it names."""
+    source = args[0] if args else None
+    if type(source) is not Jet:
+        return result
+    name = getattr(func, "__name__", "")
+    if name in _VIEWS:
+        for view in result if isinstance(result, (tuple, list)) else (result,):
+            if type(view) is Jet:
+                source.link_view(view)
+    elif type(result) is Jet and _in_place_requested(func, args, kwargs):
+        # F.relu(h, inplace=True) changes h even where its result is not used.
+        return source.assign(result)
+    return result
+
+
+def _in_place_requested(func: object, args: tuple, kwargs: dict) -> bool:
+    if kwargs.get("inplace") is True:
+        return True
+    position = _inplace_position(func)
+    return position is not None and len(args) > position and args[position] is True
+
+
+@cache
+def _inplace_position(func: object) -> int | None:
+    """The positional index of ``func``'s ``inplace`` parameter (``F.relu(x, True)``), if any."""
+    try:
+        names = list(inspect.signature(func).parameters)
+    except (TypeError, ValueError):
+        return None
+    return names.index("inplace") if "inplace" in names else None
 
 
 def _observed(result: object) -> object:
@@ -195,6 +244,9 @@ def _fallback(func: Callable[..., Any]) -> Callable[..., Any] | None:
     body = _composite_body(func)
     if body is not None:
         return body
+    in_place = _in_place_rule(func)
+    if in_place is not None:
+        return in_place
     if isinstance(func, torch._ops.OpOverload):
         # An ATen op (from a decomposition): its torch-level namesake usually has a rule and the
         # same argument convention (aten.add.Tensor(a, b, alpha=) is torch.add(a, b, alpha=)).
@@ -220,16 +272,23 @@ def _in_place_rule(func: object) -> Callable[..., Any] | None:
         out_of_place = getattr(packet, func._overloadname, None) if packet else None
     else:
         name = getattr(func, "__name__", "") or ""
-        home = getattr(func, "__self__", None)
+        # torch.relu_ has a module as __self__; Tensor.add_ is a method of its __objclass__.
+        home = getattr(func, "__objclass__", None) or getattr(func, "__self__", None)
         if not name.endswith("_") or name.endswith("__") or home is None:
             return None
         out_of_place = getattr(home, name[:-1], None)
+    if name == "copy_":
+        return _copy_rule
     if out_of_place is None:
         return None
 
     def rule(target: object, *args: object, **kwargs: object) -> object:
         result = dispatch(out_of_place, (target, *args), kwargs)
-        return target.assign(result) if isinstance(target, Jet) else result
+        if isinstance(target, Jet):
+            return target.assign(result)
+        if isinstance(result, Jet):  # a plain tensor cannot hold what depends on the input
+            raise _writes_into_constant(func)
+        return result
 
     return rule
 
@@ -461,12 +520,28 @@ def _in_place(jet: Jet, name: str) -> Callable[..., Jet]:
     return update
 
 
+def _copy_rule(target: object, source: object, non_blocking: bool = False) -> object:
+    """``target.copy_(source)`` as a torch call: into a jet, or a jet into a plain tensor."""
+    if isinstance(target, Jet):
+        return _copy_into(target, source)
+    raise _writes_into_constant(torch.Tensor.copy_)
+
+
 def _copy_into(jet: Jet, source: object) -> Jet:
     if not isinstance(source, Jet):
         raise unsupported_mutation(jet)
     if source.primal.shape != jet.primal.shape:  # copy_ broadcasts its source
         source = dispatch(torch.Tensor.expand, (source, jet.primal.shape), {})
     return jet.assign(source)
+
+
+def _writes_into_constant(func: object) -> Exception:
+    name = getattr(func, "__name__", str(func))
+    return _registry.UnsupportedOperationError(
+        f"hope_attr: {name} writes a value that depends on the input into a tensor that does "
+        f"not, in place {where()}; that tensor cannot hold a Taylor series. Write it out of "
+        "place (acc = acc + value instead of acc.add_(value)); `acc += value` works."
+    )
 
 
 def unsupported_mutation(jet: Jet) -> Exception:

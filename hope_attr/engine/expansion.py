@@ -315,6 +315,7 @@ class Expansion:
         with _scope.active(memo=self._memo, workspace=self._workspace):
             value = self.run((*args, *self.extra), probe)
         if isinstance(value, Jet):
+            value.check_current()  # not outdated by an in-place change of an alias
             series = value.full_series()  # (n, D, B, *O)
             if self._select is None:
                 return series
@@ -418,6 +419,12 @@ def _check_arguments(
 def _check_output(output: object, batch: int) -> None:
     if not isinstance(output, Tensor):
         raise TypeError(f"forward_func must return one tensor (B, *O), got {type(output).__name__}")
+    if not output.is_floating_point():
+        raise TypeError(
+            f"forward_func returned a {output.dtype} tensor; derivatives need a floating-point "
+            "output: return the scores or logits before any argmax, rounding or cast to an "
+            "integer or boolean type"
+        )
     if output.dim() == 0 or output.shape[0] != batch:
         raise ValueError(
             f"forward_func returned shape {tuple(output.shape)}, but the derivatives are per "

@@ -26,6 +26,7 @@ smooth elementwise ``g`` composes through the table ``g^(j)(x)/j!`` evaluated on
 from __future__ import annotations
 
 import operator
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -81,7 +82,9 @@ class Jet:
             instead of whole feature maps (see :mod:`hope_attr.engine.windows`).
     """
 
-    __slots__ = ("primal", "_series", "order", "seed", "window")
+    __slots__ = (
+        "primal", "_series", "order", "seed", "window", "_base", "_views", "_stale", "__weakref__"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -98,6 +101,11 @@ class Jet:
         self.order = order
         self.seed = seed
         self.window = window
+        # Aliasing (see link_view): the jet this one is a view of, the views of this one, and
+        # where an in-place change through an alias made this one out of date.
+        self._base: weakref.ref[Jet] | None = None
+        self._views: list[weakref.ref[Jet]] | None = None
+        self._stale: str | None = None
 
     @property
     def series(self) -> Tensor:
@@ -240,9 +248,14 @@ class Jet:
         return self.assign(self / other)
 
     def assign(self, value: Jet) -> Jet:
-        """Make this jet hold ``value`` (an in-place op: ``x.add_(y)``, ``x += y``)."""
+        """Make this jet hold ``value`` (an in-place op: ``x.add_(y)``, ``x += y``).
+
+        Views of this jet, and the jet it is a view of, do not see the change (jets are values,
+        not shared memory): they become out of date, and using one later is refused.
+        """
         if not isinstance(value, Jet):
             raise _registry.engine().unsupported_mutation(self)
+        self.check_current()
         if value.primal.shape != self.primal.shape:
             raise RuntimeError(
                 f"in-place operation changes the shape {tuple(self.primal.shape)} to "
@@ -252,7 +265,40 @@ class Jet:
         self._series = value._series
         self.seed = value.seed
         self.window = value.window
+        self._outdate_aliases()
         return self
+
+    def link_view(self, view: Jet) -> None:
+        """Record that ``view`` shares memory with this jet in PyTorch's terms (``x[0]``,
+        ``x.view(...)``...), so that an in-place change of either outdates the other."""
+        root = self._base() if self._base is not None else None
+        root = root if root is not None else self
+        if root._views is None:
+            root._views = []
+        root._views.append(weakref.ref(view))
+        view._base = weakref.ref(root)
+
+    def _outdate_aliases(self) -> None:
+        root = self._base() if self._base is not None else None
+        root = root if root is not None else self
+        aliases = [root] + [v() for v in root._views or ()]
+        if len(aliases) == 1:
+            return
+        where = _registry.engine().where()
+        for alias in aliases:
+            if alias is not None and alias is not self:
+                alias._stale = where
+
+    def check_current(self) -> None:
+        """Refuse to use a jet that an in-place change through one of its aliases outdated."""
+        if self._stale is not None:
+            raise _registry.UnsupportedOperationError(
+                "hope_attr: this tensor shares memory with one that was changed in place "
+                f"{self._stale}, and it is used afterwards {_registry.engine().where()}. Jets "
+                "do not follow aliasing between views: write the change out of place (e.g. "
+                "h = torch.cat([h[:, :2] * 3, h[:, 2:]], 1)), or .clone() the view before "
+                "changing it."
+            )
 
     def __repr__(self) -> str:
         return (
@@ -269,7 +315,15 @@ def _primal(value: object) -> object:
 def _rule(op: object):  # noqa: ANN202
     # Python operators reach the same rules as torch.add & co., through the registry: the jet
     # is a data type, and the modules that implement its arithmetic build on it.
-    return _registry.function_rule(op)
+    rule = _registry.function_rule(op)
+
+    def checked(a: object, b: object) -> Jet:
+        for value in (a, b):
+            if isinstance(value, Jet):
+                value.check_current()
+        return rule(a, b)
+
+    return checked
 
 
 def cauchy_product(

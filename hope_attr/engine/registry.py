@@ -65,6 +65,13 @@ class UnsupportedOperationError(NotImplementedError):
     """The model uses an operation that has no Taylor rule."""
 
 
+class DroppedDependenceWarning(UserWarning):
+    """A value that depends on the input left the jet (``.detach()``, ``.item()``,
+    ``float(x)``...): from there on it is a constant, as autograd treats it, so the expansion
+    is not the Taylor series of the function the forward computes if that value flows on as a
+    number (a branch on it is fine)."""
+
+
 class TrainingModeError(RuntimeError):
     """A module that behaves differently in training mode was found in training mode."""
 

@@ -74,6 +74,11 @@ def _pow(base: object, exponent: object) -> Jet:
                 return ar.exp(ar.mul(ar.log(base), exponent))
             exponent = exponent.item()
         return ar.power(base, float(exponent))
-    # c ** x = exp(x log c); x ** y = exp(y log x)
-    log_base = ar.log(base) if ar.is_jet(base) else torch.log(torch.as_tensor(base))
+    # c ** x = exp(x log c); x ** y = exp(y log x). A constant base's log in the exponent's
+    # dtype: torch.as_tensor(10.0) is float32, whose log is 5e-8 off in a float64 model.
+    if ar.is_jet(base):
+        log_base = ar.log(base)
+    else:
+        primal = exponent.primal
+        log_base = torch.log(torch.as_tensor(base, dtype=primal.dtype, device=primal.device))
     return ar.exp(ar.mul(exponent, log_base))

@@ -9,7 +9,8 @@ results (shapes, indices, signs, truth values) are read off the primal: constant
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,12 @@ from hope_attr.engine import arithmetic as ar
 from hope_attr.engine import kinks as _kinks
 from hope_attr.engine.arithmetic import expanded_series as _expanded
 from hope_attr.engine.jet import Jet, cauchy_product
-from hope_attr.engine.registry import UnsupportedOperationError, register_rule
+from hope_attr.engine.registry import (
+    DroppedDependenceWarning,
+    UnsupportedOperationError,
+    register_rule,
+)
+from hope_attr.engine.stacklevel import user_stacklevel
 
 
 def _structural(fn: Callable[..., Tensor]) -> Callable[..., object]:
@@ -78,7 +84,6 @@ for _targets, _fn in [
     ((operator.getitem, torch.Tensor.__getitem__), operator.getitem),
     ((torch.sum, torch.Tensor.sum), torch.sum),
     ((torch.mean, torch.Tensor.mean), torch.mean),
-    ((F.pad,), F.pad),
 ]:
     register_rule(*_targets)(_selecting(_fn))
 
@@ -258,22 +263,41 @@ for _name in (
             register_rule(_target)(_piecewise_constant(_target, _name))
 
 
-def _value_query(method: Callable[..., object]) -> Callable[..., object]:
-    """A value leaving the jet (``.item()``, ``int(x)``...): where it changes is unknown."""
+def _value_query(method: Callable[..., object], *, as_number: bool) -> Callable[..., object]:
+    """A value leaving the jet (``.item()``, ``int(x)``...): where it changes is unknown.
+
+    ``as_number``: the value may flow on as a number (``.item()``, ``float(x)``), which drops
+    its dependence on the input: warn. Integer and truth values are steps (zero derivative).
+    """
 
     def rule(x: Jet, *args: object, **kwargs: object) -> object:
         _kinks.report_unlocated(x)
+        if as_number and x.primal.is_floating_point():
+            _warn_dropped(f"{method.__name__}()")
         return method(x.primal, *args, **kwargs)
 
     return rule
 
 
-for _method in (
-    torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.long,
-    torch.Tensor.int, torch.Tensor.bool, torch.Tensor.short, torch.Tensor.byte,
-    torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__, torch.Tensor.__index__,
+def _warn_dropped(what: str) -> None:
+    warnings.warn(
+        f"hope_attr: {what} turns a value that depends on the input into a constant. A branch "
+        "on it is fine (it is taken at the expansion point), but if it is used as a number the "
+        "expansion misses that dependence, as autograd would. Keep it a tensor (no .item(), "
+        "float(), .detach()) to expand through it.",
+        DroppedDependenceWarning,
+        stacklevel=user_stacklevel(),
+    )
+
+
+for _method, _as_number in (
+    (torch.Tensor.item, True), (torch.Tensor.tolist, True), (torch.Tensor.numpy, True),
+    (torch.Tensor.__float__, True), (torch.Tensor.long, False), (torch.Tensor.int, False),
+    (torch.Tensor.bool, False), (torch.Tensor.short, False), (torch.Tensor.byte, False),
+    (torch.Tensor.__bool__, False), (torch.Tensor.__int__, False),
+    (torch.Tensor.__index__, False),
 ):  # fmt: skip
-    register_rule(_method)(_value_query(_method))
+    register_rule(_method)(_value_query(_method, as_number=_as_number))
 register_rule(torch.Tensor.__len__)(_primal_query(torch.Tensor.__len__))
 
 
@@ -294,6 +318,8 @@ def _conversion(method: Callable[..., Tensor]) -> Callable[..., Jet | Tensor]:
     integer or boolean dtype is a step function, constant between its jumps (as ``.long()``)."""
 
     def rule(x: Jet, *args, **kwargs) -> Jet | Tensor:
+        # `x.type_as(jet)`, `x.to(jet)`: the other tensor only names a dtype and device.
+        args = ar.replace_jets(args)
         primal = method(x.primal, *args, **kwargs)
         if not (primal.is_floating_point() or primal.is_complex()):
             _kinks.report_unlocated(x)
@@ -316,5 +342,19 @@ for _method in (
 
 @register_rule(torch.Tensor.detach, torch.detach)
 def _detach(x: Jet) -> Tensor:
-    # Autograd treats a detached tensor as a constant; so do we.
+    # Autograd treats a detached tensor as a constant; so do we, and say so.
+    _warn_dropped("detach()")
     return x.primal.detach()
+
+
+@register_rule(F.pad, torch.constant_pad_nd)
+def _pad(x: Jet, pad: Sequence[int], mode: str = "constant", value: float | None = None) -> Jet:
+    """Padding is linear in the input, plus a constant fill: the fill value enters the primal
+    only, and a padded entry's series is zero (reflect/replicate/circular copy entries, series
+    and all)."""
+    if mode == "constant" or isinstance(mode, (int, float)):  # constant_pad_nd(x, pad, value)
+        fill = mode if isinstance(mode, (int, float)) else value
+        primal = F.pad(x.primal, pad, "constant", fill)
+        return ar.map_batchwise(x, lambda s: F.pad(s, pad, "constant", 0.0), primal)
+    primal = F.pad(x.primal, pad, mode)
+    return ar.map_batchwise(x, lambda s: F.pad(s, pad, mode), primal)
