@@ -455,3 +455,32 @@ def test_source_line_found_in_a_clone_folder_named_hope_attr(tmp_path) -> None:
     with pytest.raises(hope_attr.UnsupportedOperationError) as info:
         hope_attr.unmixed_derivatives(module.Gamma(), _x(2, 3), ORDER)
     assert "user_model.py" in str(info.value) and "the user's line" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "order", "highest"),
+    [(torch.float64, 10**6, 300), (torch.float64, 301, 300), (torch.float32, 57, 56)],
+)
+def test_an_order_beyond_the_dtype_is_refused_at_once(dtype, order, highest) -> None:
+    """order=10**6 used to run for minutes in the Taylor tables (orders >= 1000 gave inf/NaN)."""
+    import time
+
+    model = nn.Sequential(nn.Linear(3, 2), nn.Tanh()).to(dtype).eval()
+    x = torch.rand(2, 3, dtype=dtype)
+    start = time.perf_counter()
+    for call in (
+        lambda: hope_attr.unmixed_derivatives(model, x, order),
+        lambda: hope_attr.HOPEAttribution(model, order=order).attribute(x, target=0),
+    ):
+        with pytest.raises(ValueError, match=f"Use order <= {highest}") as info:
+            call()
+        assert f"order {order} is beyond what {dtype}" in str(info.value)
+    # Mixed partials refuse on their size first (their count grows like C(p + n, n)); the
+    # message must format even at order 10**6 (it overflowed int-to-str limits).
+    for call in (
+        lambda: hope_attr.mixed_derivatives(model, x, order),
+        lambda: hope_attr.expand(model, x[0], order),
+    ):
+        with pytest.raises(ValueError, match=f"order {order}"):
+            call()
+    assert time.perf_counter() - start < 5.0

@@ -11,7 +11,7 @@ from torch.func import jvp
 
 from hope_attr import HOPEAttribution
 from hope_attr.engine import native as _native
-from hope_attr.engine.jet import riccati_series
+from hope_attr.engine.series import riccati_series
 
 # (name, g, g', linear, quadratic): g' = a + linear g + quadratic g^2.
 FUNCTIONS = [

@@ -22,8 +22,9 @@ import torch
 from torch import Tensor
 
 from hope_attr.engine import taylor_tables as tables
-from hope_attr.engine.jet import Jet, cauchy_product, compose_series, matmul_series, riccati_series
+from hope_attr.engine.jet import Jet
 from hope_attr.engine.memo import cached
+from hope_attr.engine.series import cauchy_product, compose_series, matmul_series, riccati_series
 
 
 def is_jet(value: object) -> bool:

@@ -11,14 +11,16 @@ import torch
 from torch import Tensor
 
 import hope_attr.rules  # noqa: F401  (registers the built-in rules)
-from hope_attr.engine import dispatch as _eager
+from hope_attr.engine import dispatch as _dispatch
 from hope_attr.engine import memo as _memo
 from hope_attr.engine import resources as _resources
 from hope_attr.engine import reverse as _reverse
 from hope_attr.engine import scope as _scope
 from hope_attr.engine import sequential as _sequential
 from hope_attr.engine import workspace as _workspace
+from hope_attr.engine.factorials import check_order
 from hope_attr.engine.jet import InputSeed, Jet
+from hope_attr.engine.modules import check_eval_mode
 from hope_attr.engine.stacklevel import user_stacklevel
 
 # Budgets and switches come from the thread's resource policy (hope_attr.engine.resources), read
@@ -66,13 +68,13 @@ class Expansion:
             directions_per_chunk = self.resources.directions_per_chunk
         _check_arguments(forward_func, self.inputs, order, directions_per_chunk)
         self.order = order
-        self.forward_func = _eager.unwrap(forward_func)
+        self.forward_func = _dispatch.unwrap(forward_func)
         # A plain nn.Sequential without hooks runs its layers' forwards one after another,
         # skipping the per-module call machinery (a fifth of a small MLP's expansion; see
         # hope_attr.engine.sequential); anything else runs the model's own forward eagerly on
         # jets (hope_attr.engine.dispatch).
         self._layers = _sequential.sequential_layers(self.forward_func, self.inputs, self.extra)
-        _eager.check_eval_mode(self.forward_func)
+        check_eval_mode(self.forward_func)
         largest = [0]
         self._activation_bytes = 0  # every value of the primal pass: what autograd would keep
 
@@ -306,8 +308,8 @@ class Expansion:
             return _sequential.run(self.forward_func, self._layers, args[0], observe)
         if not any(isinstance(a, Jet) for a in args):
             with torch.no_grad(), _sequential.observing(observe):
-                return _eager.run(self.forward_func, args)
-        return _eager.run(self.forward_func, args, observe)
+                return _dispatch.run(self.forward_func, args)
+        return _dispatch.run(self.forward_func, args, observe)
 
     def _propagate(
         self, args: list[object], num_directions: int, probe: _SeriesProbe | None = None
@@ -380,10 +382,8 @@ def _check_arguments(
 ) -> None:
     if not callable(forward_func):
         raise TypeError(f"forward_func must be a model or a function, got {type(forward_func)}")
-    if isinstance(order, bool) or not isinstance(order, int):
-        raise TypeError(f"order must be an int >= 1, got {order!r}")
-    if order < 1:
-        raise ValueError(f"order must be >= 1, got {order}: order 1 is the gradient")
+    first = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
+    check_order(order, first.dtype if first is not None else None)
     if directions_per_chunk is not None and (
         isinstance(directions_per_chunk, bool)
         or not isinstance(directions_per_chunk, int)

@@ -36,6 +36,46 @@ class DerivativeRangeWarning(RuntimeWarning):
     small that its normalized coefficient lost precision or underflowed to 0."""
 
 
+def max_order(dtype: torch.dtype) -> int:
+    """The highest order whose normalized coefficients ``f^(k)/k!`` can be normal numbers of
+    ``dtype`` for some derivative the dtype can hold: past it, ``k! > finfo.max / finfo.tiny``
+    and every coefficient is subnormal or 0, so no result of that order would mean anything
+    (float32: 56, float64: 300). Orders below it can still underflow for small derivatives;
+    :func:`times_integers` warns of those.
+
+    Example:
+        >>> import torch
+        >>> max_order(torch.float32), max_order(torch.float64)
+        (56, 300)
+    """
+    info = torch.finfo(dtype)
+    limit = math.log(info.max) - math.log(info.tiny)
+    order = 1
+    while math.lgamma(order + 2) <= limit:
+        order += 1
+    return order
+
+
+def check_order(order: object, dtype: torch.dtype | None = None) -> None:
+    """Refuse an order that is not an int >= 1, or (given the dtype) above :func:`max_order`."""
+    if isinstance(order, bool) or not isinstance(order, int):
+        raise TypeError(f"order must be an int >= 1, got {order!r}")
+    if order < 1:
+        raise ValueError(f"order must be >= 1, got {order}: order 1 is the gradient")
+    if dtype is None or not dtype.is_floating_point:
+        return
+    highest = max_order(dtype)
+    if order > highest:
+        raise ValueError(
+            f"order {order} is beyond what {dtype} can represent: from order {highest + 1} on, "
+            f"every normalized Taylor coefficient f^(k)/k! is below {dtype}'s smallest normal "
+            f"number for any derivative it can hold (k! > {torch.finfo(dtype).max:.3g} / "
+            f"{torch.finfo(dtype).tiny:.3g}). Use order <= {highest}"
+            + ("" if dtype == torch.float64 else ", or float64 inputs for up to order 300")
+            + "."
+        )
+
+
 def split(value: int) -> tuple[float, int]:
     """``value = mantissa * 2**exponent`` with ``mantissa`` a float64 in ``[0.5, 1)``, for any
     positive int (``math.frexp`` would first convert it to a float, which overflows)."""

@@ -1,6 +1,7 @@
 """What the current call has active in this thread: one place for per-call state.
 
-An expansion activates, for each chunk of directions it propagates, the primal memo
+The engine records the forward it is running (:mod:`hope_attr.engine.modules`). An expansion
+activates, for each chunk of directions it propagates, the primal memo
 (:mod:`hope_attr.engine.memo`) and the workspace (:mod:`hope_attr.engine.workspace`); an
 attribution watches for piecewise-linear decisions (:mod:`hope_attr.engine.kinks`). The rules
 deep inside a model's forward read them here, so that nothing has to be threaded through the
@@ -26,6 +27,7 @@ class Scope:
     memo: Any = None  # hope_attr.engine.memo.PrimalMemo
     workspace: Any = None  # hope_attr.engine.workspace.Workspace
     watch: Any = None  # hope_attr.engine.kinks's recorder of piecewise-linear decisions
+    run: Any = None  # hope_attr.engine.modules.Run: the forward being run on jets
 
 
 _EMPTY = Scope()

@@ -22,8 +22,9 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from hope_attr.engine import dispatch as _dispatch
+from hope_attr.engine import modules as _modules
 from hope_attr.engine import registry as _registry
+from hope_attr.engine.jet import Jet
 
 __all__ = ["Layers", "observing", "plain_layers", "run", "sequential_layers"]
 
@@ -72,7 +73,7 @@ def sequential_layers(
     hook (its own or a global one) needs the modules to be called."""
     if len(inputs) != 1 or extra or not isinstance(forward_func, nn.Sequential):
         return None
-    if _dispatch.user_hooks_present() or any(
+    if _modules.user_hooks_present() or any(
         m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
         for m in forward_func.modules()
     ):
@@ -100,9 +101,10 @@ def run(
 ) -> object:
     """Call every layer on ``value`` in turn (a tensor or a jet); ``observe`` sees each layer's
     output (and, on jets, every value a rule produced)."""
-    with _dispatch.running(forward_func, observe), torch.no_grad():
+    with _modules.running(forward_func, observe), torch.no_grad():
         for _, layer in layers:
-            rule = _registry.module_rule(type(layer))
+            # A rule is only called on jets (the primal pass runs the layer's own forward).
+            rule = _registry.module_rule(type(layer)) if isinstance(value, Jet) else None
             value = rule(layer, value) if rule is not None else type(layer).forward(layer, value)
             if observe is not None:
                 observe(value)

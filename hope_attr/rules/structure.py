@@ -19,7 +19,8 @@ from torch import Tensor
 from hope_attr.engine import arithmetic as ar
 from hope_attr.engine import kinks as _kinks
 from hope_attr.engine.arithmetic import expanded_series as _expanded
-from hope_attr.engine.jet import Jet, cauchy_product
+from hope_attr.engine.jet import Jet
+from hope_attr.engine.series import cauchy_product
 from hope_attr.engine.registry import (
     DroppedDependenceWarning,
     UnsupportedOperationError,
