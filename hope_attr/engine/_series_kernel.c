@@ -1,5 +1,8 @@
-/* The Riccati recurrence of hope_attr.engine.jet.riccati_series, all orders of a block of elements at
- * once (compiled and loaded by hope_attr/engine/native.py; see its docstring for why).
+/* The Riccati recurrence of hope_attr.engine.jet.riccati_series, all orders of a block of
+ * elements at once. Built at install time by setup.py as the optional extension module
+ * hope_attr.engine._series_kernel and opened with ctypes by hope_attr/engine/native.py (its
+ * docstring says why, and when the torch loops run instead). The module object itself is empty:
+ * Python's import system only tells native.py where the file is.
  *
  * For g' = a + linear g + quadratic g^2 and an argument series u (coefficients 1..m), the
  * coefficients 1..n of y = g(x0 + u(t)) follow from
@@ -17,11 +20,37 @@
  * GCC/clang vector extensions: a block is VECTORS vectors of 32 bytes, and each sum runs in
  * VECTORS independent accumulators held in registers (a sum kept in an array went through the
  * stack on every term, 15-20% slower).
+ *
+ * Portability: the build uses no -mavx2 or -march=native, so a wheel built on one x86-64 machine
+ * runs on any other. On x86-64 ELF targets each kernel is cloned (GCC/clang target_clones): an
+ * AVX2 version and a baseline one, chosen once by the dynamic loader from the CPU it runs on.
+ * setup.py compiles with -ffp-contract=off in both: GCC fused some of a block's vectors and not
+ * others, so an element's last bit depended on where in its block it sat.
+ *
+ * ABI: bump HOPE_KERNEL_ABI here and _ABI in native.py together whenever a signature or the
+ * meaning of an argument changes; native.py refuses a file that reports another number (a stale
+ * build in an editable install).
  */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
 #include <string.h>
+
+#if !defined(__GNUC__)
+#error "the series kernel needs GCC or clang vector extensions; hope_attr runs its torch loops"
+#endif
 
 #define MAX_ORDER 32
 #define VECTORS 8
+#define HOPE_KERNEL_ABI 2
+
+#if defined(__x86_64__) && defined(__ELF__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef CLONES
+#define CLONES
+#endif
 
 /* Eight accumulators, one per vector of the block: acc_q += a[q] * b[q]. */
 #define ACCUMULATE(acc, a, b)                                                                  \
@@ -41,9 +70,9 @@
 
 #define RICCATI(NAME, T, V)                                                                    \
   typedef T V __attribute__((vector_size(32)));                                                \
-  void NAME(T *restrict y, const T *restrict u, const T *restrict y0, const T *restrict slope0, \
-            long E, long P, int m, int n, double linear, double quadratic, long start,         \
-            long stop) {                                                                       \
+  CLONES void NAME(T *restrict y, const T *restrict u, const T *restrict y0,                   \
+                   const T *restrict slope0, long E, long P, int m, int n, double linear,      \
+                   double quadratic, long start, long stop) {                                  \
     enum { LANES = 32 / sizeof(T), BLOCK = LANES * VECTORS };                                  \
     V yb[MAX_ORDER + 1][VECTORS], vb[MAX_ORDER][VECTORS], ub[MAX_ORDER + 1][VECTORS];          \
     V gain[VECTORS], sums[VECTORS];                                                            \
@@ -91,3 +120,13 @@ RICCATI(hope_riccati_float32, float, vector_float)
 RICCATI(hope_riccati_float64, double, vector_double)
 
 int hope_max_order(void) { return MAX_ORDER; }
+
+int hope_kernel_abi(void) { return HOPE_KERNEL_ABI; }
+
+/* Importable like any extension module (and required by the build on Windows), but empty. */
+static struct PyModuleDef series_kernel_module = {
+    PyModuleDef_HEAD_INIT, "_series_kernel",
+    "The compiled series kernel; hope_attr.engine.native opens it with ctypes.", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__series_kernel(void) { return PyModule_Create(&series_kernel_module); }
