@@ -21,7 +21,10 @@ _EXPORTS = {
     "Diagnostics": "hope_attr.attribution.convergence",
     "DroppedDependenceWarning": "hope_attr.engine.registry",
     "HOPEAttribution": "hope_attr.attribution.hope",
+    "HOPEResult": "hope_attr.attribution.result",
     "Jet": "hope_attr.engine.jet",
+    "LayerHOPEAttribution": "hope_attr.attribution.layer",
+    "NeuronHOPEAttribution": "hope_attr.attribution.neuron",
     "PiecewiseLinearWarning": "hope_attr.attribution.convergence",
     "Resources": "hope_attr.engine.resources",
     "ReverseModeWarning": "hope_attr.engine.reverse",
@@ -46,6 +49,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
         PiecewiseLinearWarning,
     )
     from hope_attr.attribution.hope import HOPEAttribution
+    from hope_attr.attribution.layer import LayerHOPEAttribution
+    from hope_attr.attribution.neuron import NeuronHOPEAttribution
+    from hope_attr.attribution.result import HOPEResult
     from hope_attr.derivatives.mixed import mixed_derivatives
     from hope_attr.derivatives.unmixed import unmixed_derivatives
     from hope_attr.engine.configuration import show_config
@@ -84,7 +90,10 @@ __all__ = [  # the keys of _EXPORTS, spelled out for linters and `from hope_attr
     "Diagnostics",
     "DroppedDependenceWarning",
     "HOPEAttribution",
+    "HOPEResult",
     "Jet",
+    "LayerHOPEAttribution",
+    "NeuronHOPEAttribution",
     "PiecewiseLinearWarning",
     "Resources",
     "ReverseModeWarning",

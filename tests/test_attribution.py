@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import matplotlib
 import pytest
 import torch
@@ -11,6 +14,7 @@ from torch import nn
 
 import hope_attr
 from hope_attr import HOPEAttribution
+from tests.oracle import directional_reference, unmixed_reference
 
 matplotlib.use("Agg")
 
@@ -210,6 +214,115 @@ def test_bad_arguments_raise_clear_errors(point) -> None:
         HOPEAttribution(model, method="fast")
 
 
+@pytest.mark.parametrize(
+    ("arguments", "error", "match"),
+    [
+        ({"baselines": "zero"}, TypeError, r"baselines\[0\] must be a number or a tensor"),
+        ({"baselines": (0.0, 1.0)}, ValueError, "got 2 baselines for 1 inputs"),
+        ({"baselines": float("nan")}, ValueError, "NaN or Inf"),
+        ({"feature_mask": torch.zeros(1, 5)}, TypeError, "integer tensor of group ids"),
+        ({"feature_mask": torch.zeros(1, 4, dtype=torch.long)}, ValueError, "does not broadcast"),
+        ({"target": [0, 1]}, ValueError, "2 entries for a batch of 4"),
+        ({"target": (0, 1)}, ValueError, "indexes 2 output axes"),
+        ({"target": torch.tensor([0.0])}, TypeError, "must hold integers"),
+        ({"additional_forward_args": ([torch.zeros(1)],)}, TypeError, "list holding tensors"),
+    ],
+)
+def test_captum_arguments_that_do_not_fit_name_the_fix(point, arguments, error, match) -> None:
+    """Where Captum's own helpers would assert (or index out of bounds), a typed error."""
+    x, _ = point
+    arguments = {"target": 0, **arguments}
+    with pytest.raises(error, match=match):
+        HOPEAttribution(_smooth_mlp(), order=2).attribute(x, **arguments)
+    with pytest.raises(TypeError, match="inputs must be a tensor"):
+        HOPEAttribution(_smooth_mlp(), order=2).attribute([x], target=0)
+
+
+def test_attribute_with_details_against_nested_jvp_and_the_model(point) -> None:
+    """Each field against its own reference: the terms are ``-f^(k)/k! (b - x)^k`` by nested
+    jvp, the delta is the completeness gap of the model's own outputs."""
+    model = _smooth_mlp()
+    x, b = point
+    order, target = 6, 1
+    method = HOPEAttribution(model, order=order)
+    result = method.attribute_with_details(x, baselines=b, target=target)
+    derivatives = unmixed_reference(model, x, order)[:, :, target]  # (n, B, I)
+    k = torch.arange(1, order + 1, dtype=x.dtype).reshape(order, 1, 1)
+    factorials = torch.tensor([math.factorial(i) for i in range(1, order + 1)], dtype=x.dtype)
+    expected_terms = -derivatives / factorials.reshape(order, 1, 1) * (b - x) ** k
+    torch.testing.assert_close(result.terms, expected_terms, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(result.attributions, expected_terms.sum(0), rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        gap = model(x)[:, target] - model(b)[:, target]
+    torch.testing.assert_close(result.convergence_delta, expected_terms.sum((0, 2)) - gap)
+    # The truncation error estimate is the larger of the last two terms (the target's alone).
+    last_two = expected_terms[-2:].abs().amax(0)
+    torch.testing.assert_close(result.diagnostics.error, last_two, rtol=1e-10, atol=1e-14)
+    assert (result.diagnostics.radius > 1).all() and result.diagnostics.steps is None
+    # The flags of attribute() return the same values, by position.
+    flags = method.attribute(
+        x, baselines=b, target=target, return_orders=True, return_convergence_delta=True,
+        return_diagnostics=True,
+    )  # fmt: skip
+    torch.testing.assert_close(
+        flags[:3], (result.attributions, result.terms, result.convergence_delta)
+    )
+    torch.testing.assert_close(flags[3].radius, result.diagnostics.radius)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.terms = None  # type: ignore[misc]
+
+
+def test_attribute_with_details_of_tuple_inputs_and_groups() -> None:
+    """Groups across two inputs of a cubic (order 3 is exact): FeatureAblation's values, and
+    each group's terms by nested jvp along the group's move."""
+
+    def cubic(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return torch.stack([a[:, 0] * a[:, 1] * c[:, 0] + c[:, 1] ** 3, a[:, 0] ** 2 - c.sum(1)], 1)
+
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 4, dtype=torch.float64, generator=generator)
+    b = torch.randn(3, 4, dtype=torch.float64, generator=generator)
+    inputs, baselines = (x[:, :2], x[:, 2:]), (b[:, :2], b[:, 2:])
+    masks = (torch.tensor([[0, 1]]), torch.tensor([[1, 2]]))
+    result = HOPEAttribution(cubic, order=3).attribute_with_details(
+        inputs, baselines=baselines, target=0, feature_mask=masks
+    )
+    expected = FeatureAblation(cubic).attribute(
+        inputs, baselines=baselines, target=0, feature_mask=masks
+    )
+    assert isinstance(result.attributions, tuple) and isinstance(result.terms, tuple)
+    for actual, reference in zip(result.attributions, expected, strict=True):
+        torch.testing.assert_close(actual, reference, rtol=1e-12, atol=1e-12)
+    flat_mask = torch.cat(masks, 1).expand_as(x)
+    whole = lambda z: cubic(z[:, :2], z[:, 2:])[:, 0]  # noqa: E731
+    for group in range(3):
+        move = (flat_mask == group).to(x.dtype) * (b - x)
+        for k in range(1, 4):
+            term = -directional_reference(whole, x, move, k) / math.factorial(k)  # (B,)
+            actual = torch.cat([t[k - 1] for t in result.terms], 1)  # (B, 4)
+            torch.testing.assert_close(actual[flat_mask == group].reshape(3, -1)[:, 0], term)
+    with torch.no_grad():
+        gap = cubic(*inputs)[:, 0] - cubic(*baselines)[:, 0]
+    per_group = torch.stack([expected[0][:, 0], expected[0][:, 1], expected[1][:, 1]], 1)
+    torch.testing.assert_close(result.convergence_delta, per_group.sum(1) - gap)
+
+
+def test_internal_batch_size_is_the_old_name_of_directions_per_chunk(point, chunk_sizes) -> None:
+    model = _smooth_mlp()
+    x, b = point
+    method = HOPEAttribution(model, order=3)
+    new = method.attribute(x, baselines=b, target=0, directions_per_chunk=2)
+    assert chunk_sizes == [2, 2, 1]  # 5 features
+    with pytest.warns(FutureWarning, match="directions_per_chunk"):
+        old = method.attribute(x, baselines=b, target=0, internal_batch_size=2)
+    with pytest.warns(FutureWarning, match="directions_per_chunk"):
+        method.attribute_all_targets(x, baselines=b, internal_batch_size=2)
+    assert chunk_sizes == [2, 2, 1] * 3
+    torch.testing.assert_close(old, new, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="directions_per_chunk only"):
+        method.attribute(x, target=0, directions_per_chunk=2, internal_batch_size=2)
+
+
 def test_model_is_unchanged_after_attribution(point) -> None:
     model = _smooth_mlp()
     x, b = point
@@ -230,7 +343,7 @@ def test_show_progress_draws_a_bar_over_direction_chunks(capsys) -> None:
     model = _smooth_mlp()
     x = torch.rand(2, 5, dtype=torch.float64)
     HOPEAttribution(model, order=2).attribute(
-        x, target=0, show_progress=True, internal_batch_size=2
+        x, target=0, show_progress=True, directions_per_chunk=2
     )
     err = capsys.readouterr().err
     assert "HOPE attribution" in err and "5/5" in err  # 5 features, in chunks of 2
@@ -240,13 +353,13 @@ def test_unmixed_derivatives_shows_progress_over_direction_chunks(capsys) -> Non
     model = _smooth_mlp()
     x = torch.rand(2, 5, dtype=torch.float64)
     quiet = hope_attr.unmixed_derivatives(model, x, 3)
-    shown = hope_attr.unmixed_derivatives(model, x, 3, show_progress=True, internal_batch_size=2)
+    shown = hope_attr.unmixed_derivatives(model, x, 3, show_progress=True, directions_per_chunk=2)
     err = capsys.readouterr().err
     assert "hope_attr.unmixed_derivatives" in err and "5/5" in err
     assert torch.equal(quiet, shown)
 
 
-def test_group_chunks_are_resized_from_the_measured_series(monkeypatch, chunk_sizes) -> None:
+def test_group_chunks_are_resized_from_the_measured_series(policy, chunk_sizes) -> None:
     """A ReLU network stores one order of its series, not ``order``: after a first chunk sized
     by the bound, the other chunks of feature-mask directions are sized by what it measured."""
     from hope_attr.engine import expansion as _derivatives
@@ -259,9 +372,8 @@ def test_group_chunks_are_resized_from_the_measured_series(monkeypatch, chunk_si
     mask = torch.arange(16).reshape(1, 1, 4, 4)
     order = 4
     bound = order * 4 * 4 * 4 * 2 * 8 * _derivatives._TEMPORARY_COPIES  # the conv's output
-    monkeypatch.setattr(_derivatives, "_SERIES_BUDGET_BYTES", 2 * bound)
     # Jets, not the reverse mode a locally affine model would get (3 outputs, 16 groups).
-    monkeypatch.setattr(_derivatives._reverse, "pays", lambda *args, **kwargs: False)
+    policy(series_budget_bytes=2 * bound, reverse_mode=False)
     sizes = chunk_sizes
     with pytest.warns(hope_attr.PiecewiseLinearWarning):
         actual = HOPEAttribution(model, order=order).attribute_all_targets(x, feature_mask=mask)

@@ -253,6 +253,24 @@ def test_polynomial_is_exact_for_both_methods(method: str, index: str, max_order
         _assert_same(ours[example], reference, atol=1e-12)
 
 
+def test_directions_per_chunk_splits_the_taylor_jets_and_keeps_its_old_name(chunk_sizes) -> None:
+    """15 coalitions of 4 players, 4 jets at a time; ``internal_batch_size`` still works."""
+    x, b = _points(2, 4, seed=3), _points(1, 4, seed=4)
+    ours = hope_attr.interactions(
+        _cubic, x, b, index="k-SII", order=5, method="taylor", directions_per_chunk=4
+    )
+    assert chunk_sizes == [4, 4, 4, 3]
+    for example in range(2):
+        reference = _exact(_feature_game(_cubic, x[example], b[0]), 4)("k-SII", 2)
+        _assert_same(ours[example], reference, atol=1e-12)
+    with pytest.warns(FutureWarning, match="directions_per_chunk"):
+        old = hope_attr.interactions(
+            _cubic, x, b, index="k-SII", order=5, method="taylor", internal_batch_size=4
+        )
+    assert chunk_sizes == [4, 4, 4, 3] * 2
+    assert all(np.array_equal(a.values, c.values) for a, c in zip(old, ours, strict=True))
+
+
 def test_closed_form_shapley_values_of_a_product() -> None:
     """v = x1 x2 x3 with baseline 0: m({1,2,3}) = x1 x2 x3 and SV_i = m / 3 (by hand)."""
     x = torch.tensor([[0.5, -2.0, 3.0, 1.0]], dtype=DTYPE)

@@ -86,11 +86,11 @@ def test_memo_changes_no_result(monkeypatch: pytest.MonkeyPatch) -> None:
     x = torch.rand(2, 2, 12, 12, dtype=torch.float64) - 0.5
     mask = (torch.arange(144).reshape(12, 12) // 20).expand(1, 2, 12, 12)
     hope = hope_attr.HOPEAttribution(_model(), order=4)
-    with_memo = hope.attribute_all_targets(x, feature_mask=mask, internal_batch_size=2)
+    with_memo = hope.attribute_all_targets(x, feature_mask=mask, directions_per_chunk=2)
     derivatives = hope_attr.unmixed_derivatives(_model(), x, 3, directions_per_chunk=7)
     _without_memo(monkeypatch)
     # The same chunks: a matrix product's rounding may depend on how many rows it has.
-    without = hope.attribute_all_targets(x, feature_mask=mask, internal_batch_size=2)
+    without = hope.attribute_all_targets(x, feature_mask=mask, directions_per_chunk=2)
     assert torch.equal(with_memo, without)
     assert torch.equal(
         derivatives, hope_attr.unmixed_derivatives(_model(), x, 3, directions_per_chunk=7)

@@ -76,14 +76,14 @@ def test_reverse_mode_equals_the_jets_it_replaces(policy, backward_passes) -> No
     mask = torch.arange(64).reshape(1, 1, 8, 8) // 4  # 16 groups of 4 pixels
     hope = HOPEAttribution(model, order=4)
     with pytest.warns(hope_attr.PiecewiseLinearWarning):
-        fast = hope.attribute_all_targets(x, feature_mask=mask, internal_batch_size=2)
-    fast_pixels = hope.attribute(x, target=[0, 4, 2], internal_batch_size=8)
+        fast = hope.attribute_all_targets(x, feature_mask=mask, directions_per_chunk=2)
+    fast_pixels = hope.attribute(x, target=[0, 4, 2], directions_per_chunk=8)
     assert backward_passes == [5, 1]  # all classes; then one target per example
     policy(reverse_mode=False)
     hope = HOPEAttribution(model, order=4)
     with pytest.warns(hope_attr.PiecewiseLinearWarning):
-        jets = hope.attribute_all_targets(x, feature_mask=mask, internal_batch_size=2)
-    jets_pixels = hope.attribute(x, target=[0, 4, 2], internal_batch_size=8)
+        jets = hope.attribute_all_targets(x, feature_mask=mask, directions_per_chunk=2)
+    jets_pixels = hope.attribute(x, target=[0, 4, 2], directions_per_chunk=8)
     torch.testing.assert_close(fast, jets, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(fast_pixels, jets_pixels, rtol=1e-12, atol=1e-12)
 
@@ -95,7 +95,7 @@ def test_one_target_with_superpixels_is_one_backward_pass(backward_passes) -> No
     target = [3, 1]
     with pytest.warns(hope_attr.PiecewiseLinearWarning):
         actual, diagnostics = HOPEAttribution(model, order=4).attribute(
-            x, target=target, feature_mask=mask, internal_batch_size=1, return_diagnostics=True
+            x, target=target, feature_mask=mask, directions_per_chunk=1, return_diagnostics=True
         )
     assert backward_passes == [1]
     # A piecewise-linear net moves each group by its directional derivative (first order).
@@ -134,7 +134,7 @@ def test_one_chunk_or_more_outputs_than_directions_keeps_jets(backward_passes) -
     hope_attr.unmixed_derivatives(model, x, order=2)  # all 64 directions in one chunk
     mask = torch.arange(64).reshape(1, 1, 8, 8) // 8  # 8 groups, 5 outputs: 10 > 8
     with pytest.warns(hope_attr.PiecewiseLinearWarning):
-        HOPEAttribution(model).attribute_all_targets(x, feature_mask=mask, internal_batch_size=1)
+        HOPEAttribution(model).attribute_all_targets(x, feature_mask=mask, directions_per_chunk=1)
     assert backward_passes == []
 
 
@@ -287,11 +287,11 @@ def test_the_batch_runs_in_slices_that_fit_the_graph_budget(policy, backward_pas
         torch.testing.assert_close(coefficients[0, b], row[target[b]])
     with pytest.warns(hope_attr.PiecewiseLinearWarning):
         sliced = HOPEAttribution(model).attribute(
-            x, target=target, additional_forward_args=(shift, 0.5), internal_batch_size=2
+            x, target=target, additional_forward_args=(shift, 0.5), directions_per_chunk=2
         )
     policy(reverse_mode=False)
     jets = HOPEAttribution(model).attribute(
-        x, target=target, additional_forward_args=(shift, 0.5), internal_batch_size=2
+        x, target=target, additional_forward_args=(shift, 0.5), directions_per_chunk=2
     )
     torch.testing.assert_close(sliced, jets, rtol=1e-12, atol=1e-12)
 

@@ -61,7 +61,7 @@ def continue_paths(
     extra: tuple[Any, ...],
     order: int,
     tolerance: Tensor,
-    internal_batch_size: int | None = None,
+    directions_per_chunk: int | None = None,
     max_steps: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``f`` at the end of every path, and the Taylor steps each took.
@@ -74,7 +74,7 @@ def continue_paths(
         extra: additional forward arguments (tensors with batch ``B`` follow their example).
         order: Taylor order of each step (``>= 2``: the step control needs two orders).
         tolerance: ``(P,)`` absolute tolerance of each path's truncation error (largest output).
-        internal_batch_size: directions per chunk, passed to the expansion.
+        directions_per_chunk: feature directions per chunk, passed to the expansion.
         max_steps: Taylor steps before a path's end is evaluated directly (default
             :data:`TAYLOR_STEPS`).
 
@@ -103,7 +103,7 @@ def continue_paths(
                 tuple(points),
                 order,
                 _follow(extra, which, inputs[0].shape[0]),
-                internal_batch_size,
+                directions_per_chunk,
             )
             series = expansion.directional_coefficients(tuple(directions))[:, 0]  # (n, P', *O)
         if ends is None:
@@ -127,7 +127,7 @@ def continue_paths(
         direct = ~finish & (kink <= 1)
         if direct.any():
             ends[active[direct]] = _forward_ends(
-                forward_func, inputs, moves, example, extra, active[direct], internal_batch_size
+                forward_func, inputs, moves, example, extra, active[direct], directions_per_chunk
             )
 
         last = _convergence.tolerance_step(norms, limit)
@@ -140,7 +140,7 @@ def continue_paths(
         active = active[going]
     if active.numel():  # out of steps: evaluate the ends directly
         value = _forward_ends(
-            forward_func, inputs, moves, example, extra, active, internal_batch_size
+            forward_func, inputs, moves, example, extra, active, directions_per_chunk
         )
         if ends is None:
             ends = value.new_empty((num_paths, *value.shape[1:]))

@@ -81,7 +81,7 @@ def attribute_dataset(
         worker_resources: Ray resources per actor, e.g. ``{"num_gpus": 1}`` (default
             ``{"num_cpus": 1}``). A worker given a GPU moves its copy of the model there.
         show_progress: a progress bar over the batches.
-        **attribute_kwargs: passed on to ``attribute`` (e.g. ``internal_batch_size``,
+        **attribute_kwargs: passed on to ``attribute`` (e.g. ``directions_per_chunk``,
             ``n_steps``); tensors among them are recorded by their hash.
 
     Returns:

@@ -80,7 +80,7 @@ class ReverseModeWarning(UserWarning):
         >>> x = torch.linspace(-1, 1, 8, dtype=torch.float64).repeat(2, 1)
         >>> with warnings.catch_warnings(record=True) as caught:
         ...     warnings.simplefilter("always")
-        ...     d = hope_attr.unmixed_derivatives(Surrogate(), x, order=2, internal_batch_size=2)
+        ...     d = hope_attr.unmixed_derivatives(Surrogate(), x, order=2, directions_per_chunk=2)
         >>> any(w.category is hope_attr.ReverseModeWarning for w in caught)
         True
         >>> d[0, 1, 0].tolist()  # the derivative of the forward, not the doubled gradient

@@ -38,19 +38,11 @@ from torch import Tensor
 
 from hope_attr.attribution import convergence as _convergence
 from hope_attr.attribution.convergence import ConvergenceWarning
-from hope_attr.attribution.hope import (
-    _check_additional_args,
-    _detached,
-    _feature_ids,
-    _format_baselines,
-    _format_feature_mask,
-    _select_target,
-)
-from hope_attr.engine import threads as _threads
-from hope_attr.engine.dispatch import check_eval_mode
+from hope_attr.engine.expansion import directions_argument
 from hope_attr.engine.stacklevel import user_stacklevel
 from hope_attr.interaction import moebius as _moebius
 from hope_attr.interaction import residual_shapley as _residual_shapley
+from hope_attr.interaction.game import Game, format_game
 
 if TYPE_CHECKING:
     from shapiq import InteractionValues
@@ -60,12 +52,8 @@ METHODS = ("moebius", "taylor")
 # The default order keeps each example's coalitions (or jets) under this count: every index is
 # exact up to p = 14 players, and a few thousand evaluations per example buy order 4 at p = 24.
 _DEFAULT_COALITIONS = 2**14
-# Model inputs per forward call of method="moebius" (rows times features), about 32 MiB in
-# float64: large enough that the per-call overhead vanishes, small enough to share a machine.
-_ELEMENTS_PER_CALL = 2**22
 
 
-@_threads.on_free_cores
 def interactions(
     forward_func: Callable[..., Tensor],
     inputs: Tensor | tuple[Tensor, ...],
@@ -79,10 +67,11 @@ def interactions(
     feature_mask: Tensor | tuple[Tensor, ...] | None = None,
     additional_forward_args: Any = None,
     max_coalitions: int = 2**22,
-    internal_batch_size: int | None = None,
+    directions_per_chunk: int | None = None,
     return_truncation: bool = False,
     permutations: int = 0,
     random_state: int | None = None,
+    internal_batch_size: int | None = None,
 ) -> list[InteractionValues] | tuple[list[InteractionValues], list[InteractionValues]]:
     """Shapley values and interaction indices of each example, as ``shapiq.InteractionValues``.
 
@@ -126,7 +115,8 @@ def interactions(
         additional_forward_args: passed after the inputs; tensors whose first axis is the batch
             are repeated along with the coalitions.
         max_coalitions: refuse more than this many coalitions (or jets) per example.
-        internal_batch_size: jets per propagation for ``"taylor"`` (memory).
+        directions_per_chunk: jets propagated at once for ``"taylor"`` (memory); ``None``
+            lets the engine size the chunks.
         return_truncation: also return, per example, the change of every reported value from
             ``order - 1`` to ``order`` (the share of the size-``order`` coalitions for
             ``"moebius"``, of the degree-``order`` terms for ``"taylor"``): an estimate of what
@@ -142,6 +132,7 @@ def interactions(
             At ``p!`` or more (up to 8 players) every order is used once: exact. 0 (default):
             the truncation alone, deterministic.
         random_state: seed of the sampled permutations (``None``: a fresh random seed).
+        internal_batch_size: the old name of ``directions_per_chunk`` (FutureWarning).
 
     Returns:
         One ``shapiq.InteractionValues`` per example, with ``index``, ``max_order``,
@@ -168,6 +159,60 @@ def interactions(
         >>> bool(abs(efficiency - model(x[:1]).item()) < 1e-12)
         True
     """
+    shapiq = _import_shapiq()
+    if index not in INDICES:
+        raise ValueError(f"index must be one of {INDICES}, got {index!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    chunk = directions_argument(directions_per_chunk, internal_batch_size)
+    game = format_game(
+        forward_func, inputs, baselines, target, feature_mask, additional_forward_args
+    )
+    max_order, order = _check_orders(index, max_order, order, game.num_players, max_coalitions)
+    size = min(order, game.num_players)  # the largest coalition kept
+    cost = _moebius.lattice_size(game.num_players, size)
+    if cost > max_coalitions:
+        raise ValueError(
+            f"{game.num_players} players at order {order} need sum_(s<={size}) "
+            f"C({game.num_players}, s) = {cost} {'jets' if method == 'taylor' else 'coalitions'} "
+            f"per example, over max_coalitions={max_coalitions}: lower order, group features "
+            "into fewer players with feature_mask, or raise max_coalitions"
+        )
+    _check_permutations(permutations, random_state, index, method)
+    lattice = _moebius.lattice(game.num_players, size)
+    if method == "moebius":
+        moebius, previous = _moebius_by_coalitions(game, lattice)
+    else:
+        moebius, previous = _moebius_by_jets(game, lattice, order, chunk)
+
+    interactions_list = _moebius.interaction_masks(game.num_players, max_order)
+    values = _moebius.index_values(lattice, moebius, index, max_order, interactions_list)
+    estimated = method == "taylor" or size < game.num_players
+    sampled = permutations > 0 and size < game.num_players
+    if sampled:
+        residual, evaluations, exact = _sampled_residual(
+            game.values, lattice, moebius, permutations, random_state
+        )
+        values[1:] += residual  # SV: the empty interaction first, then the players in order
+        cost += evaluations
+        estimated = not exact
+    wrap = functools.partial(
+        _interaction_values, shapiq, interactions_list, index, max_order, game.num_players, cost
+    )
+    empty_values = moebius[0]  # m(empty) = v(empty): the output with every player at baseline
+    result = wrap(values, empty_values, estimated)
+    if not return_truncation:
+        return result
+    if sampled:
+        changes = torch.cat([torch.zeros_like(residual[:1]), residual])
+    else:
+        changes = values - _moebius.index_values(
+            lattice, previous, index, max_order, interactions_list
+        )
+    return result, wrap(changes, torch.zeros_like(empty_values), True)
+
+
+def _import_shapiq() -> Any:
     try:
         import shapiq
     except ImportError as error:  # pragma: no cover - exercised with shapiq hidden
@@ -175,91 +220,57 @@ def interactions(
             "hope_attr.interactions returns shapiq.InteractionValues: install shapiq with "
             "`pip install hope_attr[interactions]`"
         ) from error
-    if index not in INDICES:
-        raise ValueError(f"index must be one of {INDICES}, got {index!r}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if not callable(forward_func):
-        raise TypeError(f"forward_func must be a model or a function, got {type(forward_func)}")
-    check_eval_mode(forward_func)  # Dropout in training mode would make the game random
-    inputs_tuple = _detached(inputs)
-    _check_inputs(inputs_tuple)
-    _check_additional_args(additional_forward_args)
-    baselines_tuple = _format_baselines(baselines, inputs_tuple)
-    masks = _format_feature_mask(feature_mask, inputs_tuple)
-    players = masks if masks is not None else _feature_ids(inputs_tuple)
-    num_players = int(max(int(m.max()) for m in players)) + 1
-    max_order, order = _check_orders(index, max_order, order, num_players, max_coalitions)
-    size = min(order, num_players)  # the largest coalition kept
-    cost = _moebius.lattice_size(num_players, size)
-    if cost > max_coalitions:
-        raise ValueError(
-            f"{num_players} players at order {order} need sum_(s<={size}) C({num_players}, s) = "
-            f"{cost} {'jets' if method == 'taylor' else 'coalitions'} per example, over "
-            f"max_coalitions={max_coalitions}: lower order, group features into fewer players "
-            "with feature_mask, or raise max_coalitions"
+    return shapiq
+
+
+def _moebius_by_coalitions(game: Game, lattice: _moebius.Lattice) -> tuple[Tensor, Tensor]:
+    """``m(T)`` from the game on every coalition of the lattice, and what order - 1 gives."""
+    values = game.values(lattice.masks)
+    # The transforms add and subtract up to 2^n values: in float64, on the lattice's device.
+    moebius = lattice.moebius(values.to("cpu", torch.float64))  # (N, B)
+    # What order - 1 would have given: the same coefficients without the largest coalitions.
+    previous = torch.where((lattice.sizes < lattice.size)[:, None], moebius, 0.0)
+    return moebius, previous
+
+
+def _moebius_by_jets(
+    game: Game, lattice: _moebius.Lattice, order: int, chunk: int | None
+) -> tuple[Tensor, Tensor]:
+    """``m_n(T)`` from the Taylor polynomial at the baseline, and ``m_{n-1}(T)``."""
+    series, at_baseline = game.vertex_series(lattice, order, chunk)
+    _warn_if_diverging(series)
+    series, at_baseline = series.to("cpu", torch.float64), at_baseline.to("cpu", torch.float64)
+    moebius = lattice.moebius(_vertex_sums(series, at_baseline))
+    previous = lattice.moebius(_vertex_sums(series[:-1], at_baseline))
+    return moebius, previous
+
+
+def _interaction_values(
+    shapiq: Any,
+    interactions_list: list[tuple[int, ...]],
+    index: str,
+    max_order: int,
+    num_players: int,
+    cost: int,
+    table: Tensor,
+    baseline_values: Tensor,
+    is_estimate: bool,
+) -> list[InteractionValues]:
+    """One ``shapiq.InteractionValues`` per example (a column of ``table``)."""
+    return [
+        shapiq.InteractionValues(
+            values=dict(zip(interactions_list, column.tolist(), strict=True)),
+            index=index,
+            max_order=max_order,
+            min_order=0,
+            n_players=num_players,
+            interaction_lookup={s: i for i, s in enumerate(interactions_list)},
+            estimated=is_estimate,
+            estimation_budget=cost,
+            baseline_value=float(baseline_values[b]),
         )
-
-    _check_permutations(permutations, random_state, index, method)
-    lattice = _moebius.lattice(num_players, size)
-    extra = _as_tuple(additional_forward_args)
-    evaluate = functools.partial(
-        _coalition_values, forward_func, inputs_tuple, baselines_tuple, players, extra, target
-    )
-    if method == "moebius":
-        game = evaluate(lattice.masks)
-        # The transforms add and subtract up to 2^n values: in float64, on the lattice's device.
-        moebius = lattice.moebius(game.to("cpu", torch.float64))  # (N, B)
-        # What order - 1 would have given: the same coefficients without the largest coalitions.
-        previous = torch.where((lattice.sizes < size)[:, None], moebius, 0.0)
-    else:
-        series, at_baseline = _vertex_series(
-            forward_func, inputs_tuple, baselines_tuple, players, extra, target, lattice, order,
-            internal_batch_size,
-        )  # fmt: skip
-        _warn_if_diverging(series)
-        series, at_baseline = series.to("cpu", torch.float64), at_baseline.to("cpu", torch.float64)
-        moebius = lattice.moebius(_vertex_sums(series, at_baseline))
-        previous = lattice.moebius(_vertex_sums(series[:-1], at_baseline))
-
-    interactions_list = _moebius.interaction_masks(num_players, max_order)
-    values = _moebius.index_values(lattice, moebius, index, max_order, interactions_list)
-    estimated = method == "taylor" or size < num_players
-    if permutations and size < num_players:
-        residual, evaluations, exact = _sampled_residual(
-            evaluate, lattice, moebius, permutations, random_state
-        )
-        values[1:] += residual  # SV: the empty interaction first, then the players in order
-        cost += evaluations
-        estimated = not exact
-    empty_values = moebius[0]  # m(empty) = v(empty): the output with every player at baseline
-
-    def wrap(table: Tensor, baseline_values: Tensor, *, is_estimate: bool) -> list:
-        return [
-            shapiq.InteractionValues(
-                values=dict(zip(interactions_list, column.tolist(), strict=True)),
-                index=index,
-                max_order=max_order,
-                min_order=0,
-                n_players=num_players,
-                interaction_lookup={s: i for i, s in enumerate(interactions_list)},
-                estimated=is_estimate,
-                estimation_budget=cost,
-                baseline_value=float(baseline_values[b]),
-            )
-            for b, column in enumerate(table.T)
-        ]  # fmt: skip
-
-    result = wrap(values, empty_values, is_estimate=estimated)
-    if not return_truncation:
-        return result
-    if permutations and size < num_players:
-        changes = torch.cat([torch.zeros_like(residual[:1]), residual])
-    else:
-        changes = values - _moebius.index_values(
-            lattice, previous, index, max_order, interactions_list
-        )
-    return result, wrap(changes, torch.zeros_like(empty_values), is_estimate=True)
+        for b, column in enumerate(table.T)
+    ]
 
 
 def _check_permutations(
@@ -304,24 +315,6 @@ def _sampled_residual(
     return residual, coalitions.numel(), every
 
 
-def _check_inputs(inputs: tuple[Tensor, ...]) -> None:
-    if not inputs:
-        raise ValueError("inputs is an empty tuple; pass a tensor or a tuple of tensors")
-    for position, x in enumerate(inputs):
-        name = "inputs" if len(inputs) == 1 else f"inputs[{position}]"
-        if not isinstance(x, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"{name} has dtype {x.dtype}: convert with .float() or .double()")
-        if x.dim() < 1 or x.shape[0] == 0 or x.shape[0] != inputs[0].shape[0]:
-            raise ValueError(
-                f"{name} has shape {tuple(x.shape)}: every input needs the same non-empty "
-                "batch axis first"
-            )
-        if not torch.isfinite(x).all():
-            raise ValueError(f"{name} contains NaN or Inf: the game's values are undefined there")
-
-
 def _check_orders(
     index: str, max_order: int | None, order: int | None, num_players: int, max_coalitions: int
 ) -> tuple[int, int]:
@@ -352,113 +345,6 @@ def _check_orders(
             f"the Moebius coefficients up to that size; pass order >= {max_order}"
         )
     return max_order, order
-
-
-def _as_tuple(additional_forward_args: Any) -> tuple[Any, ...]:
-    if additional_forward_args is None:
-        return ()
-    if isinstance(additional_forward_args, tuple):
-        return additional_forward_args
-    return (additional_forward_args,)
-
-
-def _members(
-    coalitions: Tensor, players: tuple[Tensor, ...], inputs: tuple[Tensor, ...]
-) -> list[Tensor]:
-    """``(C,)`` bitmasks -> per input ``(C, B, *I)``: 1 where the feature's player is present."""
-    result = []
-    for ids, x in zip(players, inputs, strict=True):
-        shifted = coalitions.reshape(-1, *([1] * ids.dim())) >> ids.unsqueeze(0)
-        result.append((shifted & 1).to(x.dtype))
-    return result
-
-
-def _coalition_values(
-    forward_func: Callable[..., Tensor],
-    inputs: tuple[Tensor, ...],
-    baselines: tuple[Tensor, ...],
-    players: tuple[Tensor, ...],
-    extra: tuple[Any, ...],
-    target: Any,
-    coalitions: Tensor,
-) -> Tensor:
-    """``(C, B)``: the target output on every coalition (``(C,)`` bitmasks)."""
-    batch = inputs[0].shape[0]
-    per_row = sum(x[0].numel() for x in inputs)
-    chunk = max(1, _ELEMENTS_PER_CALL // (per_row * batch))
-    values = []
-    with torch.no_grad():
-        for start in range(0, coalitions.numel(), chunk):
-            part = coalitions[start : start + chunk]
-            count = part.numel()
-            members = _members(part.to(inputs[0].device), players, inputs)
-            moved = tuple(
-                (b + present * (x - b)).reshape(count * batch, *x.shape[1:])
-                for x, b, present in zip(inputs, baselines, members, strict=True)
-            )
-            output = forward_func(*moved, *_repeated(extra, batch, count))
-            _check_output(output, count * batch)
-            output = output.reshape(count, batch, *output.shape[1:])
-            values.append(_select_target(output, target, output.shape[2:]))
-    return torch.cat(values)
-
-
-def _check_output(output: object, rows: int) -> None:
-    if not isinstance(output, Tensor):
-        raise TypeError(f"forward_func must return one tensor (B, *O), got {type(output).__name__}")
-    if output.dim() == 0 or output.shape[0] != rows:
-        raise ValueError(
-            f"forward_func returned shape {tuple(output.shape)} for {rows} rows: the output must "
-            "keep the batch axis first, one row per example"
-        )
-
-
-def _repeated(extra: tuple[Any, ...], batch: int, count: int) -> tuple[Any, ...]:
-    # Rows are laid out coalition-major, (count, batch): a per-example tensor repeats whole.
-    return tuple(
-        a.repeat(count, *([1] * (a.dim() - 1)))
-        if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == batch
-        else a
-        for a in extra
-    )
-
-
-# Directions per call of the expansion: bounds the (D, B, *I) direction tensor built here; the
-# expansion splits each call further to fit its own memory budget.
-_DIRECTIONS_PER_CALL = 4096
-
-
-def _vertex_series(
-    forward_func: Callable[..., Tensor],
-    inputs: tuple[Tensor, ...],
-    baselines: tuple[Tensor, ...],
-    players: tuple[Tensor, ...],
-    extra: tuple[Any, ...],
-    target: Any,
-    lattice: _moebius.Lattice,
-    order: int,
-    internal_batch_size: int | None,
-) -> tuple[Tensor, Tensor]:
-    """Taylor coefficients ``(n, N - 1, B)`` of ``t -> f(b + t 1_S (x - b))`` at ``t = 0`` for
-    every non-empty coalition ``S``, and ``f(b)`` ``(B,)``."""
-    from hope_attr.engine.expansion import Expansion
-
-    start_points = tuple(b.contiguous() for b in baselines)
-    expansion = Expansion(forward_func, start_points, order, extra, internal_batch_size)
-    output_shape = expansion.output.shape[1:]
-    at_baseline = _select_target(expansion.output.unsqueeze(0), target, output_shape)[0]
-    steps = tuple(x - b for x, b in zip(inputs, baselines, strict=True))
-    chunks = []
-    coalitions = lattice.masks[1:]
-    for start in range(0, coalitions.numel(), _DIRECTIONS_PER_CALL):
-        chunk = coalitions[start : start + _DIRECTIONS_PER_CALL].to(inputs[0].device)
-        members = _members(chunk, players, inputs)
-        directions = tuple(m * s for m, s in zip(members, steps, strict=True))
-        coefficients = expansion.directional_coefficients(directions)  # (n, D, B, *O)
-        n, count = coefficients.shape[:2]
-        flat = coefficients.reshape(n * count, *coefficients.shape[2:])
-        chunks.append(_select_target(flat, target, output_shape).reshape(n, count, -1))
-    return torch.cat(chunks, 1), at_baseline
 
 
 def _vertex_sums(series: Tensor, at_baseline: Tensor) -> Tensor:
