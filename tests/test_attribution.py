@@ -225,7 +225,7 @@ def test_bad_arguments_raise_clear_errors(point) -> None:
         ({"target": [0, 1]}, ValueError, "2 entries for a batch of 4"),
         ({"target": (0, 1)}, ValueError, "indexes 2 output axes"),
         ({"target": torch.tensor([0.0])}, TypeError, "must hold integers"),
-        ({"additional_forward_args": ([torch.zeros(1)],)}, TypeError, "list holding tensors"),
+        ({"feature_mask": torch.tensor([[0, -1, 1, 1, 2]])}, ValueError, "negative id -1"),
     ],
 )
 def test_captum_arguments_that_do_not_fit_name_the_fix(point, arguments, error, match) -> None:

@@ -195,10 +195,15 @@ def test_issue_12_item_6_inputs() -> None:
         def forward(self, x: torch.Tensor, extra: list) -> torch.Tensor:
             return torch.tanh(x * extra[1] + extra[0])
 
-    x = torch.rand(2, 3)
-    hope = HOPEAttribution(Scaled())
-    with pytest.raises(TypeError, match="list holding tensors"):
-        hope.attribute(x, target=0, additional_forward_args=([torch.rand(2, 3), 0.5],))
+    x = torch.rand(2, 3, dtype=torch.float64)
+    # Tensors inside containers pass through, as FeatureAblation passes them (issue 30): the
+    # per-example bias follows its example along continuation's paths.
+    extra = ([torch.rand(2, 3, dtype=torch.float64), 0.5],)
+    measured = FeatureAblation(Scaled()).attribute(x, target=0, additional_forward_args=extra)
+    hope = HOPEAttribution(Scaled(), order=4, method="continuation")
+    got = hope.attribute(x, target=0, additional_forward_args=extra)
+    torch.testing.assert_close(got, measured, rtol=1e-10, atol=1e-12)
+    x = x.float()
     linear = nn.Sequential(nn.Linear(3, 4), nn.Tanh())
     with pytest.raises(ValueError, match="reshape"):
         HOPEAttribution(linear).attribute(x, target=torch.tensor([[1], [2]]))

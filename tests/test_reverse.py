@@ -6,6 +6,8 @@ engine's own forward jets with reverse mode switched off.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -368,3 +370,25 @@ def test_an_integer_cast_is_a_step_with_zero_derivative(policy) -> None:
     derivatives = hope_attr.unmixed_derivatives(model, x, order=2)
     torch.testing.assert_close(derivatives[0], torch.ones(3, 2, 4, dtype=torch.float64))
     assert (derivatives[1] == 0).all()
+
+
+def test_per_example_tensors_inside_containers_follow_their_slice(policy, backward_passes) -> None:
+    """Reverse mode runs slices of the batch: a per-example tensor inside a list of additional
+    arguments must be sliced with them (issue 30: such arguments used to be refused)."""
+    torch.manual_seed(0)
+    lin = nn.Linear(32, 2).double()
+
+    def model(x: torch.Tensor, extra: list) -> torch.Tensor:
+        return torch.relu(lin(x * extra[1] + extra[0]))
+
+    x = torch.randn(3, 32, dtype=torch.float64)
+    extra = [torch.randn(3, 32, dtype=torch.float64), 0.5]
+    policy(graph_budget_bytes=1, directions_per_chunk=4)  # one example per slice
+    with warnings.catch_warnings():  # a wrongly sliced argument would fall back to jets, warning
+        warnings.simplefilter("error", hope_attr.ReverseModeWarning)
+        derivatives = hope_attr.unmixed_derivatives(model, x, 2, additional_forward_args=(extra,))
+    assert backward_passes
+    for b in range(3):
+        row = torch.func.jacrev(lambda e, b=b: model(e[None], [extra[0][b : b + 1], 0.5])[0])(x[b])
+        torch.testing.assert_close(derivatives[0, b], row)
+    assert torch.all(derivatives[1] == 0)

@@ -36,7 +36,6 @@ __all__ = [
     "FeatureMaskType",
     "as_input_form",
     "check_inputs",
-    "check_jet_arguments",
     "format_additional_args",
     "format_baselines",
     "format_feature_mask",
@@ -219,7 +218,13 @@ def format_feature_mask(
 def _check_group_ids(masks: list[Tensor]) -> None:
     # Groups index tensors of G entries: an unused id would be a group without features.
     ids = torch.unique(torch.cat([m.reshape(-1) for m in masks]))
-    if ids.min() < 0 or not torch.equal(ids, torch.arange(len(ids), device=ids.device)):
+    if ids.min() < 0:
+        raise ValueError(
+            f"feature_mask holds the negative id {int(ids.min())} (negative id "
+            f"{int(ids.min())}): group ids must be 0..G-1. Renumber the groups, e.g. with "
+            "torch.unique(mask, return_inverse=True)."
+        )
+    if not torch.equal(ids, torch.arange(len(ids), device=ids.device)):
         missing = sorted(set(range(int(ids.max()) + 1)) - set(ids.tolist()))[:5]
         raise ValueError(
             "feature_mask ids must be exactly 0..G-1 with every id used "
@@ -236,39 +241,6 @@ def format_additional_args(additional_forward_args: Any) -> tuple[Any, ...]:
         ((0.5,), ())
     """
     return _format_additional_forward_args(additional_forward_args) or ()
-
-
-def check_jet_arguments(extra: tuple[Any, ...]) -> None:
-    """Additional arguments the expansion can pass on: no tensors inside containers.
-
-    Raises:
-        TypeError: an entry is a list, dict, tuple or set holding tensors: the model is run on
-            jets, which must be arguments of their own.
-
-    Example:
-        >>> import torch
-        >>> check_jet_arguments(([torch.zeros(1)],))
-        Traceback (most recent call last):
-        ...
-        TypeError: additional_forward_args[0] is a list holding tensors; ...
-    """
-    for index, value in enumerate(extra):
-        if isinstance(value, (list, dict, tuple, set)) and _holds_tensor(value):
-            raise TypeError(
-                f"additional_forward_args[{index}] is a {type(value).__name__} holding tensors; "
-                "the traced model takes tensors only as arguments of their own: pass them as "
-                "separate entries, e.g. additional_forward_args=(t, 0.5) with forward(x, t, s)"
-            )
-
-
-def _holds_tensor(value: Any) -> bool:
-    if isinstance(value, Tensor):
-        return True
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, (list, tuple, set)):
-        return any(_holds_tensor(v) for v in value)
-    return False
 
 
 def select_target(values: Tensor, target: TargetType, output_shape: torch.Size) -> Tensor:

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from hope_attr.attribution import convergence as _convergence
 from hope_attr.engine import kinks as _kinks
+from hope_attr.engine.batching import follow_examples
 from hope_attr.engine.expansion import Expansion
 
 # Taylor steps a path may take before its end is evaluated directly (see the module docstring).
@@ -102,7 +103,7 @@ def continue_paths(
                 forward_func,
                 tuple(points),
                 order,
-                _follow(extra, which, inputs[0].shape[0]),
+                follow_examples(extra, which, inputs[0].shape[0]),
                 directions_per_chunk,
             )
             series = expansion.directional_coefficients(tuple(directions))[:, 0]  # (n, P', *O)
@@ -166,15 +167,5 @@ def _forward_ends(
         which = example[part]
         points = tuple(x[which] + move[part] for x, move in zip(inputs, moves, strict=True))
         with torch.no_grad():
-            values.append(forward_func(*points, *_follow(extra, which, inputs[0].shape[0])))
+            values.append(forward_func(*points, *follow_examples(extra, which, inputs[0].shape[0])))
     return torch.cat(values)
-
-
-def _follow(extra: tuple[Any, ...], which: Tensor, batch: int) -> tuple[Any, ...]:
-    """Extra arguments for the points: tensors with the batch axis follow each path's example."""
-    return tuple(
-        value[which]
-        if isinstance(value, Tensor) and value.dim() and value.shape[0] == batch
-        else value
-        for value in extra
-    )

@@ -406,7 +406,6 @@ class HOPEAttribution(Attribution):
         self._method.check_groups(feature_mask)
         formatted = _arguments.format_inputs(inputs)
         extra = _arguments.format_additional_args(additional_forward_args)
-        _arguments.check_jet_arguments(extra)
         return Call(
             inputs=formatted,
             baselines=_arguments.format_baselines(baselines, formatted),

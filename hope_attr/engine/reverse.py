@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from hope_attr.engine.batching import follow_examples
 from hope_attr.engine.jet import Jet
 
 __all__ = [
@@ -173,7 +174,7 @@ def jacobian_rows(
         for start in range(0, batch, examples_per_pass):
             part = slice(start, min(batch, start + examples_per_pass))
             leaves = [x[part].clone().requires_grad_() for x in inputs]
-            args = [_batch_slice(a, part, batch) for a in extra]
+            args = follow_examples(list(extra), part, batch)
             try:
                 output = forward_func(*leaves, *args)
                 kept = output.reshape(output.shape[0], -1).gather(1, index[part])
@@ -207,12 +208,6 @@ def jacobian_rows(
                 for row, grad in zip(rows, grads, strict=True):
                     row[k, part] = grad
     return rows
-
-
-def _batch_slice(value: object, part: slice, batch: int) -> object:
-    if isinstance(value, Tensor) and value.dim() and value.shape[0] == batch:
-        return value[part]
-    return value
 
 
 def _first_line(error: Exception) -> str:

@@ -138,7 +138,6 @@ def format_game(
     inputs_tuple = _arguments.format_inputs(inputs)
     _arguments.check_inputs(inputs_tuple)
     extra = _arguments.format_additional_args(additional_forward_args)
-    _arguments.check_jet_arguments(extra)
     masks = _arguments.format_feature_mask(feature_mask, inputs_tuple)
     players = masks if masks is not None else _groups.feature_ids(inputs_tuple)
     return Game(
