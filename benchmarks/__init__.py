@@ -1,5 +1,8 @@
-"""Benchmarks of hope_attr.
+"""Benchmarks of hope_attr: scripts, run from the repository root (``python benchmarks/X.py``).
 
-``derivatives`` times the derivative engine (a script); ``attribution`` is the harness that
-compares HOPE with Captum's attribution methods (a library, used by examples/mnist/tutorial.py).
+Every script shares :mod:`benchmarks._harness` (timing, the run's environment, the report written
+with ``--markdown PATH`` and its results with ``--json PATH``); ``benchmarks/compare.py`` runs one
+script for two source trees and prints their results side by side. :mod:`benchmarks.methods` and
+:mod:`benchmarks.attribution` are also a library: the attribution methods compared and the scores
+of ``examples/mnist/tutorial.py``. The committed results are in ``benchmarks/results/``.
 """

@@ -1,7 +1,8 @@
-"""Benchmark harness: attribution methods side by side on the same images.
+"""Attribution methods side by side on the same images: time, agreement and faithfulness.
 
-For every method of a registry (HOPE at several orders, exact and the paper's diagonal rule, and
-Captum's gradient, perturbation and LRP methods), on the same ``N`` images and targets:
+For every method of a registry (:mod:`benchmarks.methods`: HOPE at several orders, exact and the
+paper's diagonal rule, and Captum's gradient, perturbation and LRP methods), on the same ``N``
+images and targets:
 
 * ``s/image``: the median wall time of one call on one image (a warm-up call first, excluded;
   every method runs in this process under the same ``torch`` thread setting);
@@ -16,6 +17,11 @@ Captum's gradient, perturbation and LRP methods), on the same ``N`` images and t
   (f(x) - f(baseline))`` for HOPE, IntegratedGradients, DeepLift and GradientShap, and the
   relevance conservation ``sum(R) - f(x)`` for LRP.
 
+The registry's names are importable from here too (the MNIST tutorial and its tests use them);
+the timing, environment and report helpers every benchmark script shares are in
+:mod:`benchmarks._harness`; ``python benchmarks/attribution.py --quantus`` runs
+:mod:`benchmarks.quantus_eval`.
+
 Example (a toy linear model, on which HOPE and FeatureAblation agree exactly)::
 
     >>> import torch
@@ -29,294 +35,57 @@ Example (a toy linear model, on which HOPE and FeatureAblation agree exactly)::
 
 from __future__ import annotations
 
-import copy
+import argparse
 import math
 import statistics
+import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from captum.attr import (
-    LRP,
-    Attribution,
-    DeepLift,
-    FeatureAblation,
-    GradientShap,
-    InputXGradient,
-    IntegratedGradients,
-    KernelShap,
-    Lime,
-    NoiseTunnel,
-    Occlusion,
-    Saliency,
-    ShapleyValueSampling,
-)
-from captum.attr._utils.lrp_rules import EpsilonRule
 from captum.metrics import infidelity, infidelity_perturb_func_decorator, sensitivity_max
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from scipy.stats import rankdata
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from hope_attr import HOPEAttribution
+if __name__ == "__main__":  # run as a script: this checkout's benchmarks and hope_attr
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-BASELINE = 0.0  # every method ablates towards (or integrates from) the black image
-REMOVED_SHARE = 0.2  # infidelity's perturbations set this share of the pixels to the baseline
-REFERENCE = "FeatureAblation"
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Sample counts and sizes of the methods and metrics (a run's cost knobs)."""
-
-    ig_steps: int = 32
-    noise_samples: int = 10
-    noise_stdev: float = 0.1
-    gradient_shap_samples: int = 10
-    shapley_permutations: int = 4
-    lime_samples: int = 100
-    superpixel: int = 4
-    occlusion_window: int = 4
-    occlusion_stride: int = 2
-    perturbations_per_eval: int = 64
-    infidelity_samples: int = 8
-    sensitivity_samples: int = 3
-    curve_steps: int = 20
-
-    @classmethod
-    def tiny(cls) -> Budget:
-        """A smoke-test budget: every method runs, few samples each."""
-        return cls(
-            ig_steps=4,
-            noise_samples=2,
-            gradient_shap_samples=2,
-            shapley_permutations=1,
-            lime_samples=16,
-            infidelity_samples=2,
-            sensitivity_samples=1,
-            curve_steps=5,
-        )
-
-
-Options = Callable[[Tensor, Budget], dict[str, Any]]
-
-
-def _no_options(inputs: Tensor, budget: Budget) -> dict[str, Any]:
-    return {}
-
-
-def _baseline(inputs: Tensor, budget: Budget) -> dict[str, Any]:
-    return {"baselines": BASELINE}
-
-
-def _always(model: nn.Module) -> bool:
-    return True
-
-
-@dataclass(frozen=True)
-class Method:
-    """One row of the registry: how to build the explainer and call its ``attribute``.
-
-    Attributes:
-        name: the label in tables and figures.
-        make: builds the Captum attribution object for a model.
-        options: the keyword arguments of ``attribute`` besides ``inputs`` and ``target``.
-        applies: whether the method is meant for a model (LRP: ReLU networks only).
-    """
-
-    name: str
-    make: Callable[[nn.Module], Attribution]
-    options: Options = _no_options
-    applies: Callable[[nn.Module], bool] = _always
-
-
-def superpixel_mask(shape: Sequence[int], size: int) -> Tensor:
-    """Feature ids ``(1, 1, H, W)`` of ``size x size`` blocks (shared by all channels)."""
-    height, width = shape[-2], shape[-1]
-    rows = torch.arange(height) // size
-    columns = torch.arange(width) // size
-    ids = rows[:, None] * math.ceil(width / size) + columns[None, :]
-    return ids.reshape(1, 1, height, width)
-
-
-def _superpixels(samples: Callable[[Budget], int]) -> Options:
-    def options(inputs: Tensor, budget: Budget) -> dict[str, Any]:
-        return {
-            "baselines": BASELINE,
-            "feature_mask": superpixel_mask(inputs.shape, budget.superpixel),
-            "n_samples": samples(budget),
-        }
-
-    return options
-
-
-def _integrated_gradients(inputs: Tensor, budget: Budget) -> dict[str, Any]:
-    return {"baselines": BASELINE, "n_steps": budget.ig_steps}
-
-
-def _gradient_shap(inputs: Tensor, budget: Budget) -> dict[str, Any]:
-    return {
-        "baselines": torch.full_like(inputs[:1], BASELINE),
-        "n_samples": budget.gradient_shap_samples,
-        "stdevs": budget.noise_stdev,
-    }
-
-
-def _smoothgrad(inputs: Tensor, budget: Budget) -> dict[str, Any]:
-    return {
-        "nt_type": "smoothgrad",
-        "nt_samples": budget.noise_samples,
-        "stdevs": budget.noise_stdev,
-    }
-
-
-def _feature_ablation(inputs: Tensor, budget: Budget) -> dict[str, Any]:
-    return {"baselines": BASELINE, "perturbations_per_eval": budget.perturbations_per_eval}
-
-
-def _occlusion(inputs: Tensor, budget: Budget) -> dict[str, Any]:
-    channels = inputs.shape[1]
-    window, stride = budget.occlusion_window, budget.occlusion_stride
-    return {
-        "sliding_window_shapes": (channels, window, window),
-        "strides": (channels, stride, stride),
-        "baselines": BASELINE,
-        "perturbations_per_eval": budget.perturbations_per_eval,
-    }
-
-
-class _CopiedModelLRP(LRP):
-    """Captum's LRP on a copy of the model, with epsilon rules for ``nn.Flatten``.
-
-    Captum writes ``rule`` attributes onto the modules it is given, has no default rule for
-    ``nn.Flatten`` (epsilon-LRP of a reshape passes relevance through) and deletes every rule,
-    user-set ones included, after each call: the rules are attached again before each call.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(copy.deepcopy(model))
-
-    def attribute(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
-        for module in self.model.modules():
-            if isinstance(module, nn.Flatten):
-                module.rule = EpsilonRule()
-        return super().attribute(inputs, *args, **kwargs)
-
-
-def is_relu_network(model: nn.Module) -> bool:
-    """True when every activation module of ``model`` is a ReLU."""
-    activations = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.ELU, nn.Softplus, nn.LeakyReLU)
-    found = [type(m) for m in model.modules() if isinstance(m, activations)]
-    return bool(found) and all(kind is nn.ReLU for kind in found)
-
-
-CAPTUM_METHODS: tuple[Method, ...] = (
-    Method("Saliency", Saliency),
-    Method("InputXGradient", InputXGradient),
-    Method("IntegratedGradients", IntegratedGradients, _integrated_gradients),
-    Method("DeepLift", DeepLift, _baseline),
-    Method("GradientShap", GradientShap, _gradient_shap),
-    Method("NoiseTunnel(Saliency)", lambda model: NoiseTunnel(Saliency(model)), _smoothgrad),
-    Method(REFERENCE, FeatureAblation, _feature_ablation),
-    Method("Occlusion", Occlusion, _occlusion),
-    Method(
-        "ShapleyValueSampling",
-        ShapleyValueSampling,
-        _superpixels(lambda budget: budget.shapley_permutations),
-    ),
-    Method("Lime", Lime, _superpixels(lambda budget: budget.lime_samples)),
-    Method("KernelShap", KernelShap, _superpixels(lambda budget: budget.lime_samples)),
-    Method("LRP", _CopiedModelLRP, applies=is_relu_network),
+from benchmarks import _harness  # noqa: E402
+from benchmarks.methods import (  # noqa: E402
+    BASELINE,
+    CAPTUM_METHODS,
+    REFERENCE,
+    Budget,
+    Explainer,
+    Method,
+    all_methods,
+    attribute,
+    hope_method,
+    hope_methods,
+    hope_paper_method,
+    is_relu_network,
+    method_by_name,
+    superpixel_mask,
 )
-"""Captum's methods, each with the settings this benchmark uses (baseline 0 where one exists)."""
 
+__all__ = [
+    "BASELINE", "CAPTUM_METHODS", "REFERENCE", "REMOVED_SHARE", "BenchmarkResult", "Budget",
+    "Explainer", "Method", "Row", "all_methods", "area_under_curve", "attribute",
+    "evaluate_method", "feature_ranks", "hope_method", "hope_methods", "hope_paper_method",
+    "is_relu_network", "markdown_table", "median_seconds", "method_by_name",
+    "plot_time_vs_agreement", "removal_curves", "run_benchmark", "spearman", "superpixel_mask",
+    "top_overlap",
+]  # fmt: skip
 
-def hope_method(order: int, kind: str = "exact") -> Method:
-    """HOPE at ``order`` with ``kind`` ``"exact"`` or ``"diagonal"`` (the paper's rule)."""
-    return Method(
-        f"HOPE {kind} n={order}",
-        lambda model: HOPEAttribution(model, order=order, method=kind),
-        _baseline,
-    )
-
-
-def hope_paper_method(order: int = 4, dx: float = 1.0, kind: str = "diagonal") -> Method:
-    """HOPE's heat map as the paper draws it (its Eq. 77): every pixel moved by ``+dx``.
-
-    In FeatureAblation's sign (``f(x) - f(x + dx e_i)``, the paper's map negated); the default
-    ``kind`` is the paper's own derivative rule.
-    """
-
-    def options(inputs: Tensor, budget: Budget) -> dict[str, Any]:
-        return {"baselines": inputs + dx}
-
-    return Method(
-        f"HOPE paper map dx={dx:g} ({kind} n={order})",
-        lambda model: HOPEAttribution(model, order=order, method=kind),
-        options,
-    )
-
-
-def hope_methods(
-    orders: Sequence[int] = (1, 2, 4, 8), kinds: Sequence[str] = ("exact", "diagonal")
-) -> list[Method]:
-    """HOPE at every order of ``orders`` for every kind of ``kinds``."""
-    return [hope_method(order, kind) for kind in kinds for order in orders]
-
-
-def all_methods() -> list[Method]:
-    """The benchmark's default registry: HOPE (orders 1, 2, 4, 8; both kinds) and Captum's."""
-    return [*hope_methods(), *CAPTUM_METHODS]
-
-
-def method_by_name(name: str, methods: Sequence[Method] | None = None) -> Method:
-    """Look a method up by its table name."""
-    for method in methods if methods is not None else all_methods():
-        if method.name == name:
-            return method
-    raise KeyError(f"no method named {name!r}")
-
-
-@dataclass
-class Explainer:
-    """A method bound to a model: ``explainer(inputs, target)`` returns the attributions."""
-
-    method: Method
-    model: nn.Module
-    budget: Budget = field(default_factory=Budget)
-
-    def __post_init__(self) -> None:
-        self.attribution = self.method.make(self.model)
-
-    def __call__(self, inputs: Tensor, target: Any = None, **overrides: Any) -> Tensor:
-        # Captum's metrics pass inputs as a 1-tuple; the options only need the tensor's shape.
-        first = inputs[0] if isinstance(inputs, tuple) else inputs
-        options = {**self.method.options(first, self.budget), **overrides}
-        return self.attribution.attribute(inputs, target=target, **options)
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return bool(self.attribution.multiplies_by_inputs)
-
-    def convergence_delta(self, inputs: Tensor, target: Any) -> Tensor | None:
-        """The method's own completeness delta per example, or ``None`` if it has none.
-
-        Sampling methods (GradientShap) give one delta per sample: their mean is taken.
-        """
-        if not self.attribution.has_convergence_delta():
-            return None
-        _, delta = self(inputs, target, return_convergence_delta=True)
-        return delta.detach().reshape(inputs.shape[0], -1).mean(1)
-
-
-def attribute(
-    method: Method, model: nn.Module, inputs: Tensor, target: Any, budget: Budget | None = None
-) -> Tensor:
-    """One method's attributions of ``target`` at ``inputs`` (a detached tensor)."""
-    return Explainer(method, model, budget or Budget())(inputs, target).detach()
+REMOVED_SHARE = 0.2  # infidelity's perturbations set this share of the pixels to the baseline
 
 
 # --------------------------------------------------------------------------- metrics
@@ -427,13 +196,7 @@ class BenchmarkResult:
 
 def median_seconds(function: Callable[[], Any], repeats: int = 3) -> float:
     """Median wall time of ``repeats`` calls of ``function``, after one warm-up call."""
-    function()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
+    return _harness.timed_median(function, repeats)[0]
 
 
 def _timed_attributions(
@@ -613,7 +376,10 @@ def _place_labels(axis: Any, points: Sequence[tuple[float, float]], numbers: Seq
                     if distance > 6
                     else None,
                 )
-                box = label.get_window_extent(renderer)
+                # The text alone: an annotation's extent includes its leader line, which ends
+                # at its own marker, so every moved candidate looked taken.
+                label.update_positions(renderer)
+                box = Text.get_window_extent(label, renderer)
                 inside = frame.x0 <= box.x0 and box.x1 <= frame.x1
                 inside = inside and frame.y0 <= box.y0 and box.y1 <= frame.y1
                 free = all(
@@ -683,13 +449,6 @@ def plot_time_vs_agreement(rows: Sequence[Row], title: str = "") -> Figure:
 # --------------------------------------------------------------------------- command line
 def main(argv: Sequence[str] | None = None) -> None:
     """``python benchmarks/attribution.py --quantus``: the Quantus evaluation's results page."""
-    import argparse
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    if str(root) not in sys.path:  # run as a script: make `benchmarks` importable
-        sys.path.insert(0, str(root))
     from benchmarks import quantus_eval
 
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -697,7 +456,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--digits", type=int, default=4, help="test digits explained")
     parser.add_argument("--epochs", type=int, default=8, help="training epochs (the tutorial's)")
     parser.add_argument("--cache", type=Path, default=quantus_eval.MNIST_EXAMPLE / ".cache")
-    parser.add_argument("--markdown", type=Path, default=root / "benchmarks/results/quantus.md")
+    _harness.add_outputs(parser)
+    parser.set_defaults(markdown=_harness.ROOT / "benchmarks/results/quantus.md")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument(
         "--tiny", action="store_true", help="smoke test: 2 digits, 1 epoch, 3 methods, tiny budget"
@@ -706,8 +466,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not arguments.quantus:
         parser.error("choose an evaluation: --quantus")
     torch.set_num_threads(arguments.threads)
-    import warnings
-
     warnings.simplefilter("ignore", UserWarning)  # Captum's advice on hooks, repeated per call
     command = "python benchmarks/attribution.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
@@ -722,8 +480,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     else:
         result = quantus_eval.run(arguments.digits, arguments.epochs, arguments.cache)
-    arguments.markdown.parent.mkdir(parents=True, exist_ok=True)
-    arguments.markdown.write_text(quantus_eval.markdown(result, command.strip()))
+    _harness.save(arguments, quantus_eval.markdown(result, command.strip()))
     print(f"wrote {arguments.markdown} in {result.seconds:.0f} s")
 
 

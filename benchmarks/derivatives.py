@@ -62,7 +62,8 @@ operations. The setting is printed with the results.
 
 Options: ``--quick`` (orders 1 and 4, baselines at low order, few repeats; under a minute, for a
 smoke test), ``--markdown PATH`` (also write the tables as markdown, e.g.
-``benchmarks/results/derivatives.md``), ``--dtype float64`` (default float32).
+``benchmarks/results/derivatives.md``), ``--json PATH`` (every time and target, for
+``benchmarks/compare.py``), ``--dtype float64`` (default float32).
 """
 
 from __future__ import annotations
@@ -71,11 +72,8 @@ import argparse
 import gc
 import json
 import math
-import os
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -85,7 +83,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-import hope_attr
+if __name__ == "__main__":  # run as a script: this checkout's benchmarks and hope_attr
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import hope_attr  # noqa: E402
+from benchmarks import _harness  # noqa: E402
+from benchmarks._harness import BudgetExceeded  # noqa: E402
 
 SEED = 0
 NUM_CLASSES = 10
@@ -103,14 +106,6 @@ MODEL_TITLES = {
     "cnn": "MNIST CNN: conv(1,8,5)-tanh-pool-conv(8,16,5)-tanh-pool-fc(256,64)-tanh-fc(64,10)",
     "mlp": "MNIST MLP: 784-128-64-10, tanh",
 }
-
-
-class BudgetExceeded(Exception):
-    """A call passed its time budget; ``progress`` is the fraction of its work it had done."""
-
-    def __init__(self, progress: float) -> None:
-        super().__init__(f"stopped after {progress:.1%} of the work")
-        self.progress = progress
 
 
 # =============================================================================== models, input
@@ -422,51 +417,35 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
-def time_call(call: Callable[[], object]) -> tuple[float, float]:
-    """Wall-clock and process CPU seconds (all threads) of one call, the garbage collector off
-    (as ``timeit`` does). Collecting right before each call instead would walk the ~300,000
-    objects torch keeps, evicting the CPU caches: that added about 1.2 ms to every call here,
-    a third of a short one. :func:`measure` collects once per configuration."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        start, cpu_start = time.perf_counter(), time.process_time()
-        call()
-        return time.perf_counter() - start, time.process_time() - cpu_start
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def measure(
     model: nn.Module, x: Tensor, method: Method, order: int, settings: Settings
 ) -> tuple[Measurement, Tensor | None]:
-    """Warm up, then time up to ``repeats`` calls; the last result is returned for comparison."""
-    outputs: list[Tensor | None] = [None]
+    """Warm up, then time up to ``repeats`` calls; the last result is returned for comparison.
 
-    def call(pixels: int, budget: float) -> Callable[[], None]:
-        def run() -> None:
-            deadline = time.perf_counter() + budget
-            outputs[0] = method.call(model, x, order, pixels, deadline)
+    The garbage collector is off during the calls (``pause_gc``): collecting right before each
+    call would walk the ~300,000 objects torch keeps, evicting the CPU caches (about 1.2 ms per
+    call here, a third of a short one). It collects once per configuration instead.
+    """
 
-        return run
+    def call(pixels: int, budget: float) -> Callable[[], Tensor | None]:
+        return lambda: method.call(model, x, order, pixels, time.perf_counter() + budget)
 
     record = Measurement("", method.key, order if method.per_order else None)
     gc.collect()  # before the warm-up, so that the timed calls start warm
     warmup_pixels = WARMUP_PIXELS if method.baseline else NUM_PIXELS
-    time_call(call(warmup_pixels, math.inf))
+    _harness.time_call(call(warmup_pixels, math.inf), pause_gc=True)
     budget = settings.budget if method.baseline else math.inf
-    try:
-        while len(record.times) < settings.repeats and sum(record.times) < settings.repeat_cap:
-            wall, cpu = time_call(call(NUM_PIXELS, budget))
-            record.times.append(wall)
-            record.cpu_times.append(cpu)
-    except BudgetExceeded as stop:
-        record.times.clear()
-        record.cpu_times.clear()
-        record.stopped_after, record.progress = budget, stop.progress
-        outputs[0] = None  # what is left is the warm-up's partial result
-    return record, outputs[0]
+    timing, result = _harness.repeat(
+        call(NUM_PIXELS, budget),
+        settings.repeats,
+        warm_up=False,
+        cap_s=settings.repeat_cap,
+        pause_gc=True,
+    )
+    record.times, record.cpu_times = timing.wall, timing.cpu
+    if not timing.completed:
+        record.stopped_after, record.progress = budget, timing.progress
+    return record, result
 
 
 def measure_model(
@@ -512,18 +491,6 @@ def skipped_record(method: Method, order: int, stopped: Measurement) -> Measurem
 
 
 # =============================================================================== memory
-def proc_status_mib(field_name: str) -> float | None:
-    """A ``VmRSS``/``VmHWM`` line of ``/proc/self/status`` in MiB (None off Linux)."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith(field_name + ":"):
-            return int(line.split()[1]) / 1024
-    return None
-
-
 def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS mark to the current RSS (Linux >= 4.0).
 
@@ -534,11 +501,11 @@ def reset_peak_rss() -> bool:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         return False
-    return proc_status_mib("VmHWM") is not None
+    return _harness.proc_status_mib("VmHWM") is not None
 
 
 def rss_mib() -> float:
-    current = proc_status_mib("VmRSS")
+    current = _harness.proc_status_mib("VmRSS")
     if current is not None:
         return current
     import psutil
@@ -548,7 +515,7 @@ def rss_mib() -> float:
 
 def peak_rss_mib(reset: bool) -> float:
     if reset:
-        return proc_status_mib("VmHWM") or 0.0
+        return _harness.proc_status_mib("VmHWM") or 0.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
@@ -573,8 +540,7 @@ def child_main(spec: dict) -> None:
         stopped = False
     except BudgetExceeded:
         stopped = True
-    report = {"peak_mib": peak_rss_mib(reset) - base, "stopped": stopped, "reset": reset}
-    print(json.dumps(report))
+    _harness.reply({"peak_mib": peak_rss_mib(reset) - base, "stopped": stopped, "reset": reset})
 
 
 def measure_memory(record: Measurement, settings: Settings) -> None:
@@ -585,12 +551,11 @@ def measure_memory(record: Measurement, settings: Settings) -> None:
         "dtype": str(settings.dtype).removeprefix("torch."),
         "budget": settings.budget,
     }
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        record.memory_note = f"subprocess failed: {done.stderr.strip().splitlines()[-1:]}"
+    try:
+        report = _harness.run_child(Path(__file__).resolve(), spec)
+    except RuntimeError as failure:
+        record.memory_note = f"subprocess failed: {str(failure).splitlines()[-1:]}"
         return
-    report = json.loads(done.stdout.strip().splitlines()[-1])
     record.peak_mib = report["peak_mib"]
     if report["stopped"]:
         record.memory_note = "peak until the budget stopped it"
@@ -708,18 +673,6 @@ TARGETS = (
 )  # fmt: skip
 
 
-def table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        return "\n".join(lines)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in [header, ["-" * w for w in widths], *rows]
-    )
-
-
 def measurement_rows(records: list[Measurement], model: str) -> list[list[str]]:
     rows = []
     for record in records:
@@ -776,17 +729,20 @@ def render(
         out += [f"{heading}{MODEL_TITLES[model]}", ""]
         columns = ["method", "order", "median time", "CPU time", "runs", "peak RSS [MiB]"]
         columns += ["diff vs hope", "hope speed-up", "note"]
-        out += [table(columns, measurement_rows(records, model), markdown), ""]
+        out += [_harness.table(columns, measurement_rows(records, model), markdown), ""]
         out += [f"{heading}{model.upper()}: speed-up of hope_attr at order n (same run)", ""]
         columns = ["n", "FeatureAblation/hope", "hope/floor", "jvp/hope", "autograd/hope"]
         columns += ["copies/hope"]
-        out += [table(columns, ratio_rows(records, model, settings.hope_orders), markdown), ""]
+        out += [
+            _harness.table(columns, ratio_rows(records, model, settings.hope_orders), markdown),
+            "",
+        ]
     out += [f"{heading}Targets", ""]
     rows = []
     for target in TARGETS:
         verdict, ratio = target.evaluate(records)
         rows.append([target.text, f"{target.minimum:.3g}x", ratio.text(), verdict])
-    out += [table(["target", "needed", "measured", "verdict"], rows, markdown), ""]
+    out += [_harness.table(["target", "needed", "measured", "verdict"], rows, markdown), ""]
     out += [memory_check(records, markdown), ""]
     return "\n".join(out)
 
@@ -803,32 +759,14 @@ def memory_check(records: list[Measurement], markdown: bool) -> str:
     )
 
 
-def engine_revision() -> str:
-    """The git commit of the hope_attr being measured, and whether its files differ from it."""
-    root = Path(hope_attr.__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    commit = git("rev-parse", "--short", "HEAD")
-    if not commit:
-        return f"hope_attr {hope_attr.__version__} (not a git checkout)"
-    modified = git("status", "--porcelain", "--", "hope_attr")
-    return f"hope_attr {hope_attr.__version__}, git {commit}" + (
-        ", with uncommitted changes in hope_attr/" if modified else ""
-    )
-
-
 def run_header(settings: Settings, source: str, command: str) -> list[str]:
-    allocator = ", ".join(f"{v}={os.environ.get(v, '(unset)')}" for v in ENVIRONMENT_VARIABLES)
     return [
         f"command: `{command}`",
-        engine_revision(),
-        f"torch {torch.__version__}, Python {platform.python_version()}, {platform.machine()}, "
-        f"torch threads {torch.get_num_threads()}, dtype {settings.dtype}",
-        f"environment: {allocator} (all unset is the default environment, that of the committed "
-        f"results; optional tuning, measured by benchmarks/default_env.py: {TUNING})",
+        _harness.revision(),
+        f"{_harness.versions()}, dtype {settings.dtype}",
+        f"environment: {_harness.variables(ENVIRONMENT_VARIABLES)} (all unset is the default "
+        "environment, that of the committed results; optional tuning, measured by "
+        f"benchmarks/default_env.py: {TUNING})",
         f"models: random weights (PyTorch default init, torch.manual_seed({SEED})), eval mode",
         f"input: {source}; 1 image, derivatives for all {NUM_CLASSES} classes and 784 pixels",
         f"timing: 1 warm-up, median of up to {settings.repeats} runs (fewer once a configuration "
@@ -842,9 +780,7 @@ def run_header(settings: Settings, source: str, command: str) -> list[str]:
 
 # =============================================================================== main
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small budget, for a smoke test")
-    parser.add_argument("--markdown", type=Path, help="also write the tables as markdown here")
+    parser = _harness.parser(__doc__, quick="small budget, for a smoke test")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--repeats", type=int, help="timed calls per configuration (median)")
     parser.add_argument("--budget", type=float, default=60.0, help="seconds per baseline call")
@@ -861,8 +797,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(THREADS)
     settings = settings_from(args)
     log = lambda line: print(line, flush=True)
-    started, load_at_start = time.perf_counter(), os.getloadavg()[0]
-    log(f"load average at start: {load_at_start:.2f}")
+    session = _harness.Run()
+    log(f"load average at start: {session.load_at_start:.2f}")
     for line in verify_baselines():
         log(f"  verified: {line}")
     pixels, source = load_digit()
@@ -876,16 +812,11 @@ def main(argv: list[str] | None = None) -> None:
                 measure_memory(record, settings)
     command = " ".join(["python", "benchmarks/derivatives.py", *(argv or sys.argv[1:])])
     header = run_header(settings, source, command)
-    header.append(
-        f"load average (1 min) at the start: {load_at_start:.2f}, at the end: "
-        f"{os.getloadavg()[0]:.2f}; "
-        f"total wall time {time.perf_counter() - started:.0f} s"
-    )
+    header.append(session.load_line())
     print()
     print(render(records, header, settings, markdown=False))
+    _harness.save(args, render(records, header, settings, markdown=True) + "\n")
     if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(render(records, header, settings, markdown=True) + "\n")
         print(f"markdown written to {args.markdown}")
 
 

@@ -18,32 +18,25 @@ with ``torch.cuda.synchronize()`` around each call; ratios come from this one ru
 
 from __future__ import annotations
 
-import argparse
 import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__":  # run as a script: this checkout's benchmarks and hope_attr
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hope_attr  # noqa: E402
+from benchmarks import _harness  # noqa: E402
 from benchmarks.derivatives import NUM_PIXELS, build_model, load_digit, model_input  # noqa: E402
 
 
 def timed(call: Callable[[], object], repeats: int) -> float:
-    call()  # warm-up (kernels, allocator)
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        call()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median seconds after a warm-up (kernels, allocator), the device synchronized around each
+    call."""
+    return _harness.timed_median(call, repeats, synchronize=torch.cuda.synchronize)[0]
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -136,15 +129,9 @@ def resnet_rows(repeats: int) -> list[list[str]]:
     ]  # fmt: skip
 
 
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = _harness.parser(__doc__)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--markdown", type=Path)
     parser.add_argument(
         "--no-tf32",
         action="store_true",
@@ -157,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     header = [
         f"# hope_attr on a GPU: {torch.cuda.get_device_name()}",
         "",
-        f"torch {torch.__version__}, CUDA {torch.version.cuda}, Python {platform.python_version()};"
+        f"{_harness.revision()}; torch {torch.__version__}, CUDA {torch.version.cuda}, "
+        f"Python {platform.python_version()};"
         f" `python benchmarks/gpu.py --repeats {args.repeats}{' --no-tf32' * args.no_tf32}`;"
         f" float32, times are medians; cuDNN TF32 convolutions {'off' if args.no_tf32 else 'on'}"
         " (PyTorch's default: on).",
@@ -167,15 +155,14 @@ def main(argv: list[str] | None = None) -> None:
         "vmapped over the 784 directions, run on one digit and scaled by the batch):",
         "",
     ]
-    mnist = table(
+    mnist = _harness.table(
         ["model", "batch", "order", "ms", "ms / digit", "vs FA", "vs jvp", "error vs CPU float64"],
         mnist_rows(args.repeats),
     )
-    resnet = table(["model", "method", "ms", "vs FA"], resnet_rows(args.repeats))
+    resnet = _harness.table(["model", "method", "ms", "vs FA"], resnet_rows(args.repeats))
     text = "\n".join(header) + "\n" + mnist + "\n\n" + resnet + "\n"
     print(text)
-    if args.markdown:
-        args.markdown.write_text(text)
+    _harness.save(args, text)
 
 
 if __name__ == "__main__":

@@ -33,12 +33,9 @@ are of order 0.1-1. Run on one thread (the machine is shared)::
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import math
-import platform
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -46,13 +43,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import shapiq
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import shapiq  # noqa: E402
+if __name__ == "__main__":  # run as a script: this checkout's benchmarks and hope_attr
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hope_attr  # noqa: E402
+from benchmarks import _harness  # noqa: E402
 
 DTYPE = torch.float64
 WIDTH = 32
@@ -346,10 +344,7 @@ def equal_time(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--markdown", type=Path, help="write the results here")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
-    args = parser.parse_args()
+    args = _harness.parser(__doc__, quick="tiny sizes: a smoke test").parse_args()
     torch.set_num_threads(1)
     if args.quick:
         small, examples, orders = [6], 1, [1, 2, 3]
@@ -360,16 +355,12 @@ def main() -> None:
         large, large_examples, large_orders = 24, 2, [2, 3, 4, 5]
         budgets = [2**k for k in range(8, 16)]
         corrected = [(n, count) for n in (2, 3, 4) for count in (64, 256, 1024)]
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-        cwd=Path(__file__).parent,
-    ).stdout.strip()  # fmt: skip
     lines = [
         "# Interaction indices: hope_attr.interactions against shapiq",
         "",
         f"`OMP_NUM_THREADS=1 python benchmarks/interactions.py{' --quick' if args.quick else ''}"
-        f" --markdown ...` at git `{commit}`, torch {torch.__version__}, shapiq "
-        f"{importlib.metadata.version('shapiq')}, Python {platform.python_version()}, one thread "
+        f" --markdown ...`: {_harness.revision()}; {_harness.versions()}; shapiq "
+        f"{importlib.metadata.version('shapiq')}; one thread "
         "(`torch.set_num_threads(1)`), on a machine shared with other processes: read times as "
         "ratios measured in this one run. Model: tanh MLP p-32-32-1, float64, default init "
         "(seed 0), points uniform in [-1, 1]^p, baseline 0. Errors: largest absolute error over "
@@ -417,8 +408,7 @@ def main() -> None:
             )
     text = "\n".join(lines) + "\n"
     print("\n".join(lines[lines.index("## Targets") :]))
-    if args.markdown:
-        args.markdown.write_text(text)
+    _harness.save(args, text)
 
 
 if __name__ == "__main__":

@@ -27,25 +27,22 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__":  # run as a script: this checkout's benchmarks and hope_attr
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hope_attr  # noqa: E402
+from benchmarks import _harness  # noqa: E402
 from hope_attr import HOPEAttribution  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 ORDER = 4
 
 
@@ -72,18 +69,6 @@ def superpixels(size: int) -> torch.Tensor:
     cells = size // 16
     grid = torch.arange(cells * cells).reshape(cells, cells)
     return grid.repeat_interleave(16, 0).repeat_interleave(16, 1).expand(1, 3, size, size)
-
-
-def timed_rounds(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    for call in calls.values():
-        call()  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def per_pixel(hope: HOPEAttribution, x: torch.Tensor) -> dict[str, float]:
@@ -121,47 +106,38 @@ def measure(name: str, size: int, classes: int, repeats: int, pixels: bool) -> d
             x, target=0, feature_mask=mask, perturbations_per_eval=49
         ),
     }
-    times = timed_rounds(calls, repeats)
+    rounds = _harness.interleaved_rounds(calls, repeats)
+    times = {name: statistics.median(values) for name, values in rounds.items()}
     result = {"model": name, "groups": groups, "classes": classes, **times}
     if pixels and name == "resnet18":
         result.update(per_pixel(hope, x))
     return result
 
 
-def report(rows: list[dict], args: argparse.Namespace, started: float, load: float) -> str:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    env = ", ".join(
-        f"{k}={os.environ[k]}" for k in sorted(os.environ) if k.startswith(("MALLOC_", "OMP_"))
-    )
+def report(rows: list[dict], args: argparse.Namespace, session: _harness.Run) -> str:
     lines = [
         "# 224 x 224 images with superpixels on a CPU",
         "",
         f"- command: `python benchmarks/large_images.py{' --quick' if args.quick else ''}"
         f"{f' --markdown {args.markdown}' if args.markdown else ''}`",
-        f"- hope_attr {hope_attr.__version__}, git {commit or 'unknown'}; torch "
-        f"{torch.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs, "
-        f"{torch.get_num_threads()} torch threads; environment: "
-        f"{env or 'default (no MALLOC_*/OMP_* variable)'}",
+        f"- {_harness.revision()}; {_harness.versions()}; environment: {_harness.variables()}",
         f"- order {ORDER}, float32, one random image, baseline 0, 16 x 16 superpixels over all "
         f"channels; medians of {args.repeats} interleaved rounds after a warm-up",
-        f"- load average (1 min) at the start: {load:.2f}, at the end: "
-        f"{os.getloadavg()[0]:.2f}; total wall time {time.time() - started:.0f} s",
+        f"- {session.load_line()}",
         "",
-        "| model | groups | classes | HOPE all classes | per class | HOPE one class | "
-        "FeatureAblation one class (16 / 49 per eval) | HOPE one class / FA | "
-        "HOPE all classes / FA |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
+    cells = []
     for row in rows:
         fa = min(row["fa_16"], row["fa_49"])
-        lines.append(
-            f"| {row['model']} | {row['groups']} | {row['classes']} | {row['hope_all']:.2f} s | "
-            f"{row['hope_all'] / row['classes'] * 1e3:.1f} ms | {row['hope_one']:.2f} s | "
-            f"{row['fa_16']:.2f} s / {row['fa_49']:.2f} s | {row['hope_one'] / fa:.2f} | "
-            f"{row['hope_all'] / fa:.2f} |"
-        )
+        cells.append(
+            [row["model"], str(row["groups"]), str(row["classes"]), f"{row['hope_all']:.2f} s",
+             f"{row['hope_all'] / row['classes'] * 1e3:.1f} ms", f"{row['hope_one']:.2f} s",
+             f"{row['fa_16']:.2f} s / {row['fa_49']:.2f} s", f"{row['hope_one'] / fa:.2f}",
+             f"{row['hope_all'] / fa:.2f}"]
+        )  # fmt: skip
+    header = ["model", "groups", "classes", "HOPE all classes", "per class", "HOPE one class"]
+    header += ["FeatureAblation one class (16 / 49 per eval)", "HOPE one class / FA"]
+    lines.append(_harness.table([*header, "HOPE all classes / FA"], cells))
     lines += [
         "",
         "Ratios are times divided by the faster FeatureAblation setting: below 1, HOPE took less "
@@ -193,21 +169,18 @@ def report(rows: list[dict], args: argparse.Namespace, started: float, load: flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="32 px, tiny ViT: a smoke test")
+    parser = _harness.parser(__doc__, quick="32 px, tiny ViT: a smoke test")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-pixels", action="store_true", help="skip the per-pixel maps")
-    parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     warnings.simplefilter("ignore", hope_attr.PiecewiseLinearWarning)
-    started, load = time.time(), os.getloadavg()[0]
+    session = _harness.Run()
     size, classes = (32, 10) if args.quick else (224, 1000)
     pixels = not args.no_pixels
     rows = [measure(name, size, classes, args.repeats, pixels) for name in ("resnet18", "vit")]
-    text = report(rows, args, started, load)
+    text = report(rows, args, session)
     print(text)
-    if args.markdown:
-        args.markdown.write_text(text)
+    _harness.save(args, text)
 
 
 if __name__ == "__main__":

@@ -59,15 +59,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -75,11 +72,15 @@ import torch
 from torch import Tensor, nn
 from torch.func import jacfwd, jacrev, vmap
 
-import hope_attr
-from hope_attr.derivatives import interpolation as _interpolation
-from hope_attr.derivatives import mixed as _mixed
-from hope_attr.derivatives import mlp as _mlp_taylor
-from hope_attr.engine.expansion import Expansion
+if __name__ == "__main__":  # run as a script: this checkout's benchmarks and hope_attr
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import hope_attr  # noqa: E402
+from benchmarks import _harness  # noqa: E402
+from benchmarks._harness import BudgetExceeded, Timing  # noqa: E402
+from hope_attr.derivatives import interpolation as _interpolation  # noqa: E402
+from hope_attr.derivatives import mlp as _mlp_taylor  # noqa: E402
+from hope_attr.engine.expansion import Expansion  # noqa: E402
 
 SEED = 0
 ENVIRONMENT_VARIABLES = ("OMP_WAIT_POLICY", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
@@ -91,19 +92,8 @@ REPEAT_CAP_S = 20.0  # no further repeats once one configuration's timed calls t
 CHECK_TOLERANCE = 1e-9  # float64 agreement required of hope and the baselines
 PRACTITIONER_TARGET = 3.0  # hope at least this many times faster than the fastest torch.func
 TABLE1_TARGET_S = 1.0  # n = 10, p = 3 under this many seconds
-BLOCK_DEFAULT = _mixed._BLOCK_BYTES  # the jets' points-per-block budget (bytes)
-MLP_BLOCK_DEFAULT = _mlp_taylor._BLOCK_BYTES  # the MLP route's
-
-
-class BudgetExceeded(Exception):
-    """A baseline passed its time or memory budget after ``elapsed`` seconds, with ``progress``
-    (a fraction) of its work done."""
-
-    def __init__(self, progress: float, elapsed: float, reason: str) -> None:
-        super().__init__(reason)
-        self.progress = progress
-        self.elapsed = elapsed
-        self.reason = reason
+BLOCK_DEFAULT = hope_attr.Resources().mixed_block_bytes  # the jets' points per block (bytes)
+MLP_BLOCK_DEFAULT = hope_attr.Resources().mlp_block_bytes  # the MLP route's
 
 
 @dataclass(frozen=True)
@@ -168,59 +158,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 # =============================================================================== timing
-@dataclass
-class Timing:
-    wall: list[float] = field(default_factory=list)
-    cpu: list[float] = field(default_factory=list)
-    stopped_after: float | None = None  # seconds of wall time, when a budget stopped the call
-    progress: float = 0.0
-    reason: str = ""
-
-    @property
-    def completed(self) -> bool:
-        return bool(self.wall)
-
-    @property
-    def median_wall(self) -> float:
-        return statistics.median(self.wall)
-
-    @property
-    def median_cpu(self) -> float:
-        return statistics.median(self.cpu)
-
-
 def timed(call: Callable[[], object], repeats: int, warm_up: bool = True) -> tuple[Timing, object]:
     """Median timing of ``call`` (after a warm-up); stops at a budget. Returns the last result."""
-    timing, result = Timing(), None
-    try:
-        if warm_up:
-            call()
-        for _ in range(repeats):
-            wall, cpu = time.perf_counter(), time.process_time()
-            result = call()
-            timing.wall.append(time.perf_counter() - wall)
-            timing.cpu.append(time.process_time() - cpu)
-            if sum(timing.wall) > REPEAT_CAP_S:
-                break
-    except BudgetExceeded as stop:
-        timing.wall, timing.cpu = [], []
-        timing.stopped_after, timing.progress, timing.reason = (
-            stop.elapsed,
-            stop.progress,
-            stop.reason,
-        )
-    return timing, result
+    return _harness.repeat(call, repeats, warm_up=warm_up, cap_s=REPEAT_CAP_S)
 
 
 def rss_gib() -> float:
     """Resident memory of this process (Linux), 0 where unknown."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return 0.0
+    return (_harness.proc_status_mib("VmRSS") or 0.0) / 1024
 
 
 class Budget:
@@ -233,11 +178,10 @@ class Budget:
     def check(self, done: int, total: int) -> None:
         elapsed = time.perf_counter() - self.start
         if elapsed > self.seconds:
-            raise BudgetExceeded(done / total, elapsed, f"stopped past {self.seconds:.0f} s")
+            raise BudgetExceeded(done / total, f"stopped past {self.seconds:.0f} s", elapsed)
         if rss_gib() - self.base_rss_gib > self.memory_gib:
-            raise BudgetExceeded(
-                done / total, elapsed, f"stopped past {self.memory_gib:g} GiB of extra memory"
-            )
+            reason = f"stopped past {self.memory_gib:g} GiB of extra memory"
+            raise BudgetExceeded(done / total, reason, elapsed)
 
 
 def relative_error(actual: list[Tensor], expected: list[Tensor]) -> float:
@@ -368,16 +312,12 @@ def hope_before_blocking(model: nn.Module, x: Tensor, order: int) -> list[Tensor
     ]
 
 
-def with_setting(module: object, name: str, value: object, call: Callable[[], object]):
-    """``call`` with ``module.name`` set to ``value`` (restored afterwards)."""
+def with_resources(call: Callable[[], object], **changes: object) -> Callable[[], object]:
+    """``call`` under the resource policy changed by ``changes`` (``hope_attr.resources``)."""
 
     def run() -> object:
-        saved = getattr(module, name)
-        setattr(module, name, value)
-        try:
+        with hope_attr.resources(**changes):
             return call()
-        finally:
-            setattr(module, name, saved)
 
     return run
 
@@ -399,7 +339,7 @@ def run_practitioner(settings: Settings, log: Callable[[str], None]) -> Practiti
     )
     order = PRACTITIONER_ORDER
     hope_call = lambda: hope_attr.mixed_derivatives(model, x, order)
-    jets_call = with_setting(_mixed, "_METHOD", "jets", hope_call)
+    jets_call = lambda: hope_attr.mixed_derivatives(model, x, order, route="jets")
     hope, hope_result = timed(hope_call, settings.repeats)
     route = route_of(model, x, order)
     log(f"  hope ({route} route): {hope.median_wall:.3f} s wall, {hope.median_cpu:.3f} s CPU")
@@ -423,9 +363,7 @@ def run_practitioner(settings: Settings, log: Callable[[str], None]) -> Practiti
     x64 = x[: settings.check_points].double()
     references = {
         f"hope ({route} route)": hope_attr.mixed_derivatives(model64, x64, order),
-        "hope (jets route)": with_setting(
-            _mixed, "_METHOD", "jets", lambda: hope_attr.mixed_derivatives(model64, x64, order)
-        )(),
+        "hope (jets route)": hope_attr.mixed_derivatives(model64, x64, order, route="jets"),
     }
     done = sorted(
         (timing.median_cpu, index)
@@ -443,13 +381,12 @@ def run_practitioner(settings: Settings, log: Callable[[str], None]) -> Practiti
     sweep = []
     for mib in settings.block_budgets_mib:
         budget = int(mib * 2**20)
-        call = with_setting(_mlp_taylor, "_BLOCK_BYTES", budget, hope_call)
-        timing, _ = timed(call, settings.repeats)
+        timing, _ = timed(with_resources(hope_call, mlp_block_bytes=budget), settings.repeats)
         default = " (the default)" if budget == MLP_BLOCK_DEFAULT else ""
         sweep.append((f"MLP route: {mib:g} MiB{default}", timing))
     for mib in settings.block_budgets_mib:
         budget = int(mib * 2**20)
-        timing, _ = timed(with_setting(_mixed, "_BLOCK_BYTES", budget, jets_call), settings.repeats)
+        timing, _ = timed(with_resources(jets_call, mixed_block_bytes=budget), settings.repeats)
         default = " (the default)" if budget == BLOCK_DEFAULT else ""
         sweep.append((f"jets route: {mib:g} MiB{default}", timing))
     timing, _ = timed(lambda: hope_before_blocking(model, x, order), settings.repeats)
@@ -477,11 +414,10 @@ def run_routes(settings: Settings, log: Callable[[str], None]) -> list[RouteRow]
     for p, outputs, order in settings.route_cases:
         model = mlp(p, PRACTITIONER_WIDTHS, outputs, settings.dtype)
         x = uniform_points(settings.route_points, p, settings.dtype)
-        call = lambda: hope_attr.mixed_derivatives(model, x, order)  # noqa: B023
         results, timings = {}, {}
-        for method in ("jets", "mlp"):
-            timing, result = timed(with_setting(_mixed, "_METHOD", method, call), settings.repeats)
-            timings[method], results[method] = timing, result
+        for route in ("jets", "mlp"):
+            call = partial(hope_attr.mixed_derivatives, model, x, order, route=route)
+            timings[route], results[route] = timed(call, settings.repeats)
         diff = relative_error(results["mlp"], results["jets"])
         rows.append(
             RouteRow(
@@ -639,17 +575,6 @@ def run_inference(settings: Settings, log: Callable[[str], None]) -> list[Infere
 
 
 # =============================================================================== report
-def table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in [header, ["-" * w for w in widths], *rows]
-    )
-
-
 def seconds(value: float) -> str:
     return f"{value:.3f} s" if value >= 0.1 else f"{1e3 * value:.1f} ms"
 
@@ -683,7 +608,7 @@ def practitioner_section(result: PractitionerResult, settings: Settings, md: boo
             "-",
         ],
         [
-            "hope_attr.mixed_derivatives, jets route (method='jets')",
+            "hope_attr.mixed_derivatives, jets route (route='jets')",
             *timing_cells(result.jets),
             ratio(result.jets.median_wall, result.hope.median_wall),
             ratio(result.jets.median_cpu, result.hope.median_cpu),
@@ -702,7 +627,7 @@ def practitioner_section(result: PractitionerResult, settings: Settings, md: boo
         rows.append([f"torch.func: {name}", *cells, *speedups, f"{diff:.1e}" if diff else "-"])
     header = ["method", "median wall", "median CPU", "hope speed-up (wall)", "(CPU)"]
     header.append("rel. diff vs hope")
-    out += [table(header, rows, md), ""]
+    out += [_harness.table(header, rows, md), ""]
     prefix = "- " if md else "  "
     for name, error in result.checks:
         verdict = "PASS" if error <= CHECK_TOLERANCE else "FAIL"
@@ -716,7 +641,7 @@ def practitioner_section(result: PractitionerResult, settings: Settings, md: boo
         "",
     ]
     rows = [[name, *timing_cells(timing)] for name, timing in result.sweep]
-    out += [table(["route: block budget", "median wall", "median CPU"], rows, md), ""]
+    out += [_harness.table(["route: block budget", "median wall", "median CPU"], rows, md), ""]
     return out
 
 
@@ -739,7 +664,7 @@ def routes_section(rows: list[RouteRow], md: bool) -> list[str]:
         )
     header = ["p", "outputs", "n", "jets", "MLP route", "jets / MLP", "faster", "default"]
     header.append("rel. diff")
-    return [table(header, cells, md), ""]
+    return [_harness.table(header, cells, md), ""]
 
 
 def table1_section(rows: list[Table1Row], md: bool) -> list[str]:
@@ -774,7 +699,7 @@ def table1_section(rows: list[Table1Row], md: bool) -> list[str]:
         )
     header = ["p", "n", "hope wall", "hope CPU", "autograd wall", "autograd CPU"]
     header += ["speed-up (wall)", "(CPU)", "rel. diff", "note"]
-    return [table(header, cells, md), ""]
+    return [_harness.table(header, cells, md), ""]
 
 
 def inference_section(rows: list[InferenceRow], md: bool) -> list[str]:
@@ -790,7 +715,7 @@ def inference_section(rows: list[InferenceRow], md: bool) -> list[str]:
         for row in rows
     ]
     header = ["model", "batch", "network", "polynomial module", "speed-up", "max |P - f|"]
-    return [table(header, cells, md), ""]
+    return [_harness.table(header, cells, md), ""]
 
 
 def targets_section(
@@ -825,7 +750,7 @@ def targets_section(
                     verdict,
                 ]
             )
-    return [table(["target", "measured", "verdict"], rows, md), ""]
+    return [_harness.table(["target", "measured", "verdict"], rows, md), ""]
 
 
 def render(
@@ -868,32 +793,14 @@ def render(
     return "\n".join(out)
 
 
-def revision() -> str:
-    root = Path(hope_attr.__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    commit = git("rev-parse", "--short", "HEAD")
-    if not commit:
-        return f"hope_attr {hope_attr.__version__} (not a git checkout)"
-    modified = git("status", "--porcelain", "--", "hope_attr", "benchmarks/mixed.py")
-    return f"hope_attr {hope_attr.__version__}, git {commit}" + (
-        " (with uncommitted changes in hope_attr/ or this script)" if modified else ""
-    )
-
-
-def run_header(settings: Settings, command: str, load_at_start: float, started: float) -> list[str]:
-    environment = ", ".join(f"{v}={os.environ.get(v, '(unset)')}" for v in ENVIRONMENT_VARIABLES)
+def run_header(settings: Settings, command: str, session: _harness.Run) -> list[str]:
+    environment = _harness.variables(ENVIRONMENT_VARIABLES)
     return [
         f"command: `{command}`",
-        revision(),
-        f"torch {torch.__version__}, Python {platform.python_version()}, {platform.machine()}, "
-        f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, dtype {settings.dtype}",
+        _harness.revision(("hope_attr", "benchmarks/mixed.py")),
+        f"{_harness.versions()}, dtype {settings.dtype}",
         f"environment: {environment} (all unset: the default environment; {TUNING})",
-        f"load average (1 min) at the start: {load_at_start:.2f}, at the end: "
-        f"{os.getloadavg()[0]:.2f}; total wall time {time.perf_counter() - started:.0f} s",
+        session.load_line(),
         f"timing: a warm-up call, then the median of up to {settings.repeats} calls (fewer once a "
         f"configuration took {REPEAT_CAP_S:.0f} s); baselines stopped past {settings.budget:.0f} s "
         f"or {settings.memory_limit_gib:g} GiB of extra memory",
@@ -905,9 +812,7 @@ def run_header(settings: Settings, command: str, load_at_start: float, started: 
 
 # =============================================================================== main
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny budget, for a smoke test")
-    parser.add_argument("--markdown", type=Path, help="also write the report as markdown here")
+    parser = _harness.parser(__doc__, quick="tiny budget, for a smoke test")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for every method")
     parser.add_argument("--repeats", type=int, help="timed calls per configuration (median)")
@@ -926,8 +831,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = settings_from(args)
     torch.set_num_threads(settings.threads)
     log = lambda line: print(line, flush=True)
-    started, load_at_start = time.perf_counter(), os.getloadavg()[0]
-    log(f"load average at start: {load_at_start:.2f}")
+    session = _harness.Run()
+    log(f"load average at start: {session.load_at_start:.2f}")
     log(f"verified: {verify_table1_baseline()}")
     log("1. practitioner's case")
     practitioner = run_practitioner(settings, log)
@@ -938,15 +843,14 @@ def main(argv: list[str] | None = None) -> None:
     log("3. Table 3")
     inference = run_inference(settings, log)
     command = " ".join(["python", "benchmarks/mixed.py", *map(shlex.quote, argv or sys.argv[1:])])
-    header = run_header(settings, command, load_at_start, started)
+    header = run_header(settings, command, session)
     if args.note:
         header.insert(0, f"note: {args.note}")
     print()
     print(render(header, settings, practitioner, routes, table1, inference, md=False))
+    text = render(header, settings, practitioner, routes, table1, inference, md=True)
+    _harness.save(args, text + "\n")
     if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        text = render(header, settings, practitioner, routes, table1, inference, md=True)
-        args.markdown.write_text(text + "\n")
         print(f"markdown written to {args.markdown}")
 
 

@@ -46,10 +46,14 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
-import hope_attr
-from hope_attr.attribution.diagonal import diagonal_coefficients
-from hope_attr.datasets import load_mnist
-from hope_attr.engine.expansion import Expansion
+if __name__ == "__main__":  # run as a script: this checkout's benchmarks and hope_attr
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import hope_attr  # noqa: E402
+from benchmarks import _harness  # noqa: E402
+from hope_attr.attribution.diagonal import diagonal_coefficients  # noqa: E402
+from hope_attr.datasets import load_mnist  # noqa: E402
+from hope_attr.engine.expansion import Expansion  # noqa: E402
 
 SEED = 0
 THREADS = 2
@@ -366,33 +370,18 @@ def timed_methods(model: nn.Module, x: Tensor, orders: Iterable[int]) -> list[Ti
     return methods
 
 
-def seconds(call: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
-
-
 def measure_timing(settings: Settings, log: Callable[[str], None]) -> dict[Timed, list[float]]:
     model = mnist_cnn().eval()
     x = load_mnist().images[NUM_TRAIN : NUM_TRAIN + 1]
     methods = timed_methods(model, x, settings.timing_orders)
-    for method in methods:
-        seconds(method.call)  # warm-up
-    times: dict[Timed, list[float]] = {method: [] for method in methods}
-    for _ in range(settings.rounds):
-        for method in methods:
-            times[method].append(seconds(method.call))
+    times = _harness.interleaved_rounds(
+        {method: method.call for method in methods}, settings.rounds
+    )
     log("(c) timing: done")
     return times
 
 
 # =============================================================================== rendering
-def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def median_p90(values: Tensor) -> str:
     # torch.median returns the lower middle value of an even count; quantile interpolates.
     median, p90 = torch.quantile(values, torch.tensor([0.5, 0.9], dtype=values.dtype)).tolist()
@@ -406,7 +395,7 @@ def derivative_table(results: dict[Config, DerivativeErrors], scale: float) -> s
         if s == scale
     ]
     header = ["activation", "hidden layers", *(f"k = {k}" for k in range(1, MAX_ORDER + 1))]
-    return table(header, rows)
+    return _harness.table(header, rows)
 
 
 def deep_nets(
@@ -429,7 +418,9 @@ def wrong_sign_table(results: dict[Config, DerivativeErrors], settings: Settings
             shares = torch.cat([s.wrong_sign[:, 1:].reshape(-1) for s in stats])
             cells.append(f"{shares.mean().item():.1%}" if len(shares) else "n/a")
         rows.append([activation, *cells])
-    return table(["activation", *(f"weights {scale_label(s)}" for s in settings.scales)], rows)
+    return _harness.table(
+        ["activation", *(f"weights {scale_label(s)}" for s in settings.scales)], rows
+    )
 
 
 def error_range(results: dict[Config, DerivativeErrors], scale: float) -> str:
@@ -498,7 +489,7 @@ def heat_map_section(results: dict[str, list[tuple[float, ...]]], settings: Sett
         "medians over the digits. The last column says how much the orders >= 2 add to the "
         "exact map.",
         "",
-        table(["model", *(name for name, _ in MAP_COLUMNS)], rows),
+        _harness.table(["model", *(name for name, _ in MAP_COLUMNS)], rows),
     ]
 
 
@@ -532,35 +523,22 @@ def timing_section(times: dict[Timed, list[float]]) -> list[str]:
         "between runs, and several-fold under load (see the load average above); read the ratios, "
         "which come from this one process.",
         "",
-        table([*header, "/ FeatureAblation", "/ diagonal, same order"], rows),
+        _harness.table([*header, "/ FeatureAblation", "/ diagonal, same order"], rows),
     ]
 
 
 def allocator_setting() -> str:
-    return ", ".join(f"{v}={os.environ.get(v, '(unset)')}" for v in ALLOCATOR_VARIABLES)
+    return _harness.variables(ALLOCATOR_VARIABLES)
 
 
-def environment_lines(started: float, load_at_start: float) -> list[str]:
+def environment_lines(session: _harness.Run) -> list[str]:
     return [
-        f"- Run {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} on {cpu_name()} "
-        f"({os.cpu_count()} CPUs visible, shared), {platform.system()} {platform.machine()}, "
-        f"Python {platform.python_version()}, torch {torch.__version__}, "
-        f"torch threads {torch.get_num_threads()}.",
+        f"- Run {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} on "
+        f"{_harness.cpu_name()} ({platform.system()}; shared): {_harness.versions()}; "
+        f"{_harness.revision()}.",
         f"- Allocator: {allocator_setting()}.",
-        f"- Load average (1 min): {load_at_start:.2f} at the start, {os.getloadavg()[0]:.2f} at "
-        f"the end; total run time {time.perf_counter() - started:.0f} s.",
+        f"- {session.load_line().capitalize()}.",
     ]
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def command_line(argv: Sequence[str]) -> str:
@@ -583,10 +561,10 @@ wrong. `hope_attr` offers it as `method="diagonal"` (one backward sweep) next to
 Taylor-mode jets (`method="exact"`). The tables below measure the gap with the project's code."""
 
 
-def render(sections: Sequence[list[str]], argv: Sequence[str], started: float, load: float) -> str:
+def render(sections: Sequence[list[str]], argv: Sequence[str], session: _harness.Run) -> str:
     out = ["# How exact is the paper's rule?", "", EXPLANATION, ""]
     out += ["Regenerate this page with:", "", "```", command_line(argv), "```", ""]
-    out += environment_lines(started, load)
+    out += environment_lines(session)
     for section in sections:
         out += ["", *section]
     out += ["", f"Every number on this page was produced by `{SCRIPT}` in the run above."]
@@ -609,9 +587,7 @@ def timed_part(
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small budget (< 60 s), smoke test")
-    parser.add_argument("--markdown", type=Path, help="write the page (markdown) here")
+    parser = _harness.parser(__doc__, quick="small budget (< 60 s), smoke test")
     return parser.parse_args(argv)
 
 
@@ -619,7 +595,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     torch.set_num_threads(THREADS)
-    started, load = time.perf_counter(), os.getloadavg()[0]
+    session = _harness.Run()
     log = lambda line: print(line, file=sys.stderr, flush=True)
     log(f"allocator: {allocator_setting()}; torch threads: {torch.get_num_threads()}")
     settings = Settings.from_args(args.quick)
@@ -636,11 +612,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         heat_map_section(heat_maps, settings),
         timing_section(times),
     ]
-    page = render(sections, argv, started, load)
+    page = render(sections, argv, session)
     print(page)
+    _harness.save(args, page)
     if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(page)
         log(f"written to {args.markdown}")
 
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks import attribution as harness
+from benchmarks import methods as registry
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_EXAMPLE = ROOT / "examples" / "mnist"
@@ -61,13 +61,13 @@ def import_quantus() -> Any:
     return quantus
 
 
-def explain_function(method: harness.Method, budget: harness.Budget) -> Callable[..., np.ndarray]:
+def explain_function(method: registry.Method, budget: registry.Budget) -> Callable[..., np.ndarray]:
     """Quantus's ``explain_func``: numpy inputs and targets in, numpy attributions out."""
 
     def explain(model: nn.Module, inputs: Any, targets: Any, **kwargs: Any) -> np.ndarray:
         x = torch.as_tensor(np.asarray(inputs), dtype=torch.float32)
         target = [int(t) for t in np.asarray(targets).reshape(-1)]
-        maps = harness.Explainer(method, model, budget)(x, target)
+        maps = registry.Explainer(method, model, budget)(x, target)
         return maps.detach().cpu().numpy()
 
     return explain
@@ -210,10 +210,13 @@ METRICS: tuple[Metric, ...] = (
 )
 
 
-def quantus_methods(relu: bool) -> list[harness.Method]:
+def quantus_methods(relu: bool) -> list[registry.Method]:
     """HOPE exact (orders 1, 2, 4, 8) and diagonal (order 4), and Captum's methods."""
-    methods = [*harness.hope_methods((1, 2, 4, 8), ("exact",)), harness.hope_method(4, "diagonal")]
-    return methods + [m for m in harness.CAPTUM_METHODS if relu or m.name != "LRP"]
+    methods = [
+        *registry.hope_methods((1, 2, 4, 8), ("exact",)),
+        registry.hope_method(4, "diagonal"),
+    ]
+    return methods + [m for m in registry.CAPTUM_METHODS if relu or m.name != "LRP"]
 
 
 @dataclass(frozen=True)
@@ -230,14 +233,14 @@ def evaluate(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
-    methods: Sequence[harness.Method],
+    methods: Sequence[registry.Method],
     metrics: Sequence[Metric] = METRICS,
-    budget: harness.Budget | None = None,
+    budget: registry.Budget | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, dict[str, float]]:
     """Every metric for every method on ``images`` explained for ``labels``."""
     quantus = import_quantus()
-    budget = budget or harness.Budget()
+    budget = budget or registry.Budget()
     x, y = images.numpy(), labels.numpy()
     classes = int(model(images[:1]).shape[1])
     scores: dict[str, dict[str, float]] = {}
@@ -289,7 +292,7 @@ def run(
     digits: int = 4,
     epochs: int = 8,
     cache: Path = MNIST_EXAMPLE / ".cache",
-    budget: harness.Budget | None = None,
+    budget: registry.Budget | None = None,
     metrics: Sequence[Metric] = METRICS,
     method_names: Sequence[str] | None = None,
 ) -> QuantusResult:
@@ -299,7 +302,7 @@ def run(
     scores = {}
     for name, model in models.items():
         print(f"{name}: test accuracy {100 * accuracies[name]:.1f}%", flush=True)
-        methods = quantus_methods(harness.is_relu_network(model))
+        methods = quantus_methods(registry.is_relu_network(model))
         if method_names is not None:
             methods = [m for m in methods if m.name in method_names]
         scores[name] = evaluate(

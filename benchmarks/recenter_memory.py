@@ -6,7 +6,8 @@ random coefficients, ``--outputs`` outputs) is re-centered, printed around zero 
 measurement runs in a fresh process (``ru_maxrss`` only grows) and reports the peak resident
 memory above the process's state right before the call, and the wall time.
 
-Run from the repository root: ``OMP_NUM_THREADS=1 python -m benchmarks.recenter_memory``
+Run from the repository root: ``OMP_NUM_THREADS=1 python -m benchmarks.recenter_memory`` (each
+measurement is printed as a line of JSON; ``--markdown PATH`` also writes them as a table).
 """
 
 from __future__ import annotations
@@ -14,9 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import time
+from pathlib import Path
+
+if __name__ == "__main__":  # run as a script: this checkout's benchmarks and hope_attr
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import _harness  # noqa: E402
+
+WHAT = ("recenter", "terms_around_zero", "recenter_many")
 
 
 def _measure(what: str, variables: int, order: int, outputs: int, points: int) -> dict:
@@ -55,23 +63,36 @@ def _measure(what: str, variables: int, order: int, outputs: int, points: int) -
     }
 
 
+def page(results: list[dict], session: _harness.Run) -> str:
+    """The measurements as a markdown page."""
+    # The time first: a case is named by the cells before its first time (compare.py).
+    header = ["what", "variables", "order", "monomials", "outputs", "time (s)"]
+    rows = [[str(r[key]) for key in ("what", "variables", "order", "monomials", "outputs")]
+            + [f"{r['seconds']:.3f}", f"{r['extra_peak_MiB']:.1f}"] for r in results]  # fmt: skip
+    lines = ["# Re-centering a Taylor polynomial: peak memory and time", ""]
+    lines += [f"- command: `python -m benchmarks.recenter_memory {' '.join(sys.argv[1:])}`"]
+    lines += [f"- {_harness.revision()}; {_harness.versions()}", f"- {session.load_line()}", ""]
+    return "\n".join([*lines, _harness.table([*header, "extra peak [MiB]"], rows)]) + "\n"
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _harness.parser(__doc__)
     parser.add_argument("--variables", type=int, default=8)
     parser.add_argument("--order", type=int, default=6)
     parser.add_argument("--outputs", type=int, default=1)
     parser.add_argument("--points", type=int, default=30)
-    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one:
-        result = _measure(args.one, args.variables, args.order, args.outputs, args.points)
-        print(json.dumps(result))
+    if args.child:
+        _harness.reply(_measure(**json.loads(args.child)))
         return
-    for what in ("recenter", "terms_around_zero", "recenter_many"):
-        command = [sys.executable, "-m", "benchmarks.recenter_memory", "--one", what]
-        command += ["--variables", str(args.variables), "--order", str(args.order)]
-        command += ["--outputs", str(args.outputs), "--points", str(args.points)]
-        print(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip())
+    session = _harness.Run()
+    sizes = {key: getattr(args, key) for key in ("variables", "order", "outputs", "points")}
+    results = []
+    for what in WHAT:  # each in a fresh process: ru_maxrss only grows
+        results.append(_harness.run_child(Path(__file__).resolve(), {"what": what, **sizes}))
+        print(json.dumps(results[-1]), flush=True)
+    _harness.save(args, page(results, session))
 
 
 if __name__ == "__main__":
