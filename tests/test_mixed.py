@@ -104,21 +104,19 @@ def _mlp(p: int) -> nn.Module:
 
 
 @pytest.mark.parametrize("block_bytes, chunk_bytes", [(1, 1), (1, 10**9), (3000, 1), (3000, 10**9)])
-def test_blocks_of_points_and_chunks_of_directions(monkeypatch, block_bytes, chunk_bytes) -> None:
+def test_blocks_of_points_and_chunks_of_directions(block_bytes: int, chunk_bytes: int) -> None:
     # One point per block or several, all directions at once or one per chunk: same numbers.
-    monkeypatch.setattr(_mixed, "_BLOCK_BYTES", block_bytes)
-    monkeypatch.setattr(_mixed, "_CHUNK_BYTES", chunk_bytes)
     model, x = _mlp(3), torch.randn(7, 3, dtype=torch.float64)
-    actual = hope_attr.mixed_derivatives(model, x, 3, route="jets")
+    with hope_attr.resources(mixed_block_bytes=block_bytes, mixed_chunk_bytes=chunk_bytes):
+        actual = hope_attr.mixed_derivatives(model, x, 3, route="jets")
     assert _relative_error(actual, _nested_jacfwd(model, x, 3)) <= 1e-9
 
 
-def test_many_points_are_cut_into_blocks(monkeypatch) -> None:
-    monkeypatch.setattr(_mixed, "_BLOCK_BYTES", 3000)
+def test_many_points_are_cut_into_blocks() -> None:
     model, x = _mlp(2), torch.randn(50, 2, dtype=torch.float64)
-    blocks = list(
-        _mixed._blocks(Expansion(model, x, 3), num_directions=4, directions_per_chunk=None)
-    )
+    with hope_attr.resources(mixed_block_bytes=3000):
+        expansion = Expansion(model, x, 3)  # the policy is read when the expansion is made
+    blocks = list(_mixed._blocks(expansion, num_directions=4, directions_per_chunk=None))
     # 3 orders x 4 directions x 8 doubles (the widest activation) = 768 bytes per point.
     assert [(start, stop) for start, stop, _ in blocks][:2] == [(0, 3), (3, 6)]
     assert blocks[-1][1] == 50
@@ -127,12 +125,30 @@ def test_many_points_are_cut_into_blocks(monkeypatch) -> None:
     assert _relative_error(actual, _nested_jacfwd(model, x, 3)) <= 1e-9
 
 
-def test_internal_batch_size_sets_the_directions_per_chunk(monkeypatch) -> None:
+def test_directions_per_chunk_sets_the_chunks(monkeypatch) -> None:
     model, x = _mlp(3), torch.randn(4, 3, dtype=torch.float64)
     blocks = list(_mixed._blocks(Expansion(model, x, 3), 10, directions_per_chunk=3))
     assert {part.chunk_size for _, _, part in blocks} == {3}
-    actual = hope_attr.mixed_derivatives(model, x, 3, internal_batch_size=3, route="jets")
+    seen = []
+    original = _mixed._blocks
+    monkeypatch.setattr(
+        _mixed, "_blocks", lambda e, n, chunk: seen.append(chunk) or original(e, n, chunk)
+    )
+    actual = hope_attr.mixed_derivatives(model, x, 3, directions_per_chunk=3, route="jets")
+    assert seen == [3]
     assert _relative_error(actual, _nested_jacfwd(model, x, 3)) <= 1e-9
+    with pytest.warns(FutureWarning, match="directions_per_chunk"):
+        old_name = hope_attr.mixed_derivatives(model, x, 3, internal_batch_size=3, route="jets")
+    assert seen == [3, 3]
+    assert _relative_error(old_name, actual) <= 1e-13
+
+
+def test_unknown_route_is_refused_before_the_model_runs() -> None:
+    def never_called(x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the model ran")
+
+    with pytest.raises(ValueError, match="route must be one of"):
+        hope_attr.mixed_derivatives(never_called, torch.zeros(1, 2), 2, route="fast")
 
 
 def _scaled(weights: torch.Tensor, derivatives: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -140,25 +156,26 @@ def _scaled(weights: torch.Tensor, derivatives: list[torch.Tensor]) -> list[torc
     return [weights.reshape(-1, *([1] * (d.dim() - 1))) * d for d in derivatives]
 
 
-def test_function_with_a_batch_sized_constant_runs_in_one_block(monkeypatch) -> None:
+def test_function_with_a_batch_sized_constant_runs_in_one_block() -> None:
     # f works only on the whole batch: a block of fewer points would not broadcast (or, for one
     # point, would silently broadcast to the whole batch). It must fall back to one block.
-    monkeypatch.setattr(_mixed, "_BLOCK_BYTES", 1)
     model, x = _mlp(2), torch.randn(5, 2, dtype=torch.float64)
     weights = torch.linspace(1.0, 2.0, 5, dtype=torch.float64)[:, None]
     f = lambda z: model(z) * weights  # noqa: E731
-    assert len(list(_mixed._blocks(Expansion(f, x, 3), 4, None))) == 1
+    with hope_attr.resources(mixed_block_bytes=1):
+        assert len(list(_mixed._blocks(Expansion(f, x, 3), 4, None))) == 1
+        actual = hope_attr.mixed_derivatives(f, x, 3, route="jets")
     expected = _scaled(weights, _nested_jacfwd(model, x, 3))
-    assert _relative_error(hope_attr.mixed_derivatives(f, x, 3, route="jets"), expected) <= 1e-9
+    assert _relative_error(actual, expected) <= 1e-9
 
 
-def test_per_example_additional_arguments(monkeypatch) -> None:
-    monkeypatch.setattr(_mixed, "_BLOCK_BYTES", 1)
+def test_per_example_additional_arguments() -> None:
     model, x = _mlp(2), torch.randn(5, 2, dtype=torch.float64)
     weights = torch.linspace(1.0, 2.0, 5, dtype=torch.float64)[:, None]
-    actual = hope_attr.mixed_derivatives(
-        lambda z, w: model(z) * w, x, 3, additional_forward_args=(weights,), route="jets"
-    )
+    with hope_attr.resources(mixed_block_bytes=1):
+        actual = hope_attr.mixed_derivatives(
+            lambda z, w: model(z) * w, x, 3, additional_forward_args=(weights,), route="jets"
+        )
     assert _relative_error(actual, _scaled(weights, _nested_jacfwd(model, x, 3))) <= 1e-9
 
 
@@ -170,11 +187,28 @@ def test_float32_blocks_match_float64(method: str) -> None:
     assert _relative_error([s.double() for s in single], double) <= 1e-5
 
 
-def test_output_independent_of_the_inputs_gives_zeros_per_block(monkeypatch) -> None:
-    monkeypatch.setattr(_mixed, "_BLOCK_BYTES", 1)
+def test_output_independent_of_the_inputs_gives_zeros_per_block() -> None:
     x = torch.randn(6, 2, dtype=torch.float64)
-    derivatives = hope_attr.mixed_derivatives(
-        lambda z: (z > 100).to(z.dtype) + 2.0, x, 2, route="jets"
-    )
+    with hope_attr.resources(mixed_block_bytes=1):
+        derivatives = hope_attr.mixed_derivatives(
+            lambda z: (z > 100).to(z.dtype) + 2.0, x, 2, route="jets"
+        )
     assert [tuple(d.shape) for d in derivatives] == [(6, 2, 2), (6, 2, 2, 2)]
     assert all(d.abs().max() == 0 for d in derivatives)
+
+
+def test_the_resource_policy_sets_the_default_budgets() -> None:
+    model, x = _mlp(3), torch.zeros(2, 3, dtype=torch.float64)
+    # 2 points x 3 outputs x (3 + 9 + 27) entries x 8 bytes = 1,872 bytes of derivatives
+    with hope_attr.resources(max_mixed_result_bytes=1872):
+        assert len(hope_attr.mixed_derivatives(model, x, 3)) == 3
+    with hope_attr.resources(max_mixed_result_bytes=1871):
+        with pytest.raises(ValueError, match="1,872 bytes"):
+            hope_attr.mixed_derivatives(model, x, 3)
+        assert len(hope_attr.mixed_derivatives(model, x, 3, max_bytes=1872)) == 3
+    # 10 directions x 3^2 x 2 points x 3 outputs = 540 multiply-adds at the least
+    with hope_attr.resources(max_mixed_work=540):
+        assert len(hope_attr.mixed_derivatives(model, x, 3)) == 3
+    with hope_attr.resources(max_mixed_work=539):
+        with pytest.raises(ValueError, match="multiply-adds"):
+            hope_attr.mixed_derivatives(model, x, 3)

@@ -1,5 +1,5 @@
 """The MLP path of mixed partials (hope_attr/derivatives/mlp.py) against nested
-torch.func.jacfwd."""
+torch.func.jacfwd, and when the path declines (the jets then run the model as written)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from torch import nn
 import hope_attr
 from hope_attr.derivatives import mixed as _mixed
 from hope_attr.derivatives import mlp as _mlp_taylor
+from hope_attr.engine import registry as _registry
 from hope_attr.engine.expansion import Expansion
+from hope_attr.rules.elementwise import ACTIVATIONS as SPECS
 from tests.test_mixed import _nested_jacfwd, _relative_error
 
 DTYPE = torch.float64
@@ -55,8 +57,14 @@ CHAINS = {
         .to(DTYPE)
         .eval()
     ),
-    "a module calling its layers in order (traced by fx)": lambda p, o: Layered(p, o).to(DTYPE),
+    "a Linear subclass without its own forward": lambda p, o: nn.Sequential(
+        PlainLinear(p, 5), nn.ReLU6(), nn.Linear(5, o)
+    ).to(DTYPE),
 }
+
+
+class PlainLinear(nn.Linear):
+    """Computes what nn.Linear computes: the path may take it."""
 
 
 class Layered(nn.Module):
@@ -79,27 +87,35 @@ def test_mlp_path_matches_nested_jacfwd(
     expansion = Expansion(model, x, order)
     steps = _mlp_taylor.chain_of(expansion)
     assert steps is not None
-    coefficients = _mixed.normalized_coefficients(expansion, method="mlp")
+    coefficients = _mixed.normalized_coefficients(expansion, route="mlp")
     actual = _mixed.derivative_tensors(coefficients, p)
+    default = hope_attr.mixed_derivatives(model, x, order)  # whichever route it picks
     expected = _nested_jacfwd(model, x, order)
-    for k, (a, e) in enumerate(zip(actual, expected, strict=True), start=1):
-        assert a.shape == (batch, outputs, *([p] * k))
+    for k, (a, d, e) in enumerate(zip(actual, default, expected, strict=True), start=1):
+        assert a.shape == d.shape == (batch, outputs, *([p] * k))
         scale = e.abs().max().clamp_min(1e-12)  # orders a ReLU or a linear chain zero out
         assert ((a - e).abs().max() / scale).item() <= 1e-9, (k, name)
+        assert ((d - e).abs().max() / scale).item() <= 1e-9, (k, name)
 
 
 def test_blocks_of_points_give_the_same_numbers(monkeypatch) -> None:
     model, x = CHAINS["tanh, tanh"](3, 2), torch.randn(11, 3, dtype=DTYPE)
-    whole = _mixed.normalized_coefficients(Expansion(model, x, 3), method="mlp")
-    monkeypatch.setattr(_mlp_taylor, "_BLOCK_BYTES", 1)  # one point per block
-    pointwise = _mixed.normalized_coefficients(Expansion(model, x, 3), method="mlp")
+    whole = _mixed.normalized_coefficients(Expansion(model, x, 3), route="mlp")
+    blocks = []
+    original = _mlp_taylor._expand_block
+    monkeypatch.setattr(
+        _mlp_taylor, "_expand_block", lambda s, x, n: blocks.append(len(x)) or original(s, x, n)
+    )
+    with hope_attr.resources(mlp_block_bytes=1):  # one point per block
+        pointwise = _mixed.normalized_coefficients(Expansion(model, x, 3), route="mlp")
+    assert blocks == [1] * 11
     assert _relative_error(pointwise, whole) <= 1e-13
 
 
 def test_float32_matches_float64() -> None:
     model, x = CHAINS["tanh, tanh"](5, 2), torch.randn(50, 5, dtype=DTYPE)
-    double = _mixed.normalized_coefficients(Expansion(model, x, 3), method="mlp")
-    single = _mixed.normalized_coefficients(Expansion(model.float(), x.float(), 3), method="mlp")
+    double = _mixed.normalized_coefficients(Expansion(model, x, 3), route="mlp")
+    single = _mixed.normalized_coefficients(Expansion(model.float(), x.float(), 3), route="mlp")
     assert _relative_error([s.double() for s in single], double) <= 1e-5
 
 
@@ -119,6 +135,13 @@ class ScaledLinear(nn.Linear):
         return 2 * super().forward(x)
 
 
+class Scaled(nn.Linear):
+    """A Linear subclass with its own forward and no rule: the path must not take it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * super().forward(x)
+
+
 class Echo(nn.Identity):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return 3 * x
@@ -126,8 +149,6 @@ class Echo(nn.Identity):
 
 @pytest.fixture
 def custom_rules():
-    from hope_attr.engine import registry as _registry
-
     hope_attr.register_rule(ScaledLinear)(
         lambda module, x: 2 * nn.functional.linear(x, module.weight, module.bias)
     )
@@ -137,10 +158,21 @@ def custom_rules():
     _registry.unregister_rule(Echo)
 
 
+def _hooked() -> nn.Module:
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    model[1].register_forward_hook(lambda module, args, output: 2.0 * output)
+    return model
+
+
 NOT_CHAINS = {
     "Linear subclass with its own rule": lambda: nn.Sequential(
         ScaledLinear(3, 4), nn.Tanh(), nn.Linear(4, 1)
     ),
+    "Linear subclass with its own forward": lambda: nn.Sequential(
+        Scaled(3, 4), nn.Tanh(), nn.Linear(4, 1)
+    ),
+    "a module calling its layers in order (its own forward)": lambda: Layered(3, 2),
+    "a forward hook that changes an activation": _hooked,
     "Identity subclass with its own rule": lambda: nn.Sequential(
         nn.Linear(3, 4), Echo(), nn.Tanh(), nn.Linear(4, 1)
     ),
@@ -160,8 +192,8 @@ def test_other_models_are_refused_and_auto_uses_the_jets(name: str) -> None:
         model = model.to(DTYPE).eval()
     x = torch.randn(2, 3, dtype=DTYPE)
     assert _mlp_taylor.chain_of(Expansion(model, x, 3)) is None
-    with pytest.raises(ValueError, match="chain of nn.Linear"):
-        _mixed.normalized_coefficients(Expansion(model, x, 3), method="mlp")
+    with pytest.raises(ValueError, match="route='mlp' needs a plain nn.Sequential"):
+        _mixed.normalized_coefficients(Expansion(model, x, 3), route="mlp")
     actual = hope_attr.mixed_derivatives(model, x, 3)
     assert _relative_error(actual, _nested_jacfwd(model, x, 3)) <= 1e-9
 
@@ -220,53 +252,83 @@ ACTIVATIONS = [
 
 
 @pytest.mark.parametrize("module", ACTIVATIONS, ids=lambda m: repr(m))
-def test_activation_tables_are_the_rules_series(module: nn.Module) -> None:
-    """The table read off directly (where there is one) is what the rule gives a unit jet, and
-    either is the derivatives of the module itself."""
+def test_activation_tables_are_the_derivatives(module: nn.Module) -> None:
+    """The table the path composes with (read off directly, or the rule's series of a unit jet)
+    holds the derivatives of the module itself; a table read off directly is also what the rule
+    gives a unit jet."""
     z = torch.linspace(-2.95, 3.05, 13, dtype=DTYPE).reshape(1, 13)  # no kink on the grid
-    from hope_attr.rules import elementwise as _rules_elementwise
-
-    direct = _rules_elementwise.activation_table(module, z, 4)
-    # Plain tables are read off directly; compositions come from the rule.
-    composition = (
-        isinstance(module, (nn.SiLU, nn.Mish)) or getattr(module, "approximate", "") == "tanh"
-    )
-    assert (direct is None) == composition
-    unit = hope_attr.Jet(z, torch.ones(1, 1, 1, 13, dtype=DTYPE), 4)
-    rule = _registry_rule(module)(module, unit)
-    through_rule = [rule.primal, *rule.full_series()[:, 0].unbind(0)]
-    if direct is not None:
-        for a, e in zip(direct, through_rule, strict=True):
-            torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-14)
-    table = _mlp_taylor._table(module, z, 4)
+    spec = SPECS[_mlp_taylor.forward_owner(type(module))]
+    table = _mlp_taylor._table(_mlp_taylor._Step(module, spec), z, 4)
     torch.testing.assert_close(table[0], module(z), rtol=1e-15, atol=0)
     expected = _nested_jacfwd(lambda v: module(v), z.reshape(13, 1), 4)  # (13, 1, 1, ...)
     for k, derivative in enumerate(expected, start=1):
         torch.testing.assert_close(
             table[k] * math.factorial(k), derivative.reshape(1, 13), rtol=1e-9, atol=1e-12
         )
+    direct = None if spec.table is None else spec.table(z, 4, **spec.settings(module))
+    if direct is not None:
+        unit = hope_attr.Jet(z, torch.ones(1, 1, 1, 13, dtype=DTYPE), 4)
+        rule = spec.rule(unit, **spec.settings(module))
+        for a, e in zip(direct, [rule.primal, *rule.full_series()[:, 0].unbind(0)], strict=True):
+            torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-14)
 
 
-def test_a_user_rule_for_an_activation_is_used(monkeypatch) -> None:
-    from hope_attr.engine import registry as _registry
-    from hope_attr.rules import elementwise as _rules_elementwise
-
-    def doubled_tanh(module: nn.Tanh, x: hope_attr.Jet) -> hope_attr.Jet:
+class _DoubledTanh(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return 2.0 * torch.tanh(x)
 
-    monkeypatch.setitem(_registry._MODULE_RULES, nn.Tanh, doubled_tanh)
-    z = torch.randn(2, 3, dtype=DTYPE)
-    assert _rules_elementwise.activation_table(nn.Tanh(), z, 3) is None
-    table = _mlp_taylor._table(nn.Tanh(), z, 3)
-    torch.testing.assert_close(table[1], 2.0 * (1 - torch.tanh(z) ** 2))
-    # Both routes follow the user's rule, so they agree with each other (not with the module).
+
+def _with_doubled_tanh(model: nn.Sequential) -> nn.Sequential:
+    """The reference model: every Tanh computing what the user's rule says, 2 tanh."""
+    layers = [_DoubledTanh() if isinstance(m, nn.Tanh) else m for m in model]
+    return nn.Sequential(*layers)
+
+
+@pytest.fixture
+def doubled_tanh_module_rule():
+    hope_attr.register_rule(nn.Tanh)(lambda module, x: 2.0 * torch.tanh(x))
+    yield
+    _registry.unregister_rule(nn.Tanh)
+
+
+@pytest.fixture
+def doubled_tanh_function_rule():
+    builtin = _registry.function_rule(torch.tanh)
+    hope_attr.register_rule(torch.tanh, override=True)(lambda x: 2.0 * builtin(x))
+    yield
+    hope_attr.register_rule(torch.tanh, override=True)(builtin)
+
+
+@pytest.fixture
+def own_linear_rule():
+    # The same numbers as the built-in rule, but the user's: the path must not bypass it.
+    builtin = _registry.function_rule(nn.functional.linear)
+    calls = []
+    hope_attr.register_rule(nn.functional.linear, override=True)(
+        lambda *args, **kwargs: calls.append(1) or builtin(*args, **kwargs)
+    )
+    yield calls
+    hope_attr.register_rule(nn.functional.linear, override=True)(builtin)
+
+
+@pytest.mark.parametrize("fixture", ["doubled_tanh_module_rule", "doubled_tanh_function_rule"])
+def test_a_user_rule_for_an_activation_sends_the_model_to_the_jets(fixture: str, request) -> None:
+    # The path would compose with the built-in table and ignore the user's rule: it declines,
+    # and the default route follows the rule (2 tanh), not the module (tanh).
     model, x = CHAINS["tanh, tanh"](3, 1), torch.randn(4, 3, dtype=DTYPE)
-    jets = _mixed.normalized_coefficients(Expansion(model, x, 3), method="jets")
-    mlp = _mixed.normalized_coefficients(Expansion(model, x, 3), method="mlp")
-    assert _relative_error(mlp, jets) <= 1e-12
+    request.getfixturevalue(fixture)
+    assert _mlp_taylor.chain_of(Expansion(model, x, 3)) is None
+    with pytest.raises(ValueError, match="no Taylor rule of your own"):
+        _mixed.normalized_coefficients(Expansion(model, x, 3), route="mlp")
+    actual = hope_attr.mixed_derivatives(model, x, 3)
+    expected = _nested_jacfwd(_with_doubled_tanh(model), x, 3)
+    assert _relative_error(actual, expected) <= 1e-9
 
 
-def _registry_rule(module: nn.Module):
-    from hope_attr.engine import registry as _registry
-
-    return _registry.module_rule(type(module))
+def test_a_user_rule_for_linear_sends_the_model_to_the_jets(own_linear_rule: list) -> None:
+    model, x = CHAINS["tanh, tanh"](5, 1), torch.randn(4, 5, dtype=DTYPE)
+    assert _mlp_taylor.chain_of(Expansion(model, x, 3)) is None
+    own_linear_rule.clear()
+    actual = hope_attr.mixed_derivatives(model, x, 3)
+    assert own_linear_rule  # the user's rule ran
+    assert _relative_error(actual, _nested_jacfwd(model, x, 3)) <= 1e-9

@@ -15,9 +15,17 @@ so the rule is **exact only for order 1 or networks with one hidden nonlinear la
 orders >= 2 are wrong (``benchmarks/paper_rule.py`` measures by how much). It is kept because it
 is one backward sweep: cheap where the exact jets are not.
 
-Supported: chains (``nn.Sequential``-like, no residual branches) of Linear, Conv1d/2d/3d,
-AvgPool1d/2d/3d, MaxPool1d/2d/3d, Flatten/Unflatten/view/reshape, Identity/Dropout and
-elementwise activations. Everything is computed in normalized coefficients (``k!`` divided out).
+Supported: a plain ``nn.Sequential`` (nested plain ones allowed, no module hooks) called on one
+tensor, of Linear, Conv1d/2d/3d, AvgPool1d/2d/3d, MaxPool1d/2d/3d, Flatten/Unflatten,
+Identity/Dropout and elementwise activation layers (torch's, or a module whose ``forward``
+returns one elementwise torch function of its input, such as ``torch.sin(x)``). The rule is a
+backward sweep over a chain of layers, so it walks the layers themselves
+(:func:`hope_attr.engine.sequential.plain_layers`), running each once on the primal, and refuses
+any other model, pointing to ``method="exact"``. Each layer's backward is chosen by its type, so
+a layer the engine would compute otherwise (a subclass with its own ``forward``, a Taylor rule a
+user registered for its type or for a function it calls) is refused too: the rule would
+silently ignore it. An activation's series comes from the engine running the layer on a unit
+jet. Everything is computed in normalized coefficients (``k!`` divided out).
 """
 
 from __future__ import annotations
@@ -25,32 +33,48 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.fx as fx
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hope_attr.engine import registry as _registry
-from hope_attr.engine import sequential as _interpreter
+from hope_attr.derivatives.mlp import Call, call_recording, forward_owner, user_rule_of
+from hope_attr.engine import dispatch as _dispatch
+from hope_attr.engine import sequential as _sequential
 from hope_attr.engine.expansion import Expansion
 from hope_attr.engine.jet import Jet
 from hope_attr.rules.elementwise import ELEMENTWISE_ACTIVATIONS, ELEMENTWISE_FUNCTIONS
 
-_RESHAPES = {
-    torch.flatten,
-    torch.reshape,
-    torch.Tensor.view,
-    torch.Tensor.reshape,
-    torch.Tensor.flatten,
-    torch.Tensor.contiguous,
-}
-_PASS_THROUGH = (nn.Identity, nn.modules.dropout._DropoutNd, nn.Flatten, nn.Unflatten)
+_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_AVERAGE_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+_MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+# Layers that only rearrange entries (or, in eval mode, pass them on): a permutation backwards.
+_PASS_THROUGH = (
+    nn.Identity,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+_SUPPORTED = (
+    "method='diagonal' (the paper's rule) is a backward sweep over a chain of layers: it needs a "
+    "plain nn.Sequential (nested ones allowed) of Linear, Conv1d/2d/3d, AvgPool/MaxPool 1d/2d/3d, "
+    "Flatten/Unflatten, Identity/Dropout and elementwise activation layers (a module of yours "
+    "qualifies when its forward returns one elementwise torch function of its input), called on "
+    "one input tensor without module hooks"
+)
+_FIX = "Use method='exact', which expands any model exactly."
 
 
 @torch.no_grad()
 def diagonal_coefficients(expansion: Expansion) -> list[Tensor]:
-    """Like ``Expansion.unmixed_coefficients`` (``(n, B, *O, *I)``), by the paper's rule."""
-    if len(expansion.inputs) != 1:
-        raise ValueError("method='diagonal' supports a single input tensor; use method='exact'")
+    """Like ``Expansion.unmixed_coefficients`` (``(n, B, *O, *I)``), by the paper's rule.
+
+    Raises:
+        ValueError: the model is not a chain this rule covers (see the module docstring); the
+            message names the model or layer and says to use ``method="exact"``.
+    """
     steps = _forward_chain(expansion)
     order, output = expansion.order, expansion.output
     classes = output[0].numel()
@@ -70,81 +94,97 @@ Backward = Callable[[Tensor, Tensor], Tensor]
 
 
 def _forward_chain(expansion: Expansion) -> list[tuple[Backward, Tensor]]:
-    """Run the graph once; return, per input-dependent step, its backward rule and input."""
-    graph_module = expansion.graph
-    env: dict[fx.Node, object] = {}
-    dependent: set[fx.Node] = set()
+    """Run the layers once on the primal; return, per layer, its backward rule and input."""
+    layers = _chain(expansion)
     steps: list[tuple[Backward, Tensor]] = []
-    arguments = iter((*expansion.inputs, *expansion.extra))
-    first = True
-    for node in graph_module.graph.nodes:
-        if node.op == "placeholder":
-            env[node] = next(arguments)
-            if first:
-                dependent.add(node)
-                first = False
-            continue
-        if node.op == "output":
-            break
-        if node.op == "get_attr":
-            env[node] = _interpreter._fetch_attr(graph_module, node.target)
-            continue
-        args = _interpreter._load(node.args, env)
-        kwargs = _interpreter._load(node.kwargs, env)
-        with torch.no_grad():
-            value = _interpreter._call(graph_module, node, args, kwargs)
-        env[node] = value
-        sources = [n for n in node.all_input_nodes if n in dependent]
-        if not sources or not isinstance(value, Tensor):
-            continue
-        if len(sources) > 1:
+    value = expansion.inputs[0]
+    for name, layer in layers:
+        output, called = call_recording(layer, value)
+        registered = user_rule_of(layer, called)
+        if registered is not None:
             raise ValueError(
-                f"method='diagonal' handles chains of layers, but node '{node.name}' combines "
-                "several input-dependent values (a residual or branch); use method='exact'"
+                f"{_SUPPORTED}; layer '{name}' ({type(layer).__name__}) meets {registered}, "
+                f"which the paper's rule would ignore. {_FIX}"
             )
-        dependent.add(node)
-        primal_in = env[sources[0]]
-        steps.append((_backward_rule(graph_module, node, args, kwargs, primal_in), primal_in))
+        steps.append((_backward_rule(name, layer, value, output, called), value))
+        value = output
     return steps
 
 
+def _chain(expansion: Expansion) -> _sequential.Layers:
+    """The model's layers, or a ValueError that says why the rule does not apply."""
+    model = expansion.forward_func
+    layers = _sequential.plain_layers(model)
+    if layers is None:
+        what = type(model).__qualname__
+        kind = "a model with its own forward" if isinstance(model, nn.Module) else "a function"
+        raise ValueError(f"{_SUPPORTED}; got {what} ({kind}). {_FIX}")
+    if len(expansion.inputs) != 1 or expansion.extra:
+        raise ValueError(
+            f"{_SUPPORTED}; got {len(expansion.inputs)} input tensor(s) and "
+            f"{len(expansion.extra)} additional_forward_args. {_FIX}"
+        )
+    # The fast path's conditions are this rule's: no module hooks, which it would not run.
+    if _sequential.sequential_layers(model, expansion.inputs, ()) is None:
+        raise ValueError(
+            f"{_SUPPORTED}; the model or one of its layers has module hooks (or global module "
+            f"hooks are registered), which the paper's rule would not run. {_FIX}"
+        )
+    if not layers:
+        raise ValueError(f"{_SUPPORTED}; got an empty nn.Sequential. {_FIX}")
+    return layers
+
+
 def _backward_rule(
-    graph_module: _interpreter.TracedGraph,
-    node: fx.Node,
-    args: tuple,
-    kwargs: dict,
-    primal_in: Tensor,
+    name: str, module: nn.Module, primal_in: Tensor, output: Tensor, called: list[Call]
 ) -> Backward:
-    if node.op == "call_module":
-        module = graph_module.get_submodule(node.target)
-        if isinstance(module, nn.Linear):
-            return _linear_backward(module.weight)
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            return _conv_backward(module, primal_in.shape)
-        if isinstance(module, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)):
-            return _avg_pool_backward(module, primal_in)
-        if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
-            return _max_pool_backward(module, primal_in)
-        if isinstance(module, _PASS_THROUGH):
-            return _reshape_backward
-        if isinstance(module, ELEMENTWISE_ACTIVATIONS):
-            return _elementwise_backward(
-                lambda jet: _registry.module_rule(type(module))(module, jet)
-            )
+    """The layer's backward rule, chosen by the class whose ``forward`` it runs; a module of
+    another class qualifies as an elementwise activation when its ``forward`` applied one
+    elementwise function to its input and returned the result (``called``, at the primal)."""
+    owner = forward_owner(type(module))
+    if owner is nn.Linear:
+        return _linear_backward(module.weight)
+    if owner in _CONVOLUTIONS:
+        return _conv_backward(name, module, primal_in.shape)
+    if owner in _AVERAGE_POOLS:
+        return _avg_pool_backward(module, primal_in)
+    if owner in _MAX_POOLS:
+        return _max_pool_backward(module, primal_in)
+    if owner in _PASS_THROUGH:
+        return _reshape_backward
+    if owner in ELEMENTWISE_ACTIVATIONS or _is_one_elementwise_call(output, called):
+        # The layer's own forward on a unit jet, run by the engine: its Taylor series.
+        return _elementwise_backward(lambda jet: _dispatch.run(module, (jet,)))
+    if issubclass(type(module), _KNOWN):  # so it has a forward of its own
+        problem = (
+            f"is a {type(module).__name__}, a subclass of {_known_base(type(module))} with its "
+            "own forward, which the rule cannot see into"
+        )
     else:
-        target = node.target if node.op == "call_function" else getattr(torch.Tensor, node.target)
-        if target is F.linear:
-            return _linear_backward(args[1])
-        if target in _RESHAPES:
-            return _reshape_backward
-        if target in ELEMENTWISE_FUNCTIONS:
-            rule = _registry.function_rule(target)
-            return _elementwise_backward(lambda jet: rule(jet, *args[1:], **kwargs))
-    raise ValueError(
-        f"method='diagonal' (the paper's rule) has no backward rule for graph node '{node.name}' "
-        f"({node.op} {node.target}); it covers Linear, Conv, pooling, reshapes and elementwise "
-        "activations. Use method='exact'."
-    )
+        problem = f"is a {type(module).__name__}, which the rule has no backward for"
+    raise ValueError(f"{_SUPPORTED}; layer '{name}' {problem}. {_FIX}")
+
+
+_KNOWN = (
+    nn.Linear,
+    *_CONVOLUTIONS,
+    *_AVERAGE_POOLS,
+    *_MAX_POOLS,
+    *_PASS_THROUGH,
+    *ELEMENTWISE_ACTIVATIONS,
+)
+
+
+def _is_one_elementwise_call(output: Tensor, called: list[Call]) -> bool:
+    """A user's activation module, e.g. ``forward = lambda x: torch.sin(x)``."""
+    if len(called) != 1:
+        return False
+    function, on_input, result = called[0]
+    return function in ELEMENTWISE_FUNCTIONS and on_input and result is output
+
+
+def _known_base(module_type: type) -> str:
+    return next(c.__name__ for c in module_type.__mro__ if c in _KNOWN)
 
 
 def _linear_backward(weight: Tensor) -> Backward:
@@ -154,7 +194,12 @@ def _linear_backward(weight: Tensor) -> Backward:
     return backward
 
 
-def _conv_backward(module: nn.modules.conv._ConvNd, input_shape: torch.Size) -> Backward:
+def _conv_backward(name: str, module: nn.modules.conv._ConvNd, input_shape: torch.Size) -> Backward:
+    if module.padding_mode != "zeros" or isinstance(module.padding, str):
+        raise ValueError(
+            f"method='diagonal' needs convolutions with numeric zero padding; layer '{name}' has "
+            f"padding={module.padding!r}, padding_mode={module.padding_mode!r}. {_FIX}"
+        )
     grad_input = {
         1: torch.nn.grad.conv1d_input,
         2: torch.nn.grad.conv2d_input,

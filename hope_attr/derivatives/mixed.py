@@ -15,7 +15,12 @@ Cost: ``C(p + n - 1, n)`` directions of order-``n`` jets; e.g. 35 for ``p = 5, n
 
 Many points at once are cut into blocks of points, each pushing all its directions in one go:
 the nonlinearities' Taylor tables (which depend only on the point) are then computed once per
-point, and a block's series stay near the CPU caches (see ``_BLOCK_BYTES``).
+point, and a block's series stay near the CPU caches (the resource policy's
+``mixed_block_bytes``, :mod:`hope_attr.engine.resources`).
+
+Which route a call takes is decided by looking at the model's modules, never by tracing it: a plain
+``nn.Sequential`` MLP may take :mod:`hope_attr.derivatives.mlp`, every other model (data-dependent
+branches, hooks, Hugging Face transformers...) the jets, which run its own forward eagerly.
 """
 
 from __future__ import annotations
@@ -32,63 +37,66 @@ from torch import Tensor
 from hope_attr.derivatives import interpolation as _interpolation
 from hope_attr.derivatives import mlp as _mlp_taylor
 from hope_attr.derivatives.monomials import count, multi_indices
-from hope_attr.engine import threads as _threads
-from hope_attr.engine.expansion import Expansion
+from hope_attr.engine import resources as _resources
+from hope_attr.engine.expansion import Expansion, directions_argument
 from hope_attr.engine.factorials import factorial_product, times_integers
 
 # Above this many directions, a full expansion is most likely a mistake (p too large).
 _MAX_DIRECTIONS = 200_000
-# Default memory budget of a result (mixed_derivatives' dense tensors, or the coefficients).
-_MAX_BYTES = 2 * 2**30
-# Multiply-adds (a lower bound: directions x order^2 x points x outputs) past which a request is
-# refused: ~1e11 is many minutes to hours on a CPU (order 10**6 would never finish).
-_MAX_WORK = 10**11
-# Bytes of the largest activation's series for one block of points (all its directions and
-# orders). Near the size of a CPU's L2 cache, the ~10 elementwise passes of a nonlinearity over it
-# stay in cache, while much smaller blocks pay the interpreter's fixed cost per block (a fraction
-# of a millisecond) too often. The alternative, all points at once in chunks of a few directions,
-# recomputes the primal and its Taylor tables for every chunk: on the practitioner's case
-# (p = 5, n = 3) it took over twice as long. `benchmarks/mixed.py` sweeps this budget.
-_BLOCK_BYTES = 4 * 2**20
-# When one point's directions alone exceed the block budget, they go in chunks of this many bytes
-# (temporaries of a nonlinearity included, ~4 copies: about the engine's own 64 MiB budget).
-_CHUNK_BYTES = 16 * 2**20
-# How mixed partials are computed by default (see `normalized_coefficients`).
-_METHOD = "auto"
+# The budgets come from the resource policy (hope_attr.engine.resources):
+# * max_mixed_result_bytes: the default memory budget of a result (mixed_derivatives' dense
+#   tensors, or the coefficients); max_mixed_work: multiply-adds (a lower bound: directions x
+#   order^2 x points x outputs) past which a request is refused (~1e11 is many minutes to hours
+#   on a CPU; order 10**6 would never finish).
+# * mixed_block_bytes: the largest activation's series for one block of points (all its
+#   directions and orders). Near the size of a CPU's L2 cache, the ~10 elementwise passes of a
+#   nonlinearity over it stay in cache, while much smaller blocks pay the engine's fixed cost per
+#   block (a fraction of a millisecond) too often. The alternative, all points at once in chunks
+#   of a few directions, recomputes the primal and its Taylor tables for every chunk: on the
+#   practitioner's case (p = 5, n = 3) it took over twice as long. `benchmarks/mixed.py` sweeps
+#   this budget.
+# * mixed_chunk_bytes: when one point's directions alone exceed the block budget, they go in
+#   chunks of this many bytes (temporaries of a nonlinearity included, ~4 copies: about the
+#   engine's own series budget).
+_ROUTES = ("auto", "jets", "mlp")
 
 
 def normalized_coefficients(
     expansion: Expansion,
     on_chunk: Callable[[int], None] | None = None,
     directions_per_chunk: int | None = None,
-    method: str | None = None,
+    route: str = "auto",
     max_bytes: int | None = None,
 ) -> list[Tensor]:
     """Per order ``k``: ``f_a = d^a f / a!`` for every ``|a| = k``, shape ``(B, *O, M_k)``.
 
-    ``method``: ``"jets"`` (univariate jets, any model), ``"mlp"`` (multivariate polynomials and
-    an adjoint, :mod:`hope_attr.derivatives.mlp`; chains of Linear layers and elementwise
-    activations only) or ``"auto"`` (``"mlp"`` where it applies and is the cheaper one); ``None``
-    reads the module's ``_METHOD`` (``"auto"``; tests pin one method through it).
-    ``directions_per_chunk`` bounds how many jet directions are propagated at once (default: all
-    of a block's, within ``_CHUNK_BYTES``). A result over ``max_bytes`` (default ``_MAX_BYTES``)
-    or work over ``_MAX_WORK`` is refused up front with a ValueError that gives the size and the
-    fix.
+    ``route``: ``"jets"`` (univariate jets, any model), ``"mlp"`` (multivariate polynomials and
+    an adjoint, :mod:`hope_attr.derivatives.mlp`; a plain ``nn.Sequential`` of Linear layers and
+    elementwise activations only) or ``"auto"`` (``"mlp"`` where it applies and is the cheaper
+    one). ``directions_per_chunk`` bounds how many jet directions are propagated at once
+    (default: the expansion's fixed chunk if it was given one, else all of a block's, within the
+    policy's ``mixed_chunk_bytes``). A result over ``max_bytes`` (default: the policy's
+    ``max_mixed_result_bytes``) or work over its ``max_mixed_work`` is refused up front with a
+    ValueError that gives the size and the fix.
     """
-    method = _METHOD if method is None else method
-    if method not in ("auto", "jets", "mlp"):
-        raise ValueError(f"method must be 'auto', 'jets' or 'mlp', got {method!r}")
-    _check_cost(expansion, _MAX_BYTES if max_bytes is None else max_bytes)
-    if method != "jets":
+    if route not in _ROUTES:
+        raise ValueError(f"route must be one of {_ROUTES}, got {route!r}")
+    policy = expansion.resources
+    _check_cost(expansion, policy.max_mixed_result_bytes if max_bytes is None else max_bytes)
+    if route != "jets":
         steps = _mlp_taylor.chain_of(expansion)
-        if steps is not None and (method == "mlp" or _mlp_taylor.is_cheaper(expansion)):
+        if steps is not None and (route == "mlp" or _mlp_taylor.is_cheaper(expansion)):
             return _mlp_taylor.normalized_coefficients(expansion, steps)
-        if method == "mlp":
+        if route == "mlp":
             raise ValueError(
-                "method='mlp' needs a chain of nn.Linear layers and elementwise activation "
-                "modules with their built-in rules, on one flat input (B, p) with a flat output "
-                "(B, O) and no additional_forward_args; use method='jets' for any other model"
+                "route='mlp' needs a plain nn.Sequential (nested ones allowed, no hooks) of "
+                "nn.Linear layers and elementwise activation modules, with no Taylor rule of "
+                "your own for them or the functions they call, on one flat input (B, p) with a "
+                "flat output (B, O) and no additional_forward_args; use route='jets' (or the "
+                "default 'auto') for any other model"
             )
+    if directions_per_chunk is None and expansion.chunk_given:
+        directions_per_chunk = expansion.chunk_size
     x = expansion.inputs[0]
     num_variables, order = x.shape[1], expansion.order
     # (D, 1, p): the same directions at every point, broadcast over the batch.
@@ -118,7 +126,7 @@ def _check_cost(expansion: Expansion, max_bytes: int) -> None:
     num_directions = math.comb(p + order - 1, order)
     # A lower bound that needs no extra pass over the model: the output's width.
     work = num_directions * order * order * batch * max(expansion.output[0].numel(), p)
-    if num_directions > _MAX_DIRECTIONS or work > _MAX_WORK:
+    if num_directions > _MAX_DIRECTIONS or work > expansion.resources.max_mixed_work:
         raise ValueError(
             f"p = {p} variables at order {order} need {num_directions:,} jet directions of order "
             f"{order} (about {work:.2g} multiply-adds at the least, hours of work); use a smaller "
@@ -132,8 +140,9 @@ def _blocks(
     """``(start, stop, expansion of points start:stop)`` covering the batch.
 
     A block is the expansion with its per-example state (``inputs``, ``output``) sliced; the
-    traced graph is shared. Extra forward arguments may hold per-example tensors that cannot be
-    told apart from constants, and a function may hard-code its batch size: both keep one block.
+    model and the resource policy are shared. Extra forward arguments may hold per-example
+    tensors that cannot be told apart from constants, and a function may hard-code its batch
+    size: both keep one block.
     """
     batch = expansion.inputs[0].shape[0]
     largest = _largest_per_example(expansion) if not expansion.extra else None
@@ -141,13 +150,15 @@ def _blocks(
         yield 0, batch, expansion
         return
     per_direction = expansion.order * largest * expansion.inputs[0].element_size()  # one point
+    block_bytes = expansion.resources.mixed_block_bytes
     if directions_per_chunk is None:
-        fits_block = num_directions * per_direction <= _BLOCK_BYTES
+        fits_block = num_directions * per_direction <= block_bytes
+        chunk_bytes = expansion.resources.mixed_chunk_bytes
         directions_per_chunk = (
-            num_directions if fits_block else max(1, _CHUNK_BYTES // per_direction)
+            num_directions if fits_block else max(1, chunk_bytes // per_direction)
         )
     directions_per_chunk = min(directions_per_chunk, num_directions)
-    points = max(1, _BLOCK_BYTES // (directions_per_chunk * per_direction))
+    points = max(1, block_bytes // (directions_per_chunk * per_direction))
     for start in range(0, batch, points):
         stop = min(batch, start + points)
         part = copy.copy(expansion)
@@ -177,16 +188,16 @@ def _largest_per_example(expansion: Expansion) -> int | None:
     return max(largest)
 
 
-@_threads.on_free_cores
 def mixed_derivatives(
     forward_func: Callable[..., Tensor],
     inputs: Tensor,
     order: int,
     *,
     additional_forward_args: Any = None,
-    internal_batch_size: int | None = None,
+    directions_per_chunk: int | None = None,
     max_bytes: int | None = None,
     route: str = "auto",
+    internal_batch_size: int | None = None,
 ) -> list[Tensor]:
     """Every partial derivative up to ``order`` of every output, at every point of a batch.
 
@@ -194,10 +205,12 @@ def mixed_derivatives(
     ``C(p + n - 1, n)`` jets of order ``n``, one set for all orders. Meant for low-dimensional
     inputs. Points are processed in blocks sized for the CPU caches; with
     ``additional_forward_args`` (which may hold per-example tensors) all points form one block.
-    A chain of ``Linear`` layers and elementwise activations (an MLP) with several inputs, few
-    outputs and order ``<= 4`` takes a cheaper route to the same numbers: multivariate Taylor
-    polynomials of degree ``< n`` and the top degree from one reverse sweep per output
-    (``docs/derivation.md``, Section 10).
+    Any model :func:`hope_attr.unmixed_derivatives` takes is taken (its forward runs eagerly:
+    data-dependent branches, hooks, Hugging Face models). A plain ``nn.Sequential`` of ``Linear``
+    layers and elementwise activations (an MLP) with several inputs, few outputs and order
+    ``<= 4`` takes a cheaper route to the same numbers: multivariate Taylor polynomials of
+    degree ``< n`` and the top degree from one reverse sweep per output
+    (``docs/derivation.md``, Section 10); the route is chosen by looking at the modules.
 
     Args:
         forward_func: model or function ``(B, p) -> (B, *O)`` (see
@@ -205,14 +218,17 @@ def mixed_derivatives(
         inputs: points ``(B, p)``.
         order: highest order ``n >= 1``.
         additional_forward_args: extra arguments after the inputs (not differentiated).
-        internal_batch_size: directions propagated at once (default: all of a block's, up to a
-            memory budget). The MLP route propagates no directions (its blocks of points stay
-            within a few MiB) and ignores it.
+        directions_per_chunk: jet directions propagated at once (default: all of a block's,
+            up to the resource policy's ``mixed_chunk_bytes``, :class:`hope_attr.Resources`).
+            The MLP route propagates no directions (its blocks of points stay within the
+            policy's ``mlp_block_bytes``) and ignores it.
+        max_bytes: memory budget of the result (default: the policy's
+            ``max_mixed_result_bytes``, 2 GiB): a larger result, or a computation whose work
+            would take hours (over the policy's ``max_mixed_work``), is refused before any work.
         route: ``"auto"`` (the cheaper route that applies), ``"jets"`` (univariate jets, any
-            model) or ``"mlp"`` (multivariate polynomials; chains of Linear layers and elementwise
-            activations only); the results agree to rounding.
-        max_bytes: memory budget of the result (default 2 GiB): a larger result, or a
-            computation whose work would take hours, is refused before any work.
+            model) or ``"mlp"`` (multivariate polynomials; a plain ``nn.Sequential`` of Linear
+            layers and elementwise activations only); the results agree to rounding.
+        internal_batch_size: the old name of ``directions_per_chunk`` (FutureWarning).
 
     Returns:
         A list whose element ``k - 1`` has shape ``(B, *O, p, ..., p)`` (``k`` trailing ``p``'s):
@@ -221,9 +237,10 @@ def mixed_derivatives(
         with a ``DerivativeRangeWarning``.
 
     Raises:
-        ValueError: inputs not ``(B, p)``; a result over ``max_bytes`` (``B O (p^(n+1) - p) /
-            (p - 1)`` values: ``p = 2, n = 36`` is 1 TiB) or too much work; the message gives
-            the size and the fix.
+        ValueError: inputs not ``(B, p)``; an unknown ``route``, or ``route="mlp"`` for a model
+            it does not apply to; a result over ``max_bytes`` (``B O (p^(n+1) - p) / (p - 1)``
+            values: ``p = 2, n = 36`` is 1 TiB) or too much work; the message gives the size
+            and the fix.
 
     Example:
         >>> import torch, hope_attr
@@ -233,22 +250,25 @@ def mixed_derivatives(
         >>> torch.allclose(hessian[0, 0], expected, atol=1e-5)
         True
     """
+    chunk = directions_argument(directions_per_chunk, internal_batch_size)
     if not isinstance(inputs, Tensor) or inputs.dim() != 2:
         shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
         raise ValueError(
             f"mixed_derivatives needs flat inputs (B, p), got {shape}; flatten the features "
             "(mixed partials are for low-dimensional inputs)"
         )
-    budget = _MAX_BYTES if max_bytes is None else max_bytes
+    if route not in _ROUTES:
+        raise ValueError(f"route must be one of {_ROUTES}, got {route!r}")
+    budget = _resources.current().max_mixed_result_bytes if max_bytes is None else max_bytes
     if isinstance(order, int) and not isinstance(order, bool) and order >= 1:
-        # Before tracing: the dense tensors hold p^k entries per order, and the check must not
-        # depend on running the model at all.
+        # Before running the model: the dense tensors hold p^k entries per order, and the check
+        # must not depend on running the model at all.
         p = inputs.shape[1]
         entries = (p ** (order + 1) - p) // (p - 1) if p > 1 else order
         _refuse_if_too_large(
             "mixed_derivatives", p, order, inputs.shape[0] * entries, inputs, budget
         )
-    expansion = Expansion(forward_func, inputs, order, additional_forward_args, internal_batch_size)
+    expansion = Expansion(forward_func, inputs, order, additional_forward_args, chunk)
     outputs = math.prod(expansion.output.shape[1:])
     _refuse_if_too_large(
         "mixed_derivatives",
@@ -259,9 +279,7 @@ def mixed_derivatives(
         budget,
     )
     return derivative_tensors(
-        normalized_coefficients(
-            expansion, directions_per_chunk=internal_batch_size, method=route, max_bytes=budget
-        ),
+        normalized_coefficients(expansion, route=route, max_bytes=budget),
         inputs.shape[1],
     )
 

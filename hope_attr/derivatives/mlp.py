@@ -1,16 +1,15 @@
 """Mixed partials of MLPs: multivariate Taylor polynomials, and the top degree by an adjoint.
 
-For a chain of ``Linear`` layers and elementwise activations (an MLP) with few inputs, every
-partial derivative up to order ``n`` comes cheaper from truncated *multivariate* Taylor arithmetic
-than from the univariate jets of :mod:`hope_attr.derivatives.mixed`:
+For an ``nn.Sequential`` of ``Linear`` layers and elementwise activations (an MLP) with few
+inputs, every partial derivative up to order ``n`` comes cheaper from truncated *multivariate*
+Taylor arithmetic than from the univariate jets of :mod:`hope_attr.derivatives.mixed`:
 
 * **Degrees 1 .. n-1 are propagated forwards**, as polynomials in ``delta = x - x0``: a tensor of
   coefficients ``(B, M_d, W)`` per degree ``d`` (``M_d`` monomials, ordered as
   :func:`hope_attr.derivatives.monomials.multi_indices`). A linear layer acts on every coefficient
-  (its bias on
-  the primal only); an activation ``g`` composes with its Taylor table ``T_j = g^(j)(z0) / j!``
-  (:func:`hope_attr.rules.elementwise.activation_table`, or its registered rule applied to a
-  one-direction jet): ``g(z0 + D) - g(z0) = T_1 D + D R`` with
+  (its bias on the primal only); an activation ``g`` composes with its Taylor table
+  ``T_j = g^(j)(z0) / j!`` (its ``table`` in :data:`hope_attr.rules.elementwise.ACTIVATIONS`, or
+  its built-in rule applied to a one-direction jet): ``g(z0 + D) - g(z0) = T_1 D + D R`` with
   ``R = sum_{j >= 2} T_j D^(j-1)``, products truncated by degree.
 * **The top degree n is not propagated.** A degree-``n`` coefficient reaches every later layer
   only through the first-order term ``T_1 D_n``: what else an activation produces at degree ``n``,
@@ -30,19 +29,21 @@ than the jets, for few outputs (see :func:`is_cheaper`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from hope_attr.derivatives.monomials import count, multi_indices
 from hope_attr.engine import registry as _registry
+from hope_attr.engine import sequential as _sequential
 from hope_attr.engine.jet import Jet
-from hope_attr.rules import elementwise as _rules_elementwise
-from hope_attr.rules import linear as _rules_linear
+from hope_attr.rules.elementwise import ACTIVATIONS, ELEMENTWISE_ACTIVATIONS, Activation
 
 if TYPE_CHECKING:
     from hope_attr.engine.expansion import Expansion
@@ -51,58 +52,157 @@ if TYPE_CHECKING:
 Graded = dict[int, Tensor]
 Table = list[Tensor]  # [T_0, T_1, ..., T_n], each (B, W)
 
-# Bytes of one block of points' coefficients and temporaries, per thread. Larger blocks mean
-# fewer operations, smaller ones stay in the caches and, with glibc's default allocator, are
-# reused from the heap instead of being returned to the kernel and faulted in again. In a fresh
-# process with default settings (the practitioner's case of `benchmarks/mixed.py`, 2 threads)
-# 8 MiB took 85 ms, 16 MiB 120 ms, 4 MiB 94 ms (median of 9); the benchmark sweeps it.
-_BLOCK_BYTES = 8 * 2**20
+# The bytes of one block of points' coefficients and temporaries, per thread, are the resource
+# policy's `mlp_block_bytes` (hope_attr.engine.resources): larger blocks mean fewer operations,
+# smaller ones stay in the caches and, with glibc's default allocator, are reused from the heap
+# instead of being returned to the kernel and faulted in again. `benchmarks/mixed.py` sweeps it.
+
 # When this path is used (see `is_cheaper`).
 _MAX_ORDER = 4
 _MAX_OUTPUTS = 4
 _ADVANTAGE = 4
-# Modules that are the identity in eval mode (their built-in rule says so), skipped in a chain.
-_PASS_THROUGH = (nn.Identity, nn.modules.dropout._DropoutNd, nn.AlphaDropout)
+# The classes whose forward is the identity in eval mode (training mode is refused earlier, by
+# the expansion's eval check): skipped in a chain.
+_PASS_THROUGH = (
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
 
 
 @dataclass(frozen=True)
 class _Step:
-    """One layer of the chain: a Linear layer or an elementwise activation."""
+    """One layer of the chain: a Linear layer (``activation is None``) or an elementwise
+    activation, with what its table is read from."""
 
     module: nn.Module
-    is_linear: bool
+    activation: Activation | None = None
+
+    @property
+    def is_linear(self) -> bool:
+        return self.activation is None
 
 
 def chain_of(expansion: Expansion) -> list[_Step] | None:
-    """The MLP's steps if ``expansion`` traced a chain of Linear layers and elementwise
-    activations on one flat input ``(B, p)`` with a flat output ``(B, O)``; else ``None``.
+    """The MLP's steps if ``expansion`` is of a plain ``nn.Sequential`` of Linear layers and
+    elementwise activations on one flat input ``(B, p)`` with a flat output ``(B, O)`` and no
+    additional arguments; else ``None`` (the jets route runs, which takes any model).
 
-    Only modules whose rule is the built-in one qualify: this path computes what those rules
-    compute, by other means, and would silently ignore a rule a user registered instead.
-    Identity and (eval-mode) dropout are skipped.
+    Decided by looking at the modules (:func:`hope_attr.engine.sequential.sequential_layers`:
+    nested plain ``Sequential`` containers are flattened; module hooks rule the chain out), and
+    by calling each layer once on the first point, which shows the torch functions it calls.
+    This path computes what the built-in rules compute, by other means, so whatever a user
+    registered instead would be silently ignored: a layer whose type has a user's module rule,
+    a subclass with its own ``forward``, or a layer calling a function with a user's rule
+    (``register_rule(torch.tanh, override=True)``) sends the model to the jets, which honour
+    them. Identity and (eval-mode) dropout are skipped.
     """
-    if len(expansion.inputs) != 1 or expansion.extra or expansion.inputs[0].dim() != 2:
+    x = expansion.inputs[0]
+    if len(expansion.inputs) != 1 or expansion.extra or x.dim() != 2:
         return None
     if expansion.output.dim() != 2:
         return None
-    nodes = list(expansion.graph.graph.nodes)
-    if len(nodes) < 3 or nodes[0].op != "placeholder" or nodes[-1].op != "output":
+    model, inputs = expansion.forward_func, expansion.inputs
+    layers = _sequential.sequential_layers(model, inputs, expansion.extra)
+    if not layers:
         return None
     steps: list[_Step] = []
-    previous = nodes[0]
-    for node in nodes[1:-1]:
-        if node.op != "call_module" or node.args != (previous,) or node.kwargs:
+    value = x[:1]
+    for _, layer in layers:
+        owner = forward_owner(type(layer))
+        if owner is nn.Linear:
+            step = _Step(layer)
+        elif owner in ELEMENTWISE_ACTIVATIONS:
+            step = _Step(layer, ACTIVATIONS[owner])
+        elif owner in _PASS_THROUGH:
+            step = None
+        else:
             return None
-        module = expansion.graph.get_submodule(node.target)
-        rule = _registry.module_rule(type(module))
-        if isinstance(module, nn.Linear) and rule is _rules_linear._linear_module:
-            steps.append(_Step(module, True))
-        elif isinstance(module, _rules_elementwise.ELEMENTWISE_ACTIVATIONS) and rule is not None:
-            steps.append(_Step(module, False))  # its table comes from its rule: any rule will do
-        elif not (isinstance(module, _PASS_THROUGH) and rule is _rules_linear._identity_module):
+        value, called = call_recording(layer, value)
+        if user_rule_of(layer, called) is not None:
             return None
-        previous = node
-    return steps if nodes[-1].args == (previous,) and steps else None
+        if step is not None:
+            steps.append(step)
+    return steps or None
+
+
+def forward_owner(module_type: type[nn.Module]) -> type[nn.Module]:
+    """The class along the MRO whose ``forward`` instances of ``module_type`` run: a subclass
+    that does not override ``forward`` computes what its base computes.
+
+    Example:
+        >>> from torch import nn
+        >>> forward_owner(nn.ReLU6).__name__  # ReLU6 is a Hardtanh with fixed bounds
+        'Hardtanh'
+    """
+    return next(c for c in module_type.__mro__ if "forward" in vars(c))
+
+
+class Call(NamedTuple):
+    """One torch function a layer's ``forward`` called: whether the layer's input was its first
+    argument, and what it returned."""
+
+    function: object
+    on_input: bool
+    result: object
+
+
+class _Calls(TorchFunctionMode):
+    """Records the torch functions called at the top level (those they call in turn run with
+    the mode off): the ones a jet would take to their rules."""
+
+    def __init__(self, argument: Tensor) -> None:
+        super().__init__()
+        self.argument = argument
+        self.seen: list[Call] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN206
+        result = func(*args, **(kwargs or {}))
+        self.seen.append(Call(func, bool(args) and args[0] is self.argument, result))
+        return result
+
+
+def call_recording(layer: nn.Module, value: Tensor) -> tuple[Tensor, list[Call]]:
+    """``layer(value)`` without autograd, and the torch functions its ``forward`` called.
+
+    The layer gets a copy: an in-place layer (``nn.ELU(inplace=True)``) must change neither
+    ``value``, which the caller keeps as this layer's input, nor a user's input tensor.
+
+    Example:
+        >>> import torch
+        >>> _, calls = call_recording(torch.nn.Tanh(), torch.zeros(1, 2))
+        >>> [(call.function.__name__, call.on_input) for call in calls]
+        [('tanh', True)]
+    """
+    argument = value.clone()
+    with torch.no_grad(), _Calls(argument) as calls:
+        output = layer(argument)
+    return output, calls.seen
+
+
+def user_rule_of(layer: nn.Module, called: Iterable[Call]) -> str | None:
+    """What a user registered that running ``layer`` on a jet would meet: a module rule for its
+    type, or a function rule for one of the functions it ``called`` (say which), else ``None``.
+
+    Every module rule is a user's (the built-in rules are function rules); the built-in
+    function rules are all defined inside ``hope_attr``, so any other one is the user's.
+    """
+    if _registry.module_rule(type(layer)) is not None:
+        return f"a Taylor rule registered for {type(layer).__qualname__}"
+    for function, _, _ in called:
+        if _is_user_rule(_registry.function_rule(function)):
+            name = getattr(function, "__qualname__", None) or repr(function)
+            return f"a Taylor rule registered for {name}, which its forward calls"
+    return None
+
+
+def _is_user_rule(rule: object) -> bool:
+    home = getattr(rule, "__module__", None) or ""
+    return rule is not None and not home.startswith("hope_attr.")
 
 
 def is_cheaper(expansion: Expansion) -> bool:
@@ -136,7 +236,8 @@ def normalized_coefficients(expansion: Expansion, steps: list[_Step]) -> list[Te
     lower = sum(count(p, d) for d in range(1, order))
     pairs = max((count(p, d) * count(p, order - d) for d in range(1, order)), default=0)
     per_point = ((lower + pairs) * widest + outputs * count(p, order)) * x.element_size()
-    points = max(1, _BLOCK_BYTES * torch.get_num_threads() // max(per_point, 1))
+    budget = expansion.resources.mlp_block_bytes * torch.get_num_threads()
+    points = max(1, budget // max(per_point, 1))
     blocks = [
         _expand_block(steps, x[start : start + points], order)
         for start in range(0, x.shape[0], points)
@@ -187,20 +288,24 @@ def _primal_pass(steps: list[_Step], x: Tensor, order: int) -> tuple[list[Table 
             tables.append(None)
             value = F.linear(value, step.module.weight, step.module.bias)
         else:
-            table = _table(step.module, value, order)
+            table = _table(step, value, order)
             tables.append(table)
             value = table[0]
     return tables, value
 
 
-def _table(module: nn.Module, z0: Tensor, order: int) -> Table:
-    """``[g(z0), g'(z0), g''(z0)/2!, ...]``: read off directly where the built-in rule is a plain
-    table, else from the module's own Taylor rule on a unit jet."""
-    table = _rules_elementwise.activation_table(module, z0, order)
+def _table(step: _Step, z0: Tensor, order: int) -> Table:
+    """``[g(z0), g'(z0), g''(z0)/2!, ...]`` of an activation step: read off its plain table
+    where it has one, else from its built-in rule applied to a unit jet (compositions such as
+    SiLU, piecewise-linear functions)."""
+    spec, module = step.activation, step.module
+    assert spec is not None
+    settings = spec.settings(module)
+    table = spec.table(z0, order, **settings) if spec.table is not None else None
     if table is not None:
         return table
-    unit = Jet(z0, torch.ones_like(z0).unsqueeze(0).unsqueeze(0), order)
-    result = _registry.module_rule(type(module))(module, unit)
+    unit = Jet(z0, torch.ones_like(z0).reshape(1, 1, *z0.shape), order)
+    result = spec.rule(unit, **settings)
     series = result.full_series()[:, 0]  # (n, B, W)
     return [result.primal, *series.unbind(0)]
 
