@@ -4,6 +4,7 @@
   fresh namespace, in the repository root, with matplotlib's Agg backend. A block preceded by the
   line ``<!-- no-test -->`` is skipped (for blocks that need data or a long time). Rules
   registered by a block are removed afterwards, so a failing block cannot leak into the next one.
+  A README.md block followed by the line ``prints`` and a ```text block prints exactly that.
 * Every ``<!-- hope-attr: ARGS -->`` command of docs/*.md (the site shows its output, see
   ``docs/hooks/run_examples.py``) runs and exits with status 0.
 * mkdocs.yml lists every page and notebook, and only existing ones; included files exist; the
@@ -15,8 +16,10 @@ the notebooks and validates every link.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import io
 import json
 import os
 import re
@@ -185,6 +188,37 @@ def test_parser_reads_marks_and_ignores_other_fences() -> None:
     ]
 
 
+def shown_outputs(text: str, path: str) -> list[tuple[Block, str]]:
+    """``(block, output)`` for each ```python block followed by the line ``prints`` and a
+    ```text block: what the page says the block prints (README.md has no build to compute it)."""
+    lines = text.splitlines()
+    shown = []
+    for block in python_blocks(text, path):
+        index = block.line - 1 + block.source.count("\n") + 1  # the line after the closing fence
+        following = [line.strip() for line in lines[index:] if line.strip()]
+        if following[:2] != ["prints", "```text"]:
+            continue
+        start = lines.index("```text", index) + 1
+        end = lines.index("```", start)
+        shown.append((block, "\n".join(lines[start:end])))
+    return shown
+
+
+README_OUTPUTS = shown_outputs((ROOT / "README.md").read_text(encoding="utf-8"), "README.md")
+
+
+def test_the_readme_shows_the_quickstart_output() -> None:
+    assert README_OUTPUTS, "README.md: the quickstart should be followed by 'prints' and its output"
+
+
+@pytest.mark.parametrize("block, output", README_OUTPUTS, ids=lambda v: getattr(v, "name", ""))
+def test_readme_output_is_what_the_block_prints(block: Block, output: str, isolated: None) -> None:
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(block.source, block.path, "exec"), {"__name__": "__main__"})  # noqa: S102
+    assert printed.getvalue().rstrip() == output, f"update the output shown after {block.name}"
+
+
 # --------------------------------------------------------------------------- the site's examples
 def _hook() -> ModuleType:
     """docs/hooks/run_examples.py, the MkDocs hook that runs the examples whose output is shown."""
@@ -230,6 +264,47 @@ def test_hook_renders_commands_and_block_outputs() -> None:
     assert rendered[1:3] == ["```console", "$ hope-attr --help"]
     assert rendered[3].startswith("usage: hope-attr")
     assert rendered[-3:] == ['```text title="Output"', "42", "```"]
+
+
+def test_hook_checks_committed_outputs_and_refreshes_them() -> None:
+    # GitHub hides the markers (HTML comments): a page commits the outputs after them, and the
+    # build fails when a committed output is no longer what the command prints.
+    from mkdocs.exceptions import PluginError
+
+    hook = _hook()
+    bare = "Text.\n<!-- hope-attr: --help -->\nMore text."
+    committed = hook.refresh(bare)
+    lines = committed.split("\n")
+    assert lines[:4] == ["Text.", "<!-- hope-attr: --help -->", "```console", "$ hope-attr --help"]
+    assert lines[4].startswith("usage: hope-attr") and lines[-2:] == ["```", "More text."]
+    assert hook.refresh(committed) == committed
+    assert hook.render(committed, "test.md") == hook.render(bare, "test.md")  # shown once
+    stale = committed.replace("show this help message", "show an old help message")
+    with pytest.raises(PluginError, match=r"not what the command prints.*docs/test\.md"):
+        hook.render(stale, "test.md")
+
+
+def _pages_with_committed_outputs() -> list[Path]:
+    return [
+        page
+        for page in sorted((ROOT / "docs").glob("*.md"))
+        if "```console\n$ hope-attr" in page.read_text(encoding="utf-8")
+    ]
+
+
+def test_the_cli_page_commits_every_output() -> None:
+    # Regression: on GitHub docs/cli.md showed only the markers, which are HTML comments.
+    text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    markers = [args for page, args in _commands() if page == "cli.md"]
+    assert markers and all(f"\n```console\n$ hope-attr {args}\n" in text for args in markers)
+
+
+@pytest.mark.parametrize("page", _pages_with_committed_outputs(), ids=lambda page: page.name)
+def test_committed_outputs_are_current(page: Path, isolated: None) -> None:
+    text = page.read_text(encoding="utf-8")
+    assert _hook().refresh(text) == text, (
+        f"run `python docs/hooks/run_examples.py docs/{page.name}` to update the outputs"
+    )
 
 
 def test_hook_fails_the_build_on_a_failing_example() -> None:
@@ -353,6 +428,36 @@ def test_notebook_is_committed_with_its_figures(path: Path) -> None:
                 assert "TqdmWarning" not in "".join(output["text"]), f"{path.name}: tqdm warning"
     expected = _hook_module("notebook_figures").drawing_cells(notebook)
     assert expected > 0 and images >= expected, f"{path.name}: {images} images, {expected} cells"
+
+
+def test_notebook_links_to_pages_become_site_urls() -> None:
+    # Regression: mkdocs-jupyter renders a notebook itself, so MkDocs neither rewrote nor checked
+    # its links: "../audit.md" reached the site as it was, a 404 next to the notebook's page.
+    from types import SimpleNamespace
+
+    from mkdocs.structure.files import File, Files
+
+    hook = _hook_module("notebook_figures")
+    audit = File("audit.md", "docs", "site", use_directory_urls=True)
+    notebook_page = File("notebooks/dataset_audit.md", "docs", "site", use_directory_urls=True)
+    assert notebook_page.url == "notebooks/dataset_audit/"  # where mkdocs-jupyter puts it too
+    html = (
+        '<a href="../audit.md#ray">a</a> <a href="../nowhere.md">b</a> '
+        '<a href="https://example.org/notes.md">c</a> <a href="#section">d</a>'
+    )
+    page = SimpleNamespace(file=notebook_page)
+    resolved, missing = hook.resolve_links(html, page, Files([audit, notebook_page]))
+    assert resolved == html.replace("../audit.md#ray", "../../audit/#ray")
+    assert missing == ["../nowhere.md"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_links_to_pages_exist(path: Path) -> None:
+    notebook = json.loads(path.read_text(encoding="utf-8"))
+    text = "".join("".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "markdown")
+    for target in re.findall(r"\]\(([^):#]+\.(?:md|ipynb))(?:#[^)]*)?\)", text):
+        linked = (path.parent / target).resolve()
+        assert linked.is_file() and (ROOT / "docs") in linked.parents, f"{path.name}: {target}"
 
 
 def test_notebook_hook_rejects_pages_without_figures() -> None:
