@@ -481,6 +481,7 @@ def test_an_order_beyond_the_dtype_is_refused_at_once(dtype, order, highest) -> 
         lambda: hope_attr.mixed_derivatives(model, x, order),
         lambda: hope_attr.expand(model, x[0], order),
     ):
-        with pytest.raises(ValueError, match=f"order {order}"):
+        with pytest.raises(ValueError, match="order") as info:
             call()
+        assert str(order) in str(info.value)
     assert time.perf_counter() - start < 5.0

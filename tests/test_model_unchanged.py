@@ -9,6 +9,7 @@ match the oracle.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -403,3 +404,21 @@ def test_shared_module_in_two_models() -> None:
     assert relative_error(actual, unmixed_reference(f, x, ORDER)) <= TOLERANCE
     _assert_unchanged(first, before[0])
     _assert_unchanged(second, before[1])
+
+
+@pytest.mark.parametrize("activation", [nn.ELU(inplace=True), nn.ReLU(inplace=True)])
+def test_a_first_layer_that_works_in_place_leaves_the_inputs_alone(activation) -> None:
+    """The primal pass ran the user's forward on the user's own tensors: an in-place first
+    layer overwrote ``x`` (every public call, and reverse mode for the ReLU)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(activation, nn.Linear(4, 2)).double().eval()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    before = x.clone()
+    hope_attr.unmixed_derivatives(model, x, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hope_attr.HOPEAttribution(model, order=2).attribute(x, target=0)
+        hope_attr.HOPEAttribution(model, order=2, method="continuation").attribute(x, target=0)
+    hope_attr.mixed_derivatives(model, x, 2)
+    hope_attr.expand(model, x[0], 2)
+    assert torch.equal(x, before)

@@ -9,7 +9,7 @@
   ``--state-dict PATH`` for its weights (loaded with ``weights_only=True``: no code runs);
 * a TorchScript file (``torch.jit.script(model).save(path)``) of standard ``torch.nn`` modules in
   ``nn.Sequential`` containers (MLPs, CNNs), together with ``--trust-code``: TorchScript is code,
-  run when the file is loaded. torch.fx cannot trace TorchScript code, so the network is rebuilt
+  run when the file is loaded. Jets cannot run through TorchScript code, so the network is rebuilt
   as the equivalent eager modules from the file's module types, settings and weights, and
   checked against the TorchScript network at ``--point`` before it is expanded;
 * a file saved with ``torch.save(model)`` together with ``--trust-code`` (unpickling runs code).

@@ -264,7 +264,7 @@ def _rebuild(scripted: torch.jit.ScriptModule, where: str) -> nn.Module:
     if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
         raise ModelError(
             f"{where} is a TorchScript {name!r}, not a torch.nn module: its forward is "
-            f"TorchScript code, which torch.fx cannot trace. Only torch.nn modules in "
+            f"TorchScript code, which jets cannot run through. Only torch.nn modules in "
             f"nn.Sequential containers can be rebuilt; for other models, {_SAVE_WEIGHTS}."
         )
     if module_type is nn.Sequential:

@@ -39,7 +39,7 @@ from hope_attr.derivatives import mlp as _mlp_taylor
 from hope_attr.derivatives.monomials import count, multi_indices
 from hope_attr.engine import resources as _resources
 from hope_attr.engine.expansion import Expansion, directions_argument
-from hope_attr.engine.factorials import factorial_product, times_integers
+from hope_attr.engine.factorials import check_order, factorial_product, times_integers
 
 # Above this many directions, a full expansion is most likely a mistake (p too large).
 _MAX_DIRECTIONS = 200_000
@@ -260,14 +260,12 @@ def mixed_derivatives(
     if route not in _ROUTES:
         raise ValueError(f"route must be one of {_ROUTES}, got {route!r}")
     budget = _resources.current().max_mixed_result_bytes if max_bytes is None else max_bytes
-    if isinstance(order, int) and not isinstance(order, bool) and order >= 1:
-        # Before running the model: the dense tensors hold p^k entries per order, and the check
-        # must not depend on running the model at all.
-        p = inputs.shape[1]
-        entries = (p ** (order + 1) - p) // (p - 1) if p > 1 else order
-        _refuse_if_too_large(
-            "mixed_derivatives", p, order, inputs.shape[0] * entries, inputs, budget
-        )
+    check_order(order, inputs.dtype)  # first: the size of a huge order does not even format
+    # Before running the model: the dense tensors hold p^k entries per order, and the check
+    # must not depend on running the model at all.
+    p = inputs.shape[1]
+    entries = (p ** (order + 1) - p) // (p - 1) if p > 1 else order
+    _refuse_if_too_large("mixed_derivatives", p, order, inputs.shape[0] * entries, inputs, budget)
     expansion = Expansion(forward_func, inputs, order, additional_forward_args, chunk)
     outputs = math.prod(expansion.output.shape[1:])
     _refuse_if_too_large(

@@ -36,7 +36,7 @@ _TEMPORARY_COPIES = 4
 
 
 class Expansion:
-    """A traced, validated forward function at an expansion point, ready to push jets through.
+    """A validated forward function at an expansion point, ready to push jets through.
 
     Internal to the package: :func:`unmixed_derivatives` and the attribution methods build on it.
     Results are normalized Taylor coefficients (see :mod:`hope_attr.engine.jet`).
@@ -50,10 +50,8 @@ class Expansion:
         additional_forward_args: Any = None,
         directions_per_chunk: int | None = None,
         select: Callable[[Tensor], Tensor] | None = None,
-        *,
-        internal_batch_size: int | None = None,  # TODO(lead): drop once callers are renamed
     ) -> None:
-        """Trace and check ``forward_func`` at ``inputs``; run its primal pass.
+        """Check ``forward_func`` and ``inputs``; run the primal pass.
 
         ``select`` maps outputs ``(L, B, *O)`` to the ones the caller wants ``(L, B, *O')`` (one
         target per example): the expansion then describes only those, and reverse mode
@@ -62,8 +60,6 @@ class Expansion:
         self.inputs: tuple[Tensor, ...] = inputs if isinstance(inputs, tuple) else (inputs,)
         self.extra = _format_additional_args(additional_forward_args)
         self.resources = _resources.current()
-        if directions_per_chunk is None:
-            directions_per_chunk = internal_batch_size
         if directions_per_chunk is None:
             directions_per_chunk = self.resources.directions_per_chunk
         _check_arguments(forward_func, self.inputs, order, directions_per_chunk)
@@ -83,7 +79,9 @@ class Expansion:
                 largest[0] = max(largest[0], value.numel())
                 self._activation_bytes += value.numel() * value.element_size()
 
-        output = self.run((*self.inputs, *self.extra), observe)
+        # On copies: a model whose first op works in place (ReLU(inplace=True)) must not change
+        # the caller's tensors.
+        output = self.run((*(x.clone() for x in self.inputs), *self.extra), observe)
         _check_output(output, self.inputs[0].shape[0])
         self._select = select
         self.model_output: Tensor = output  # before ``select``
