@@ -493,3 +493,21 @@ def test_benchmark_quick_mode_runs(tmp_path) -> None:
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "## Targets" in (tmp_path / "o.md").read_text()
+
+
+def test_sizes_that_cannot_run_are_refused_at_once_with_the_fix() -> None:
+    """64 players used to fail with 'at most 62 players fit a bitmask' without the fix, and
+    permutations=10**9 with std::bad_alloc after half a minute (issue 30)."""
+    import time
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 1)).double()
+    x = torch.rand(1, 64, dtype=torch.float64)
+    with pytest.raises(ValueError, match="at most 62 players, got 64.*feature_mask"):
+        hope_attr.interactions(model, x, target=0, index="SV", order=1)
+    small = torch.nn.Sequential(torch.nn.Linear(10, 1), torch.nn.Tanh()).double()
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="permutations=1000000000 with 10 players visit 1.1e\\+10"):
+        hope_attr.interactions(
+            small, x[:, :10], target=0, index="SV", order=2, method="moebius", permutations=10**9
+        )
+    assert time.perf_counter() - start < 5.0

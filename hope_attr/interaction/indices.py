@@ -112,6 +112,7 @@ def interactions(
         method: ``"moebius"`` or ``"taylor"`` (see above).
         feature_mask: integer group ids ``0..G-1`` broadcastable to each input (a tuple for
             tuple inputs): the ``G`` groups are the players, as in Captum's FeatureAblation.
+            At most 62 players (coalitions are 62-bit masks): group larger inputs.
         additional_forward_args: passed after the inputs; tensors whose first axis is the batch
             are repeated along with the coalitions.
         max_coalitions: refuse more than this many coalitions (or jets) per example.
@@ -168,6 +169,13 @@ def interactions(
     game = format_game(
         forward_func, inputs, baselines, target, feature_mask, additional_forward_args
     )
+    if game.num_players > MAX_PLAYERS:
+        raise ValueError(
+            f"interactions encode coalitions as bitmasks of at most {MAX_PLAYERS} players, got "
+            f"{game.num_players}: group the features into at most {MAX_PLAYERS} players with "
+            "feature_mask (superpixels, tokens, correlated columns), which also keeps the "
+            "interactions readable"
+        )
     max_order, order = _check_orders(index, max_order, order, game.num_players, max_coalitions)
     size = min(order, game.num_players)  # the largest coalition kept
     cost = _moebius.lattice_size(game.num_players, size)
@@ -179,6 +187,14 @@ def interactions(
             "into fewer players with feature_mask, or raise max_coalitions"
         )
     _check_permutations(permutations, random_state, index, method)
+    sampled_coalitions = permutations * (game.num_players + 1)
+    if sampled_coalitions > _MAX_SAMPLED_COALITIONS:
+        raise ValueError(
+            f"permutations={permutations} with {game.num_players} players visit "
+            f"{sampled_coalitions:.3g} coalitions (each a model evaluation of the residual), over "
+            f"the {_MAX_SAMPLED_COALITIONS:.0e} one call takes; the sampling error shrinks like "
+            "1/sqrt(permutations): a few thousand permutations are usually enough"
+        )
     lattice = _moebius.lattice(game.num_players, size)
     if method == "moebius":
         moebius, previous = _moebius_by_coalitions(game, lattice)
@@ -271,6 +287,13 @@ def _interaction_values(
         )
         for b, column in enumerate(table.T)
     ]
+
+
+#: Players a coalition bitmask holds (int64, sign bit and one spare bit kept free).
+MAX_PLAYERS = 62
+# Coalitions the permutation sampling of the residual may visit in one call: each is a model
+# evaluation, and their bitmasks and values are held at once (10**7: ~1 GB for a batch of 8).
+_MAX_SAMPLED_COALITIONS = 10**7
 
 
 def _check_permutations(
