@@ -169,32 +169,10 @@ def interactions(
     game = format_game(
         forward_func, inputs, baselines, target, feature_mask, additional_forward_args
     )
-    if game.num_players > MAX_PLAYERS:
-        raise ValueError(
-            f"interactions encode coalitions as bitmasks of at most {MAX_PLAYERS} players, got "
-            f"{game.num_players}: group the features into at most {MAX_PLAYERS} players with "
-            "feature_mask (superpixels, tokens, correlated columns), which also keeps the "
-            "interactions readable"
-        )
     max_order, order = _check_orders(index, max_order, order, game.num_players, max_coalitions)
     size = min(order, game.num_players)  # the largest coalition kept
-    cost = _moebius.lattice_size(game.num_players, size)
-    if cost > max_coalitions:
-        raise ValueError(
-            f"{game.num_players} players at order {order} need sum_(s<={size}) "
-            f"C({game.num_players}, s) = {cost} {'jets' if method == 'taylor' else 'coalitions'} "
-            f"per example, over max_coalitions={max_coalitions}: lower order, group features "
-            "into fewer players with feature_mask, or raise max_coalitions"
-        )
     _check_permutations(permutations, random_state, index, method)
-    sampled_coalitions = permutations * (game.num_players + 1)
-    if sampled_coalitions > _MAX_SAMPLED_COALITIONS:
-        raise ValueError(
-            f"permutations={permutations} with {game.num_players} players visit "
-            f"{sampled_coalitions:.3g} coalitions (each a model evaluation of the residual), over "
-            f"the {_MAX_SAMPLED_COALITIONS:.0e} one call takes; the sampling error shrinks like "
-            "1/sqrt(permutations): a few thousand permutations are usually enough"
-        )
+    cost = _check_feasible(game.num_players, order, size, method, max_coalitions, permutations)
     lattice = _moebius.lattice(game.num_players, size)
     if method == "moebius":
         moebius, previous = _moebius_by_coalitions(game, lattice)
@@ -287,6 +265,36 @@ def _interaction_values(
         )
         for b, column in enumerate(table.T)
     ]
+
+
+def _check_feasible(
+    players: int, order: int, size: int, method: str, max_coalitions: int, permutations: int
+) -> int:
+    """Refuse, before any model evaluation, what cannot run; the coalitions per example."""
+    if players > MAX_PLAYERS:
+        raise ValueError(
+            f"interactions encode coalitions as bitmasks of at most {MAX_PLAYERS} players, got "
+            f"{players}: group the features into at most {MAX_PLAYERS} players with "
+            "feature_mask (superpixels, tokens, correlated columns), which also keeps the "
+            "interactions readable"
+        )
+    cost = _moebius.lattice_size(players, size)
+    if cost > max_coalitions:
+        raise ValueError(
+            f"{players} players at order {order} need sum_(s<={size}) C({players}, s) = {cost} "
+            f"{'jets' if method == 'taylor' else 'coalitions'} per example, over "
+            f"max_coalitions={max_coalitions}: lower order, group features into fewer players "
+            "with feature_mask, or raise max_coalitions"
+        )
+    sampled_coalitions = permutations * (players + 1)
+    if sampled_coalitions > _MAX_SAMPLED_COALITIONS:
+        raise ValueError(
+            f"permutations={permutations} with {players} players visit "
+            f"{sampled_coalitions:.3g} coalitions (each a model evaluation of the residual), over "
+            f"the {_MAX_SAMPLED_COALITIONS:.0e} one call takes; the sampling error shrinks like "
+            "1/sqrt(permutations): a few thousand permutations are usually enough"
+        )
+    return cost
 
 
 #: Players a coalition bitmask holds (int64, sign bit and one spare bit kept free).
