@@ -1,4 +1,5 @@
-"""MkDocs hook: a notebook page must show its figures, and no stray warnings or figure reprs.
+"""MkDocs hook: a notebook page must show its figures, no stray warnings or figure reprs, and
+its links to other pages must work.
 
 The notebooks are executed by mkdocs-jupyter in a kernel that inherits the build's environment;
 with ``MPLBACKEND=Agg`` (CI) ``plt.show()`` draws nothing and the page silently loses every
@@ -12,17 +13,25 @@ that it worked, after each notebook page is rendered:
 
 A failure fails the build (``mkdocs build --strict``); ``tests/test_docs.py`` checks the same
 on the outputs committed with the notebooks.
+
+Links: mkdocs-jupyter renders a notebook to HTML itself, so MkDocs neither rewrites nor validates
+its links. A notebook links to a page by its source file, ``[audit page](../audit.md)``, which
+works on GitHub and in Jupyter; :func:`resolve_links` turns such links into the page's URL on the
+site (``../../audit/``) and fails the build when the file is not a page of the site.
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 from pathlib import Path
 
 from mkdocs.exceptions import PluginError
 
 _IMAGE = re.compile(r"<img[^>]+src=\"data:image/png;base64,")
+# A relative link to a Markdown or notebook file (no scheme: "https:" has a colon).
+_SOURCE_LINK = re.compile(r'href="(?P<target>[^":#?]+\.(?:md|ipynb))(?P<anchor>#[^"]*)?"')
 _FIGURE_TEXT = re.compile(r"&lt;Figure size \d+")
 
 
@@ -55,6 +64,36 @@ def problems(html: str, notebook: dict) -> list[str]:
             '(warnings.filterwarnings("ignore", message="IProgress not found"))'
         )
     return found
+
+
+def resolve_links(html: str, page, files) -> tuple[str, list[str]]:
+    """``html`` with links to source files replaced by their pages' URLs, relative to ``page``,
+    and the links whose file is not a page of the site."""
+    folder = posixpath.dirname(page.file.src_uri)
+    missing: list[str] = []
+
+    def replace(match: re.Match) -> str:
+        target = posixpath.normpath(posixpath.join(folder, match["target"]))
+        linked = files.get_file_from_path(target)
+        if linked is None:
+            missing.append(match["target"])
+            return match[0]
+        return f'href="{linked.url_relative_to(page.file)}{match["anchor"] or ""}"'
+
+    return _SOURCE_LINK.sub(replace, html), missing
+
+
+def on_page_content(html: str, page, config, files, **kwargs: object) -> str:
+    source = page.file.abs_src_path
+    if not (source and source.endswith(".ipynb")):
+        return html
+    html, missing = resolve_links(html, page, files)
+    if missing:
+        raise PluginError(
+            f"{page.file.src_uri} links to files that are not pages of the site: {missing} "
+            "(write the link relative to the notebook, to a page in docs/)"
+        )
+    return html
 
 
 def on_post_page(output: str, page, config, **kwargs: object) -> str:

@@ -8,14 +8,19 @@ per-panel normalisation, so that a colour bar can say what a colour means:
   e.g. the paper's Fig. 7b, where the rows predict and measure the same quantity);
 * ``scale="row"``: one scale per row (e.g. one Taylor order, whose terms shrink with the order);
 * ``scale="panel"``: every map scaled to its own largest ``|value|`` (methods in different units);
-  the colour bar then only gives the sign, and the figure says so.
+  the colour bar then only gives the sign.
 
 The scale is the 99th percentile of ``|value|`` (Captum clips outliers before scaling too):
-a few extreme pixels would otherwise wash the rest of a map out. Colours saturate beyond it.
+a few extreme pixels would otherwise wash the rest of a map out. Colours saturate beyond it, and
+the figure's title says so, under the caller's title (:data:`SCALE_NOTES`).
+
+Figures are at most ``MAX_WIDTH`` inches wide (1595 pixels at ``DPI``): cells shrink to fit, and
+column titles wrap at the word and CamelCase boundaries of the method names.
 """
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,6 +38,19 @@ SIGNED = LinearSegmentedColormap.from_list("RdWhGn", ["red", "white", "green"])
 """Captum's colours for ``sign="all"`` heat maps."""
 PERCENTILE = 99.0
 SCALES = ("shared", "row", "panel")
+DPI = 110
+MAX_WIDTH = 14.5  # inches: 1595 pixels at DPI, readable without zooming out on a laptop screen
+_LABEL_WIDTH = 1.0  # inches for the row labels (16 characters at 7 pt, up to three lines)
+_BAR_WIDTH = 1.2  # inches for the colour bar and its label
+_PERCENTILE_TEXT = f"{PERCENTILE:g}th percentile of |value|"
+SCALE_NOTES = {
+    "shared": f"one colour scale for all maps: \u00b1 their {_PERCENTILE_TEXT}",
+    "row": f"one colour scale per row: \u00b1 the row's {_PERCENTILE_TEXT}",
+    "panel": f"each map on its own colour scale: \u00b1 its {_PERCENTILE_TEXT} "
+    "(compare signs and shapes across maps, not colours)",
+}
+"""The line each figure's title gets for its ``scale``, with the clipping that every scale has."""
+_CLIPPED = "; larger values are clipped to the end colours"
 
 
 def _plane(attribution: Tensor) -> np.ndarray:
@@ -58,6 +76,29 @@ def _clean(axis: Axes) -> None:
     axis.set_yticks([])
 
 
+_BREAKS = re.compile(r"(?= )|(?<=[a-z])(?=[A-Z(])")  # before a space, inside CamelCase, before "("
+
+
+def wrap_title(title: str, width: int) -> str:
+    """``title`` on lines of at most ``width`` characters where it can break.
+
+    Breaks go before spaces and between the words of CamelCase names (no hyphen is added); a
+    single word longer than ``width`` stays whole.
+
+    Example:
+        >>> wrap_title("NoiseTunnel(Saliency)", 12)
+        'NoiseTunnel\\n(Saliency)'
+    """
+    lines, line = [], ""
+    for piece in _BREAKS.split(title):
+        if line and len(line + piece) > width:
+            lines.append(line)
+            line = piece.lstrip()
+        else:
+            line += piece
+    return "\n".join([*lines, line])
+
+
 def draw_grid(
     images: Sequence[Tensor],
     rows: Sequence[Sequence[Tensor]],
@@ -66,6 +107,7 @@ def draw_grid(
     scale: str = "shared",
     value_label: str = "attribution",
     cell_size: float = 1.3,
+    title: str = "",
 ) -> Figure:
     """Rows of maps after their input image, with row labels on the left and colour bars.
 
@@ -76,7 +118,10 @@ def draw_grid(
         column_labels: the titles of the map columns.
         scale: ``"shared"``, ``"row"`` or ``"panel"`` (see the module docstring).
         value_label: what a map's value is, for the colour bar (with the sign key).
-        cell_size: inches per cell.
+        cell_size: inches per cell, at most: cells shrink so that the figure is at most
+            ``MAX_WIDTH`` inches wide.
+        title: the figure's title; a line that states the colour scale and its clipping
+            (:data:`SCALE_NOTES`) follows it.
 
     Returns:
         The figure; save it with :func:`save`.
@@ -84,12 +129,20 @@ def draw_grid(
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     planes = [[_plane(m) for m in maps] for maps in rows]
-    label_width = 0.9  # in cells: room for labels of up to three short lines
     columns = 2 + len(column_labels)
+    cell_size = min(cell_size, (MAX_WIDTH - _LABEL_WIDTH - _BAR_WIDTH) / (columns - 1))
+    label_width = _LABEL_WIDTH / cell_size  # in cells
+    title_lines = [wrap_title(label, int(cell_size * 17)) for label in ["input", *column_labels]]
+    title_height = 0.12 * max(label.count("\n") for label in title_lines)
     figure = Figure(
-        figsize=(cell_size * (columns - 1 + label_width) + 1.2, cell_size * len(rows) + 0.7),
+        figsize=(
+            cell_size * (columns - 1) + _LABEL_WIDTH + _BAR_WIDTH,
+            cell_size * len(rows) + 0.85 + title_height,
+        ),
         layout="constrained",
     )
+    note = SCALE_NOTES[scale] + _CLIPPED
+    figure.suptitle(f"{title}\n{note}" if title else note, fontsize=8)
     axes = figure.subplots(
         len(rows), columns, squeeze=False, width_ratios=[label_width] + [1] * (columns - 1)
     )
@@ -115,7 +168,7 @@ def draw_grid(
             _clean(axis)
         if scale == "row":
             _colorbar(figure, axes[row][2:], row_limit, value_label, compact=True)
-    for column, label in enumerate(["input", *column_labels], start=1):
+    for column, label in enumerate(title_lines, start=1):
         axes[0][column].set_title(label, fontsize=7)
     if scale == "shared":
         _colorbar(figure, axes[:, 2:], shared, value_label)
@@ -137,8 +190,7 @@ def _colorbar(
     )
     if limit is None:
         bar.set_ticks([-1, 0, 1], labels=["- max", "0", "+ max"])
-        share = f"{PERCENTILE:g}th percentile of |value|"
-        text = f"{value_label}\n(each panel scaled to its own\n{share})"
+        text = f"{value_label}\n(each panel: its own max)"
     else:
         bar.set_ticks([-limit, 0, limit], labels=[f"{-limit:.2g}", "0", f"{limit:.2g}"])
         text = value_label
@@ -156,16 +208,15 @@ def method_comparison(
     """
     names = list(maps)
     rows = [[maps[name][index] for name in names] for index in range(len(images))]
-    figure = draw_grid(
+    return draw_grid(
         list(images),
         rows,
         [f"test digit {i}, label {t}" for i, t in enumerate(labels)],
         names,
         scale="panel",
         value_label="attribution of the label",
+        title=title,
     )
-    figure.suptitle(title, fontsize=8)
-    return figure
 
 
 def class_maps(image: Tensor, maps: Mapping[str, Tensor], title: str, value_label: str) -> Figure:
@@ -176,16 +227,15 @@ def class_maps(image: Tensor, maps: Mapping[str, Tensor], title: str, value_labe
     names = list(maps)
     classes = next(iter(maps.values())).shape[0]
     rows = [list(maps[name]) for name in names]
-    figure = draw_grid(
+    return draw_grid(
         [image] * len(names),
         rows,
         names,
         [f"class {c}" for c in range(classes)],
         scale="shared",
         value_label=value_label,
+        title=title,
     )
-    figure.suptitle(title, fontsize=8)
-    return figure
 
 
 def order_grid(orders: Tensor, image: Tensor, title: str) -> Figure:
@@ -195,20 +245,19 @@ def order_grid(orders: Tensor, image: Tensor, title: str) -> Figure:
     higher orders white), shared by the classes of that order.
     """
     rows = [list(orders[k]) for k in range(orders.shape[0])]
-    figure = draw_grid(
+    return draw_grid(
         [image] * len(rows),
         rows,
         [f"order {k + 1} term" for k in range(len(rows))],
         [f"class {c}" for c in range(orders.shape[1])],
         scale="row",
         value_label="score change",
+        title=title,
     )
-    figure.suptitle(f"{title}; one colour scale per order (row)", fontsize=8)
-    return figure
 
 
 def save(figure: Figure, path: Path) -> Path:
-    """Write ``figure`` as a PNG and return its path."""
+    """Write ``figure`` as a PNG (at ``DPI``) and return its path."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=DPI)
     return path

