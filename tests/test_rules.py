@@ -1,7 +1,10 @@
-"""Every built-in Taylor rule against nested ``torch.func.jvp`` in float64, orders 1..6.
+"""The core Taylor rules against nested ``torch.func.jvp`` in float64, orders 1..6.
 
 One case per rule (and per dispatch branch: jet x jet, jet x const, const x jet). Inputs are
 drawn away from the kinks of piecewise-linear functions, where a derivative is not defined.
+Reductions and selections, writes, more elementwise functions, norms, Fourier transforms,
+recurrent cells and grid sampling have their own files (tests/test_ops_*.py); every registered
+rule is also driven with random shapes and series by tests/test_rule_properties.py.
 """
 
 from __future__ import annotations

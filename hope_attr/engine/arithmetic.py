@@ -65,6 +65,8 @@ def lifted_series(jet: Jet, ndim: int) -> Tensor:
 
 def _broadcast_series(series: Tensor, primal_shape: torch.Size) -> Tensor:
     """Broadcast ``(m, D, B|1, *S)`` to the layout of a (possibly broadcast) result."""
+    if not primal_shape:  # a 0-d result (h.sum() * 2): no batch axis
+        return series.expand(*series.shape[:2])
     batch = series.shape[2] if series.shape[2] == 1 else primal_shape[0]
     return series.expand(*series.shape[:2], batch, *primal_shape[1:])
 
@@ -132,6 +134,8 @@ def linear_combination(a: object, b: object, alpha: float = 1.0) -> Jet:
         term = _pad_orders(series, m)
         term = term if weight == 1.0 else weight * term
         total = term if total is None else total + term
+    if not shape:  # a 0-d result: no batch axis
+        return Jet(primal, total.expand(*total.shape[:2]), order)
     batch = 1 if all(s.shape[2] == 1 for s, _ in parts) else shape[0]
     return Jet(primal, total.expand(*total.shape[:2], batch, *shape[1:]), order)
 

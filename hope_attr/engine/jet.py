@@ -255,9 +255,10 @@ class Jet:
             raise _registry.engine().unsupported_mutation(self)
         self.check_current()
         if value.primal.shape != self.primal.shape:
-            raise RuntimeError(
-                f"in-place operation changes the shape {tuple(self.primal.shape)} to "
-                f"{tuple(value.primal.shape)}"
+            raise _registry.UnsupportedOperationError(
+                f"hope_attr: an in-place operation {_registry.engine().where()} changes the "
+                f"shape {tuple(self.primal.shape)} to {tuple(value.primal.shape)}, and a jet "
+                "keeps its shape; write it out of place (x = x.t() instead of x.t_())."
             )
         self.primal = value.primal
         self._series = value._series

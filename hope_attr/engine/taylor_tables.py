@@ -136,3 +136,61 @@ def gelu(x: Tensor, order: int) -> list[Tensor]:
     for k in range(1, order + 1):
         out.append(x * phi[k] + phi[k - 1])
     return out
+
+
+def tan(x: Tensor, order: int) -> list[Tensor]:
+    # y' = 1 + y^2  =>  k y_k = [1 + y^2]_{k-1}
+    y = [torch.tan(x)]
+    for k in range(1, order + 1):
+        rhs = _square_series(y, k - 1)
+        if k == 1:
+            rhs = 1 + rhs
+        y.append(rhs / k)
+    return y
+
+
+def sinh(x: Tensor, order: int) -> list[Tensor]:
+    s, c = torch.sinh(x), torch.cosh(x)
+    return [(s if k % 2 == 0 else c) * _inverse_factorial(k) for k in range(order + 1)]
+
+
+def cosh(x: Tensor, order: int) -> list[Tensor]:
+    s, c = torch.sinh(x), torch.cosh(x)
+    return [(c if k % 2 == 0 else s) * _inverse_factorial(k) for k in range(order + 1)]
+
+
+# Where sinc's table comes from its Maclaurin series: |pi x| < 4. Closer to 0 the quotient's
+# Leibniz sum cancels (order 8 at x = 0.4 lost 5 digits); out to 4 the alternating Maclaurin
+# terms stay below e^4 times the result, and 30 of them reach 4^60 / 61!, about 1e-48.
+_SINC_NEAR = 4.0
+_SINC_TERMS = 30
+
+
+def sinc(x: Tensor, order: int) -> list[Tensor]:
+    """``sin(pi x) / (pi x)`` (1 at 0), as PyTorch's ``torch.sinc``.
+
+    Near 0 the quotient's series divides by ``pi x``, which loses every digit as ``x -> 0``;
+    there the table comes from the Maclaurin series ``sum_j (-1)^j (pi x)^(2j) / (2j + 1)!``
+    instead, differentiated term by term: coefficient ``k`` at ``x`` is
+    ``sum_j a_j binom(2j, k) x^(2j - k)``.
+    """
+    near = (math.pi * x).abs() < _SINC_NEAR
+    z = torch.where(near, 1.0, math.pi * x)  # a safe divisor where the Maclaurin series serves
+    # sin(z) / z at z = pi x: Leibniz on sin(z) * (1/z), in the variable x (dz = pi dx).
+    sin_table = [t * math.pi**k for k, t in enumerate(sin(z, order))]
+    inv = power(z, -1.0, order)
+    inv_table = [t * math.pi**k for k, t in enumerate(inv)]
+    quotient = [
+        sum(sin_table[i] * inv_table[k - i] for i in range(k + 1)) for k in range(order + 1)
+    ]
+    near_x = torch.where(near, x, 0.0)
+    series = []
+    for k in range(order + 1):
+        total = torch.zeros_like(x)
+        for j in range((k + 1) // 2, _SINC_TERMS + (k + 1) // 2):
+            a = (-1) ** j * math.pi ** (2 * j) * _inverse_factorial(2 * j + 1)
+            total = total + a * math.comb(2 * j, k) * near_x ** (2 * j - k)
+        series.append(total)
+    table = [torch.where(near, s, q) for s, q in zip(series, quotient, strict=True)]
+    table[0] = torch.sinc(x)
+    return table

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from hope_attr.engine import arithmetic as ar
+from hope_attr.engine import kinks as _kinks
 from hope_attr.engine.jet import Jet
 from hope_attr.engine.registry import register_rule
 
@@ -42,9 +43,12 @@ def _mul(a: object, b: object) -> Jet:
     torch.divide,
     torch.true_divide,
 )
-def _div(a: object, b: object, *, rounding_mode: str | None = None) -> Jet:
+def _div(a: object, b: object, *, rounding_mode: str | None = None) -> Jet | Tensor:
     if rounding_mode is not None:
-        raise ValueError("rounding division is piecewise constant; it has no Taylor expansion")
+        # A step function of its arguments (floor/trunc of a quotient): a constant between its
+        # jumps, as autograd treats it; where it jumps is not located.
+        _kinks.report_unlocated(a, b)
+        return torch.div(ar.primal_of(a), ar.primal_of(b), rounding_mode=rounding_mode)
     return ar.div(a, b)
 
 
@@ -63,6 +67,19 @@ def _neg(x: Jet) -> Jet:
     torch.Tensor.mm,
 )
 def _matmul(a: object, b: object) -> Jet:
+    # The series products need matrices in one layout. A vector on the right becomes a column
+    # (a constant matrix times a vector's series would read the directions as its rows), one on
+    # the left a row when both sides are jets, and the lower-rank side of two jets gets leading
+    # unit axes (a (B, L, d) @ (d, e) product).
+    if ar.is_jet(b) and b.primal.dim() == 1:
+        return torch.squeeze(_matmul(a, torch.unsqueeze(b, -1)), -1)
+    if ar.is_jet(a) and ar.is_jet(b):
+        if a.primal.dim() == 1:
+            return torch.squeeze(_matmul(torch.unsqueeze(a, 0), b), -2)
+        while a.primal.dim() < b.primal.dim():
+            a = torch.unsqueeze(a, 0)
+        while b.primal.dim() < a.primal.dim():
+            b = torch.unsqueeze(b, 0)
     return ar.matmul(a, b)
 
 
@@ -82,3 +99,15 @@ def _pow(base: object, exponent: object) -> Jet:
         primal = exponent.primal
         log_base = torch.log(torch.as_tensor(base, dtype=primal.dtype, device=primal.device))
     return ar.exp(ar.mul(exponent, log_base))
+
+
+# `plain ** jet` reaches torch.Tensor.__pow__ (a Python wrapper around torch.pow), which would
+# turn the jet's TypeError into NotImplemented; `plain **= jet` rebinds the name to the result.
+register_rule(torch.Tensor.__pow__)(_pow)
+register_rule(torch.Tensor.__rpow__)(lambda exponent, base: _pow(base, exponent))
+
+
+@register_rule(torch.Tensor.__ipow__)
+def _ipow(base: object, exponent: object) -> Jet:
+    result = _pow(base, exponent)
+    return base.assign(result) if ar.is_jet(base) else result

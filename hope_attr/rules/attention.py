@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hope_attr.engine import registry as _registry
 from hope_attr.engine.jet import Jet
 from hope_attr.engine.registry import TrainingModeError, register_rule
 
@@ -30,8 +31,8 @@ def scaled_dot_product_attention(
 ) -> Jet:
     if dropout_p > 0:
         raise TrainingModeError(
-            "scaled_dot_product_attention is called with dropout_p > 0 (training); call "
-            "model.eval() or pass dropout_p=0."
+            f"scaled_dot_product_attention {_registry.engine().where()} is called with "
+            "dropout_p > 0 (training): a random mask. Call model.eval() or pass dropout_p=0."
         )
     q_shape, k_shape = query.shape, key.shape
     if enable_gqa and q_shape[-3] != k_shape[-3]:

@@ -21,9 +21,10 @@ from torch import Tensor
 from hope_attr.engine import arithmetic as ar
 from hope_attr.engine.jet import Jet
 from hope_attr.engine.registry import register_rule
+from hope_attr.rules import checks as _checks
 
 
-def _reduce(x: Jet, dims: Sequence[int], mean: bool) -> Jet:
+def reduce_over(x: Jet, dims: Sequence[int], mean: bool) -> Jet:
     """Sum or mean over axes of the model's tensor, keeping them (a linear map per sample)."""
     ndim = x.primal.dim()
     series_dims = tuple((d % ndim) + 2 for d in dims)
@@ -48,24 +49,36 @@ def gelu_tanh(x: Jet) -> Jet:
     return 0.5 * x * (1 + ar.tanh(inner))
 
 
+def _implicit_dim(x: Jet, dim: int | None) -> int:
+    """PyTorch's choice for ``softmax(x)`` without ``dim`` (deprecated there): 0 for 0-, 1- and
+    3-d inputs, else 1."""
+    if dim is not None:
+        return dim
+    return 0 if x.primal.dim() in (0, 1, 3) else 1
+
+
 def softmax(x: Jet, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> Jet:
-    if dim is None:
-        raise ValueError("softmax needs an explicit dim")
+    dim = _implicit_dim(x, dim)
+    _checks.warn_if_batch_coupled(x, (dim,), "softmax")
+    if dtype is not None:
+        x = x.to(dtype)
     shift = x.primal.amax(dim, keepdim=True)
     e = ar.exp(x - shift)
-    return e / _reduce(e, (dim,), mean=False)
+    return e / reduce_over(e, (dim,), mean=False)
 
 
 def log_softmax(x: Jet, dim: int | None = None, _stacklevel: int = 3, dtype=None) -> Jet:
-    if dim is None:
-        raise ValueError("log_softmax needs an explicit dim")
+    dim = _implicit_dim(x, dim)
+    _checks.warn_if_batch_coupled(x, (dim,), "log_softmax")
+    if dtype is not None:
+        x = x.to(dtype)
     shifted = x - x.primal.amax(dim, keepdim=True)
-    return shifted - ar.log(_reduce(ar.exp(shifted), (dim,), mean=False))
+    return shifted - ar.log(reduce_over(ar.exp(shifted), (dim,), mean=False))
 
 
 def _normalize(x: Jet, dims: Sequence[int], eps: float) -> Jet:
-    centered = x - _reduce(x, dims, mean=True)
-    variance = _reduce(centered * centered, dims, mean=True)
+    centered = x - reduce_over(x, dims, mean=True)
+    variance = reduce_over(centered * centered, dims, mean=True)
     return centered * ar.power(variance + eps, -0.5)
 
 
@@ -78,6 +91,7 @@ def layer_norm(
     eps: float = 1e-5,
 ) -> Jet:
     dims = tuple(range(-len(normalized_shape), 0))
+    _checks.warn_if_batch_coupled(x, dims, "layer_norm")  # normalized_shape covering axis 0
     y = _normalize(x, dims, eps)
     if weight is not None:
         y = y * weight
@@ -101,7 +115,47 @@ def group_norm(
     return y + bias.reshape(affine_shape) if bias is not None else y
 
 
-def _integral(x: Jet, value: Tensor, derivative: Callable[[Jet], Jet]) -> Jet:
+@register_rule(F.instance_norm, torch.instance_norm)
+def instance_norm(
+    x: Jet,
+    running_mean: Tensor | None = None,
+    running_var: Tensor | None = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    cudnn_enabled: bool = False,
+) -> Jet:
+    """Each example's channels normalized over their own positions (the module's running
+    statistics are left alone: expanding changes nothing on the model)."""
+    affine_shape = (-1, *([1] * (x.primal.dim() - 2)))
+    if use_input_stats:
+        y = _normalize(x, tuple(range(2, x.primal.dim())), eps)
+    else:  # eval mode with tracked statistics: an affine map, like batch norm
+        y = (x - running_mean.reshape(affine_shape)) * torch.rsqrt(
+            running_var.reshape(affine_shape) + eps
+        )
+    if weight is not None:
+        y = y * weight.reshape(affine_shape)
+    return y + bias.reshape(affine_shape) if bias is not None else y
+
+
+@register_rule(F.rms_norm, torch.rms_norm)
+def rms_norm(
+    x: Jet,
+    normalized_shape: Sequence[int],
+    weight: Tensor | None = None,
+    eps: float | None = None,
+) -> Jet:
+    dims = tuple(range(-len(normalized_shape), 0))
+    _checks.warn_if_batch_coupled(x, dims, "rms_norm")
+    eps = torch.finfo(x.primal.dtype).eps if eps is None else eps
+    y = x * ar.power(reduce_over(x * x, dims, mean=True) + eps, -0.5)
+    return y * weight if weight is not None else y
+
+
+def antiderivative(x: Jet, value: Tensor, derivative: Callable[[Jet], Jet]) -> Jet:
     """``f(x0 + u)`` for ``f`` given by its value and derivative: ``f_k = [f'(x0 + t)]_{k-1} / k``.
 
     The table of ``f'`` comes from running ``derivative`` on a unit jet at the primal (one
@@ -118,13 +172,14 @@ def _integral(x: Jet, value: Tensor, derivative: Callable[[Jet], Jet]) -> Jet:
 @register_rule(torch.erf, torch.Tensor.erf, torch.special.erf)
 def erf(x: Jet) -> Jet:
     # erf' = 2 / sqrt(pi) * exp(-x^2)
-    return _integral(x, torch.erf(x.primal), lambda u: (2 / math.sqrt(math.pi)) * ar.exp(-(u * u)))
+    slope = 2 / math.sqrt(math.pi)
+    return antiderivative(x, torch.erf(x.primal), lambda u: slope * ar.exp(-(u * u)))
 
 
 @register_rule(torch.atan, torch.Tensor.atan, torch.arctan)
 def atan(x: Jet) -> Jet:
     # atan' = 1 / (1 + x^2)
-    return _integral(x, torch.atan(x.primal), lambda u: ar.reciprocal(1 + u * u))
+    return antiderivative(x, torch.atan(x.primal), lambda u: ar.reciprocal(1 + u * u))
 
 
 @register_rule(torch.expm1, torch.Tensor.expm1, torch.special.expm1)
@@ -143,19 +198,23 @@ def log1p(x: Jet) -> Jet:
 @register_rule(torch.linalg.vector_norm)
 def vector_norm(
     x: Jet,
-    ord: float = 2,
-    dim=None,
+    ord: float = 2,  # noqa: A002
+    dim=None,  # noqa: ANN001
     keepdim: bool = False,
     *,
-    dtype=None,  # noqa: A002, ANN001
-) -> Jet:
-    """``(sum |x|^p)^(1/p)``; p = 2 as ``sqrt(sum x^2)`` (smooth away from 0)."""
-    if ord in (math.inf, -math.inf) or ord == 0:
-        raise ValueError(f"vector_norm with ord={ord} is not smooth; hope_attr supports p > 0")
+    dtype=None,  # noqa: ANN001
+) -> Jet | Tensor:
+    """``(sum |x|^p)^(1/p)``; p = 2 as ``sqrt(sum x^2)`` (smooth away from 0); ``inf`` the
+    largest ``|x|`` (a selection at the primal); 0 a count (a constant)."""
     dims = tuple(range(x.primal.dim())) if dim is None else dim
     dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    _checks.warn_if_batch_coupled(x, dims, "a vector norm")
+    if ord in (math.inf, -math.inf):
+        return (torch.amax if ord > 0 else torch.amin)(torch.abs(x), dims, keepdim=keepdim)
+    if ord == 0:
+        return torch.linalg.vector_norm(x.primal, 0, dims, keepdim)
     powered = x * x if ord == 2 else ar.power(torch.abs(x), float(ord))
-    total = _reduce(powered, dims, mean=False)
+    total = reduce_over(powered, dims, mean=False)
     if not keepdim:
         total = ar.map_per_sample(lambda t: t.squeeze(dims), total)
     norm = ar.power(total, 1.0 / float(ord))
@@ -169,9 +228,22 @@ def vector_norm(
 
 
 @register_rule(torch.norm, torch.Tensor.norm)
-def norm(x: Jet, p: float | str = "fro", dim=None, keepdim: bool = False, dtype=None) -> Jet:  # noqa: ANN001
-    if p == "fro":
+def norm(
+    x: Jet,
+    p: float | str | None = "fro",
+    dim=None,
+    keepdim: bool = False,
+    out=None,
+    dtype=None,  # noqa: ANN001
+) -> Jet:
+    if out is not None:
+        raise _checks.refusal("torch.norm(..., out=...)", "a jet cannot be written into `out`",
+                              "Use the returned value.")  # fmt: skip
+    if p in ("fro", None):
         p = 2
     if not isinstance(p, (int, float)):
-        raise ValueError(f"norm with p={p!r} has no Taylor rule; use torch.linalg.vector_norm")
+        raise _checks.refusal(
+            f"torch.norm(p={p!r})", "the nuclear norm is a function of singular values",
+            "Use the Frobenius norm, or torch.linalg.vector_norm.",
+        )  # fmt: skip
     return vector_norm(x, p, dim, keepdim)

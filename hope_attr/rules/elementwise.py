@@ -23,8 +23,9 @@ from hope_attr.engine import registry as _registry
 from hope_attr.engine import taylor_tables as tables
 from hope_attr.engine.jet import Jet
 from hope_attr.engine.memo import cached
-from hope_attr.engine.registry import UnsupportedOperationError, register_rule
+from hope_attr.engine.registry import register_rule
 from hope_attr.rules import compositions as _compositions
+from hope_attr.rules import spectral as _spectral
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,12 @@ def _reciprocal(x: Jet) -> Jet:
 
 
 @register_rule(torch.clamp, torch.Tensor.clamp, torch.clip, torch.Tensor.clip)
-def _clamp(x: Jet, min: float | None = None, max: float | None = None) -> Jet:  # noqa: A002
+def _clamp(x: object, min: object = None, max: object = None) -> Jet:  # noqa: A002
+    if any(isinstance(b, (Tensor, Jet)) for b in (min, max)) or not ar.is_jet(x):
+        # Tensor bounds, or bounds that depend on the input: elementwise max, then min.
+        if min is not None:
+            x = pairwise_selection(x, min, largest=True)
+        return pairwise_selection(x, max, largest=False) if max is not None else x
     # Autograd passes the gradient where min <= x <= max (inclusive); so does this slope.
     _kinks.report(x, min, max)
     inside = torch.ones_like(x.primal, dtype=torch.bool)
@@ -245,29 +251,22 @@ def _where(condition: Tensor, a: object, b: object) -> Jet:
     return Jet(primal, torch.where(condition, series(a), series(b)), order)
 
 
-def _selection(pick_first: Callable[[Tensor, Tensor], Tensor], name: str):
+def pairwise_selection(a: object, b: object, largest: bool) -> Jet:
     """Elementwise max/min: the branch taken at the primal; at a tie, half of each argument,
     which is the slope PyTorch's autograd uses there."""
-
-    def rule(a: object, b: object = None, *args: object, **kwargs: object) -> Jet:
-        if not isinstance(b, (Tensor, Jet)) or args or kwargs:
-            raise UnsupportedOperationError(
-                f"torch.{name} over a dimension (a reduction) has no Taylor rule; the elementwise "
-                f"torch.{name}imum(a, b) has one"
-            )
-        _kinks.report_pair(a, b)
-        pa, pb = ar.primal_of(a), ar.primal_of(b)
-        tie = ar.mul(ar.linear_combination(a, b), 0.5)
-        return _where(pa == pb, tie, _where(pick_first(pa, pb), a, b))
-
-    return rule
+    _kinks.report_pair(a, b)
+    pa, pb = ar.primal_of(a), ar.primal_of(b)
+    tie = ar.mul(ar.linear_combination(a, b), 0.5)
+    first = torch.gt(pa, pb) if largest else torch.lt(pa, pb)
+    return _where(pa == pb, tie, _where(first, a, b))
 
 
-register_rule(torch.maximum, torch.Tensor.maximum, torch.max, torch.Tensor.max)(
-    _selection(torch.gt, "max")
+# torch.max/torch.min (reductions, or elementwise with a second tensor): hope_attr.rules.selections
+register_rule(torch.maximum, torch.Tensor.maximum, torch.fmax, torch.Tensor.fmax)(
+    lambda a, b: pairwise_selection(a, b, largest=True)
 )
-register_rule(torch.minimum, torch.Tensor.minimum, torch.min, torch.Tensor.min)(
-    _selection(torch.lt, "min")
+register_rule(torch.minimum, torch.Tensor.minimum, torch.fmin, torch.Tensor.fmin)(
+    lambda a, b: pairwise_selection(a, b, largest=False)
 )
 
 
@@ -300,6 +299,8 @@ def _square(x: Jet) -> Jet:
 
 @register_rule(torch.abs, torch.Tensor.abs, operator.abs)
 def _abs(x: Jet) -> Jet:
+    if x.primal.is_complex():
+        return _spectral.complex_abs(x)
     _kinks.report(x, 0.0)
     return ar.scale(x, torch.sign(x.primal), torch.abs(x.primal))
 

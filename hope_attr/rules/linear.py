@@ -16,15 +16,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hope_attr.engine import arithmetic as ar
+from hope_attr.engine import registry as _registry
 from hope_attr.engine import workspace as _workspace
 from hope_attr.engine.jet import Jet
 from hope_attr.engine.memo import cached
 from hope_attr.engine.registry import TrainingModeError, register_rule
 from hope_attr.engine.windows import Window
+from hope_attr.rules.checks import refusal
 
 
 @register_rule(F.linear)
-def _linear(x: Jet, weight: Tensor, bias: Tensor | None = None) -> Jet:
+def _linear(x: object, weight: object, bias: object = None) -> Jet:
+    if ar.is_jet(weight) or ar.is_jet(bias) or not ar.is_jet(x):
+        # A weight that depends on the input (a hypernetwork): x W^T + b, a product of jets.
+        out = torch.matmul(x, weight.t() if weight.dim() == 2 else weight)
+        return out + bias if bias is not None else out
     primal = cached(F.linear, x.primal, weight, bias)
     if x.seed is not None and x.primal.dim() == 2:
         # Direction e_i through x @ W^T is column i of W: read it instead of multiplying one-hots,
@@ -32,7 +38,8 @@ def _linear(x: Jet, weight: Tensor, bias: Tensor | None = None) -> Jet:
         # over these series read memory 784 floats apart (an MLP's first tanh: 2.5x slower).
         columns = cached(_transposed, weight)[x.seed.start : x.seed.stop]
         return x.with_series(primal, columns.reshape(1, columns.shape[0], 1, -1))
-    return ar.map_batchwise(x, lambda s: F.linear(s, weight), primal)
+    # The map acts on the last axis alone: every coefficient at once, whatever the layout.
+    return x.with_series(primal, F.linear(x.series, weight))
 
 
 def _transposed(weight: Tensor) -> Tensor:
@@ -90,7 +97,19 @@ class _ConvCall:
 
 
 def _conv_function(x: Jet, weight: Tensor, *args, **kwargs) -> Jet:
+    _constant_parameters("a convolution", weight, *args, *kwargs.values())
     return _conv(_ConvCall.of_arguments(weight, *args, **kwargs), x)
+
+
+def _constant_parameters(op: str, *parameters: object) -> None:
+    """Refuse parameters that depend on the input where the rule treats them as constants."""
+    if any(ar.is_jet(p) for p in parameters):
+        raise refusal(
+            f"{op} whose weight, bias or statistics depend on the input",
+            "hope_attr's rule applies them as constants to every Taylor coefficient",
+            "Compute them from constants, or write the operation with matmul/einsum, which "
+            "expand products of two input-dependent tensors.",
+        )
 
 
 for _target in (F.conv1d, F.conv2d, F.conv3d):
@@ -282,6 +301,7 @@ def _conv_seed_response(
 
 def _conv_transpose_function(conv: Callable[..., Tensor]) -> Callable[..., Jet]:
     def rule(x: Jet, weight: Tensor, bias: Tensor | None = None, *args, **kwargs) -> Jet:
+        _constant_parameters("a transposed convolution", weight, bias)
         primal = conv(x.primal, weight, bias, *args, **kwargs)
         return ar.map_batchwise(x, lambda s: conv(s, weight, None, *args, **kwargs), primal)
 
@@ -305,8 +325,11 @@ def _batch_norm(
 ) -> Jet:
     if training or running_var is None:
         raise TrainingModeError(
-            "batch_norm with training=True uses batch statistics; call model.eval()."
+            f"batch_norm {_registry.engine().where()} is called with training=True: it "
+            "normalizes with the statistics of the batch, which couple the examples. Call "
+            "model.eval()."
         )
+    _constant_parameters("batch_norm", running_mean, running_var, weight, bias)
     primal = cached(
         F.batch_norm, x.primal, running_mean, running_var, weight, bias, False, 0.0, eps
     )
@@ -322,5 +345,8 @@ def _batch_norm(
 )
 def _dropout(x: Jet, p: float = 0.5, training: bool = True, inplace: bool = False) -> Jet:
     if training and p > 0:
-        raise TrainingModeError("dropout is called with training=True; call model.eval().")
+        raise TrainingModeError(
+            f"dropout {_registry.engine().where()} is called with training=True (a random "
+            "mask); call model.eval()."
+        )
     return x

@@ -27,8 +27,14 @@ def _avg_pool_function(pool: Callable[..., Tensor]) -> Callable[..., Jet]:
     names = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")
     names += ("divisor_override",)
 
+    spatial = _AVG_POOL.index(pool) + 1
+
     def rule(x: Jet, *args, **kwargs) -> Jet:
-        return _avg_pool(pool, x, **dict(zip(names, args, strict=False)), **kwargs)
+        arguments = {**dict(zip(names, args, strict=False)), **kwargs}
+        if x.primal.dim() == spatial + 1:  # unbatched (C, *size): every coefficient pooled
+            primal = cached(pool, x.primal, **arguments)
+            return ar.map_batchwise(x, lambda s: pool(s, **arguments), primal)
+        return _avg_pool(pool, x, **arguments)
 
     return rule
 

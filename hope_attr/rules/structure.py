@@ -18,22 +18,28 @@ from torch import Tensor
 
 from hope_attr.engine import arithmetic as ar
 from hope_attr.engine import kinks as _kinks
+from hope_attr.engine import registry as _registry
 from hope_attr.engine.arithmetic import expanded_series as _expanded
 from hope_attr.engine.jet import Jet
-from hope_attr.engine.series import cauchy_product
 from hope_attr.engine.registry import (
     DroppedDependenceWarning,
-    UnsupportedOperationError,
     register_rule,
 )
+from hope_attr.engine.series import cauchy_product
 from hope_attr.engine.stacklevel import user_stacklevel
+from hope_attr.rules import spectral as _spectral
+from hope_attr.rules.checks import refusal
 
 
 def _structural(fn: Callable[..., Tensor]) -> Callable[..., object]:
-    """Rule for an op that only moves, selects or sums entries: linear, applied per sample."""
+    """Rule for an op that only moves, selects or sums entries: linear, applied per sample.
+
+    Keyword arguments travel with the positional ones, so that a constant given by keyword
+    (``torch.diff(x, prepend=c)``) enters the series as zeros too.
+    """
 
     def rule(*args, **kwargs) -> object:
-        return ar.map_per_sample(fn, *args, **kwargs)
+        return ar.map_per_sample(lambda *a: fn(*a[:-1], **a[-1]), *args, kwargs)
 
     return rule
 
@@ -83,14 +89,26 @@ for _targets, _fn in [
     ((torch.roll, torch.Tensor.roll), torch.Tensor.roll),
     ((torch.narrow, torch.Tensor.narrow), torch.Tensor.narrow),
     ((operator.getitem, torch.Tensor.__getitem__), operator.getitem),
-    ((torch.sum, torch.Tensor.sum), torch.sum),
-    ((torch.mean, torch.Tensor.mean), torch.mean),
 ]:
     register_rule(*_targets)(_selecting(_fn))
 
-# Concatenating jets with constant blocks: a constant block has a zero series.
+# Concatenating jets with constant blocks: a constant block has a zero series (so has a constant
+# prepended or appended to a difference).
 register_rule(torch.cat, torch.concat, torch.concatenate)(_structural(torch.cat))
 register_rule(torch.stack)(_structural(torch.stack))
+for _targets, _fn in [
+    ((torch.hstack,), torch.hstack),
+    ((torch.vstack, torch.row_stack), torch.vstack),
+    ((torch.dstack,), torch.dstack),
+    ((torch.diff, torch.Tensor.diff), torch.diff),
+]:
+    register_rule(*_targets)(_structural(_fn))
+
+
+@register_rule(torch.column_stack)
+def _column_stack(tensors: Sequence[object]) -> Jet:
+    # vmap has no batching rule for column_stack: it is cat along dim 1, vectors as columns.
+    return torch.cat([t.reshape(-1, 1) if t.dim() < 2 else t for t in tensors], 1)
 
 
 # More ops that only move, select, repeat or sum entries (each linear, applied per sample). Their
@@ -103,12 +121,12 @@ for _targets, _fn in [
     ((torch.tril, torch.Tensor.tril), torch.tril),
     ((torch.triu, torch.Tensor.triu), torch.triu),
     ((torch.repeat_interleave, torch.Tensor.repeat_interleave), torch.repeat_interleave),
-    ((torch.cumsum, torch.Tensor.cumsum), torch.cumsum),
     ((torch.diagonal, torch.Tensor.diagonal), torch.diagonal),
     ((torch.movedim, torch.Tensor.movedim, torch.moveaxis), torch.movedim),
     ((torch.swapaxes, torch.Tensor.swapaxes, torch.swapdims), torch.swapaxes),
     ((torch.t, torch.Tensor.t), torch.t),
-    ((torch.tile, torch.Tensor.tile), torch.tile),
+    ((torch.tile,), torch.tile),
+    ((torch.Tensor.tile,), torch.Tensor.tile),  # x.tile(2, 1) as well as x.tile((2, 1))
     ((torch.Tensor.unfold,), torch.Tensor.unfold),
     ((torch.Tensor.expand_as,), lambda x, other: x.expand(other.shape)),
     ((torch.Tensor.view_as,), lambda x, other: x.view(other.shape)),
@@ -122,7 +140,7 @@ for _targets, _fn in [
 
 
 _LINEAR_RESAMPLING = (
-    "nearest", "nearest-exact", "linear", "bilinear", "bicubic", "trilinear", "area",
+    "nearest", "nearest-exact", "linear", "bilinear", "bicubic", "trilinear", "area", "lanczos",
 )  # fmt: skip
 
 
@@ -139,10 +157,10 @@ def _einsum(equation: str, *operands: object) -> Jet:
         )
     compact = equation.replace(" ", "")
     if len(operands) != 2 or "->" not in compact or "..." in compact:
-        raise UnsupportedOperationError(
-            f"torch.einsum({equation!r}) of {len(jets)} tensors that depend on the input has no "
-            "Taylor rule: hope_attr handles two operands with an explicit '->' output and no "
-            "'...'; write it as matmul or as two einsums"
+        raise refusal(
+            f"torch.einsum({equation!r}) of {len(jets)} tensors that depend on the input",
+            "hope_attr multiplies two such operands with an explicit '->' output and no '...'",
+            "Write it as two einsums, or spell out the output and the batch letters.",
         )
     inputs, output = compact.split("->")
     first, second = inputs.split(",")
@@ -161,7 +179,11 @@ def _interpolate(x: Jet, *args, **kwargs) -> Jet:
     # Nearest, (bi/tri)linear, bicubic and area resampling are linear maps of the input.
     mode = kwargs.get("mode", args[2] if len(args) > 2 else "nearest")
     if mode not in _LINEAR_RESAMPLING:
-        raise UnsupportedOperationError(f"F.interpolate(mode={mode!r}) has no Taylor rule")
+        raise refusal(
+            f"F.interpolate(mode={mode!r})",
+            "only the linear resampling modes are linear maps of the input",
+            f"Use one of {', '.join(_LINEAR_RESAMPLING)}.",
+        )
     return ar.map_batchwise(
         x, lambda s: F.interpolate(s, *args, **kwargs), F.interpolate(x.primal, *args, **kwargs)
     )
@@ -190,6 +212,13 @@ for _targets, _fn in [
     ((torch.Tensor.chunk, torch.chunk), torch.chunk),
     ((torch.Tensor.split, torch.split), torch.split),
     ((torch.Tensor.unbind, torch.unbind), torch.unbind),
+    # The methods parse their arguments as the functions do, and accept x.hsplit(2, 1) too.
+    ((torch.Tensor.tensor_split, torch.tensor_split), torch.Tensor.tensor_split),
+    ((torch.Tensor.hsplit, torch.hsplit), torch.Tensor.hsplit),
+    ((torch.Tensor.vsplit, torch.vsplit), torch.Tensor.vsplit),
+    ((torch.Tensor.dsplit, torch.dsplit), torch.Tensor.dsplit),
+    ((torch.Tensor.split_with_sizes, torch.split_with_sizes), torch.split_with_sizes),
+    ((torch.Tensor.unsafe_split, torch.unsafe_split), torch.unsafe_split),
 ]:
     register_rule(*_targets)(_splitting(_fn))
 
@@ -256,7 +285,7 @@ for _name in (
     "any", "all", "argmax", "argmin", "argsort", "isnan", "isinf", "isfinite", "isneginf",
     "isposinf", "sign", "signbit", "nonzero", "count_nonzero", "equal", "allclose", "isclose",
     "bucketize", "searchsorted", "floor", "ceil", "round", "trunc", "logical_not",
-    "logical_and", "logical_or", "logical_xor", "bincount", "unique", "histc",
+    "logical_and", "logical_or", "logical_xor", "bincount", "histc",
 ):  # fmt: skip
     for _home in (torch, torch.Tensor):
         _target = getattr(_home, _name, None)
@@ -306,8 +335,14 @@ register_rule(torch.Tensor.__len__)(_primal_query(torch.Tensor.__len__))
 def _getattr(x: Jet, name: str) -> object:
     if name in ("shape", "dtype", "device", "ndim", "is_cuda", "layout"):
         return getattr(x.primal, name)
-    if name in ("T", "mT"):
-        return ar.map_per_sample(lambda t: getattr(t, name), x)
+    if name in ("T", "mT", "H", "mH") and not x.primal.is_complex():
+        return ar.map_per_sample(lambda t: getattr(t, name.upper() if name == "H" else name), x)
+    if name in ("real", "imag"):
+        return _spectral.part(x, name)
+    if name == "data":  # the tensor outside autograd: a constant, as .detach() gives
+        return _detach(x)
+    if name == "grad":
+        return None
     raise AttributeError(
         f"hope_attr: attribute '{name}' of a tensor that depends on the input is "
         "not supported on jets; read it from a tensor that does not depend on the input"
@@ -318,10 +353,15 @@ def _conversion(method: Callable[..., Tensor]) -> Callable[..., Jet | Tensor]:
     """dtype/device conversions and copies act on primal and series alike; a conversion to an
     integer or boolean dtype is a step function, constant between its jumps (as ``.long()``)."""
 
-    def rule(x: Jet, *args, **kwargs) -> Jet | Tensor:
-        # `x.type_as(jet)`, `x.to(jet)`: the other tensor only names a dtype and device.
+    def rule(x: object, *args, **kwargs) -> Jet | Tensor | str:
+        # `x.type_as(jet)`, `x.to(jet)`: the other tensor only names a dtype and device (and a
+        # constant `mask.type_as(jet)` stays a constant).
         args = ar.replace_jets(args)
+        if not ar.is_jet(x):
+            return method(x, *args, **kwargs)
         primal = method(x.primal, *args, **kwargs)
+        if isinstance(primal, str):  # x.type(): the type's name
+            return primal
         if not (primal.is_floating_point() or primal.is_complex()):
             _kinks.report_unlocated(x)
             return primal
@@ -333,8 +373,13 @@ def _conversion(method: Callable[..., Tensor]) -> Callable[..., Jet | Tensor]:
 for _method in (
     torch.Tensor.to,
     torch.Tensor.type_as,
+    torch.Tensor.type,
     torch.Tensor.float,
     torch.Tensor.double,
+    torch.Tensor.half,
+    torch.Tensor.bfloat16,
+    torch.Tensor.cpu,
+    torch.Tensor.cuda,
     torch.Tensor.clone,
     torch.clone,
 ):
@@ -359,3 +404,16 @@ def _pad(x: Jet, pad: Sequence[int], mode: str = "constant", value: float | None
         return ar.map_batchwise(x, lambda s: F.pad(s, pad, "constant", 0.0), primal)
     primal = F.pad(x.primal, pad, mode)
     return ar.map_batchwise(x, lambda s: F.pad(s, pad, mode), primal)
+
+
+# The `*_copy` forms of views (torch.squeeze_copy...) compute what the views compute: the same
+# rules. (Their decompositions are not all the same function: squeeze_copy's kept unit axes.)
+for _name in dir(torch):
+    # (detach_copy is a copy that forward-mode AD differentiates, unlike detach: not aliased.)
+    if _name.endswith("_copy") and not _name.startswith(("_", "detach")):
+        _view = getattr(torch, _name[: -len("_copy")], None) or getattr(
+            torch.Tensor, _name[: -len("_copy")], None
+        )
+        _rule = _registry.function_rule(_view) if _view is not None else None
+        if _rule is not None and _registry.function_rule(getattr(torch, _name)) is None:
+            register_rule(getattr(torch, _name))(_rule)
