@@ -16,6 +16,7 @@ except importlib.metadata.PackageNotFoundError:  # a source tree that was never 
 
 # Public name -> the module that defines it.
 _EXPORTS = {
+    "BatchCouplingWarning": "hope_attr.rules.checks",
     "ConvergenceWarning": "hope_attr.attribution.convergence",
     "DerivativeRangeWarning": "hope_attr.engine.factorials",
     "Diagnostics": "hope_attr.attribution.convergence",
@@ -68,6 +69,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
     from hope_attr.engine.reverse import ReverseModeWarning
     from hope_attr.interaction.indices import interactions
     from hope_attr.polynomial import TaylorPolynomial, discover, expand
+    from hope_attr.rules.checks import BatchCouplingWarning
 
 
 def __getattr__(name: str) -> object:
@@ -85,6 +87,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [  # the keys of _EXPORTS, spelled out for linters and `from hope_attr import *`
+    "BatchCouplingWarning",
     "ConvergenceWarning",
     "DerivativeRangeWarning",
     "Diagnostics",

@@ -214,8 +214,8 @@ class KeepFloat64(torch.overrides.TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN206
         kwargs = kwargs or {}
-        if func is torch.Tensor.float:
-            return args[0]
+        if func is torch.Tensor.float:  # an integer tensor (positions) still becomes floating
+            return args[0] if args[0].is_floating_point() else args[0].double()
         if func in (torch.Tensor.to, torch.Tensor.type):
             args = tuple(torch.float64 if a is torch.float32 else a for a in args)
             kwargs = {k: torch.float64 if v is torch.float32 else v for k, v in kwargs.items()}
@@ -422,17 +422,25 @@ TIMM_FAMILIES = (
     "legacy_xception", "xception41p", "xcit_nano_12_p8_224",
 )  # fmt: skip
 _TIMM_TOO_BIG = 60_000_000  # parameters: a float64 nested-jvp reference of these takes hours here
+# The smallest model of these families is a base-size transformer: one narrow block instead.
+_NARROW = {
+    "beit_base_patch16_224", "samvit_base_patch16_224", "naflexvit_base_patch16_parfac_gap",
+    "qwen3_vit_88m", "deepseek_vit_412m", "gemma4_vit_167m",
+}  # fmt: skip
 
 
 def _timm_small(name: str) -> tuple[nn.Module, torch.Tensor]:
     """The model at 64 px if it builds and runs there, else at its own input size."""
     timm = pytest.importorskip("timm")
-    for kwargs in ({"img_size": 64}, {}):
+    narrow = [{"depth": 1, "embed_dim": 32, "num_heads": 2, "img_size": 64}] * (name in _NARROW)
+    for kwargs in (*narrow, {"img_size": 64}, {}):
         try:
             model = timm.create_model(name, pretrained=False, num_classes=5, **kwargs)
         except Exception:  # noqa: BLE001 - no img_size argument (a CNN), or not this size
             continue
         size = 64 if kwargs or "img_size" not in _arguments(model) else None
+        if "depth" in kwargs:
+            size = 64
         for side in (size, model.pretrained_cfg["input_size"][-1]):
             if side is None:
                 continue
@@ -452,6 +460,19 @@ def _arguments(model: nn.Module) -> set[str]:
     return set(inspect.signature(type(model).__init__).parameters)
 
 
+def _with_signal(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """:func:`_realistic`, unless its statistics silence the model (xception41p at 64 px: every
+    unit of a block off for any input); then the default statistics, which keep a signal."""
+    import copy
+
+    realistic = _realistic(copy.deepcopy(model), x)
+    with torch.no_grad():
+        if not torch.equal(realistic(x), realistic(x + torch.randn_like(x))):
+            return realistic
+    print("default BatchNorm statistics: the realistic ones silence the model")
+    return model.double().eval()
+
+
 @pytest.mark.zoo
 @pytest.mark.parametrize("name", TIMM_FAMILIES)
 def test_timm_family_representative(name: str) -> None:
@@ -460,7 +481,7 @@ def test_timm_family_representative(name: str) -> None:
     if sum(p.numel() for p in model.parameters()) > _TIMM_TOO_BIG:
         pytest.skip(f"{name} is too large for a float64 nested-jvp reference on this machine")
     randomized = _randomize_zero_weights(model)
-    model = _realistic(model, x)
+    model = _with_signal(model, x)
     with KeepFloat64():  # efficientvit's and some attention blocks' float32 casts
         check_model(model, x)
     if randomized:
