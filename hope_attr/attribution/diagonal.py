@@ -35,7 +35,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from hope_attr.derivatives.mlp import Call, call_recording, forward_owner, user_rule_of
+from hope_attr.derivatives.mlp import (
+    IDENTITY_IN_EVAL,
+    Call,
+    call_recording,
+    forward_owner,
+    user_rule_of,
+)
 from hope_attr.engine import dispatch as _dispatch
 from hope_attr.engine import sequential as _sequential
 from hope_attr.engine.expansion import Expansion
@@ -46,17 +52,7 @@ _CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _AVERAGE_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 _MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 # Layers that only rearrange entries (or, in eval mode, pass them on): a permutation backwards.
-_PASS_THROUGH = (
-    nn.Identity,
-    nn.Flatten,
-    nn.Unflatten,
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.AlphaDropout,
-    nn.FeatureAlphaDropout,
-)
+_PASS_THROUGH = (nn.Flatten, nn.Unflatten, *IDENTITY_IN_EVAL)
 _SUPPORTED = (
     "method='diagonal' (the paper's rule) is a backward sweep over a chain of layers: it needs a "
     "plain nn.Sequential (nested ones allowed) of Linear, Conv1d/2d/3d, AvgPool/MaxPool 1d/2d/3d, "

@@ -63,7 +63,7 @@ _MAX_OUTPUTS = 4
 _ADVANTAGE = 4
 # The classes whose forward is the identity in eval mode (training mode is refused earlier, by
 # the expansion's eval check): skipped in a chain.
-_PASS_THROUGH = (
+IDENTITY_IN_EVAL = (
     nn.Identity,
     nn.Dropout,
     nn.Dropout1d,
@@ -118,7 +118,7 @@ def chain_of(expansion: Expansion) -> list[_Step] | None:
             step = _Step(layer)
         elif owner in ELEMENTWISE_ACTIVATIONS:
             step = _Step(layer, ACTIVATIONS[owner])
-        elif owner in _PASS_THROUGH:
+        elif owner in IDENTITY_IN_EVAL:
             step = None
         else:
             return None
