@@ -9,16 +9,21 @@
   at the layer (the series themselves are checked against nested ``torch.func.jvp`` by the
   primary method's tests).
 * ``attribute_all_targets`` holds every target's ``attribute``.
+* An ``nn.DataParallel`` model is run as its wrapped module (its own forward, which would
+  scatter the jets over replicas, never runs): the same attributions as the module's, and
+  Captum's ``device_ids`` is taken, as Captum's constructors take it.
 * The model is unchanged afterwards, after an error mid-call too; a layer that runs twice, or not
   at all, an integer or batch-less activation are refused with messages that say what to do.
 """
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.modules.module as module_globals
-from captum.attr import LayerFeatureAblation
+from captum.attr import LayerFeatureAblation, NeuronFeatureAblation
 from torch import Tensor, nn
 
 import hope_attr
@@ -281,6 +286,59 @@ def test_all_targets_hold_every_targets_attributions() -> None:
             x, target=target, layer_baselines=0.2
         )
         _assert_close(every[:, target], expected)
+
+
+# ------------------------------------------------------------------------------ DataParallel
+class ScatteringDataParallel(nn.DataParallel):
+    """``nn.DataParallel`` as it behaves with several GPUs, on a CPU: its forward scatters the
+    batch over replicas, which jets cannot take (here it raises). On a machine without GPUs a
+    plain ``nn.DataParallel`` calls its module, so it cannot tell whether it was run at all."""
+
+    def forward(self, *inputs: object, **kwargs: object) -> Tensor:
+        raise RuntimeError("DataParallel.forward ran: the batch was scattered over replicas")
+
+
+def test_a_data_parallel_model_is_run_as_its_module() -> None:
+    model = _model(StagedCNN)
+    x = torch.randn(2, 1, 8, 8, dtype=DTYPE)
+    expected = LayerFeatureAblation(model, model.stage).attribute(x, target=1, layer_baselines=0.3)
+    unwrapped = _continuation(model, model.stage).attribute(x, target=1, layer_baselines=0.3)
+    before = model_state(model)
+    for wrapper in (nn.DataParallel, ScatteringDataParallel):
+        for device_ids in (None, [0, 1]):  # Captum's: not needed for the model itself
+            hope = hope_attr.LayerHOPEAttribution(
+                wrapper(model), model.stage, order=ORDER, method="continuation", rtol=1e-12,
+                device_ids=device_ids,
+            )  # fmt: skip
+            assert hope.device_ids == device_ids
+            actual = hope.attribute(x, target=1, layer_baselines=0.3)
+            assert torch.equal(actual, unwrapped)
+            _assert_close(actual, expected)
+            every = hope.attribute_all_targets(x, layer_baselines=0.3)
+            _assert_close(every[:, 1], expected)
+    assert _same(before, model_state(model))
+
+
+def test_device_ids_is_captums_argument_and_several_devices_around_a_function_are_refused() -> None:
+    model = _model(StagedCNN)
+    parallel = nn.DataParallel(model)
+
+    def around(x: Tensor) -> Tensor:  # a function that applies the parallel model
+        return parallel(x)[:, 0]
+
+    for ours, captums in (
+        (hope_attr.LayerHOPEAttribution, LayerFeatureAblation),
+        (hope_attr.NeuronHOPEAttribution, NeuronFeatureAblation),
+    ):
+        theirs = inspect.signature(captums.__init__).parameters
+        assert set(theirs) <= set(inspect.signature(ours.__init__).parameters)
+        assert "device_ids:" in inspect.getdoc(ours.__init__)
+        with pytest.raises(ValueError, match="over 2 devices.*pass the DataParallel model itself"):
+            ours(around, model.stage, device_ids=[0, 1])
+        with pytest.raises(TypeError, match="list of device ids"):
+            ours(parallel, model.stage, device_ids="cuda:0")
+        # One device: DataParallel calls its module there (a jet, not a tensor, passes as is).
+        assert ours(around, model.stage, device_ids=[0]).device_ids == [0]
 
 
 # ------------------------------------------------------------------------ the model unchanged

@@ -7,12 +7,16 @@
 * ``method="exact"`` equals :class:`~hope_attr.HOPEAttribution` on the model cut at the layer,
   the neuron selected (the series themselves are checked against nested ``torch.func.jvp`` by
   the primary method's tests).
+* ``attribute_all_neurons`` holds every neuron's attributions: NeuronFeatureAblation's for each
+  neuron (continuation), each neuron's ``attribute`` (exact, tuple inputs, a layer's inputs).
+* An ``nn.DataParallel`` model is run as its wrapped module.
 * The forward stops after the layer (what follows may be anything), the model is unchanged
   afterwards, after an error mid-call too, and selectors that do not fit the layer are refused.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import pytest
@@ -24,6 +28,7 @@ import hope_attr
 from tests.test_layer import (
     DTYPE,
     FailsAfterLayer,
+    ScatteringDataParallel,
     StagedCNN,
     TinyText,
     TupleNet,
@@ -114,6 +119,63 @@ def test_exact_equals_the_primary_method_on_the_model_cut_at_the_layer() -> None
         expected = hope_attr.HOPEAttribution(
             lambda x, select=select: select(model.stage(model.stem(x))), order=ORDER
         ).attribute(x, baselines=0.7 * x)
+        _assert_close(actual, expected)
+
+
+# ------------------------------------------------------------------------ every neuron at once
+def test_all_neurons_hold_neuron_feature_ablation_of_every_neuron() -> None:
+    model = _model(StagedCNN)
+    x = torch.randn(2, 1, 8, 8, dtype=DTYPE)
+    quadrants = torch.arange(4).reshape(2, 2).repeat_interleave(4, 0).repeat_interleave(4, 1)
+    kwargs = {"feature_mask": quadrants[None, None], "baselines": 0.4}
+    every = _continuation(model, model.stage).attribute_all_neurons(x, **kwargs)
+    assert every.shape == (2, 4, 4, 4, 1, 8, 8)  # (B, *layer output, *input)
+    ablation = NeuronFeatureAblation(model, model.stage)
+    for neuron in itertools.product(range(4), range(4), range(4)):
+        expected = ablation.attribute(x, neuron_selector=neuron, **kwargs)
+        _assert_close(every[(slice(None), *neuron)], expected)
+
+
+# Exact against exact: a baseline outside a series' radius changes both alike.
+@pytest.mark.filterwarnings("ignore::hope_attr.ConvergenceWarning")
+def test_all_neurons_hold_each_neurons_attribute() -> None:
+    cnn, mlp = _model(StagedCNN), _model(FailsAfterLayer)
+    x = torch.randn(2, 1, 8, 8, dtype=DTYPE)
+    cases = [  # (forward_func, layer, inputs, attribute_to_neuron_input, the neurons' shape)
+        ((lambda a, b: cnn(a + b)), cnn.stage, (x, 0.5 * x), False, (4, 4, 4)),
+        (mlp, mlp.act, torch.randn(3, 3, dtype=DTYPE), True, (4,)),
+    ]
+    for model, layer, inputs, to_input, shape in cases:
+        hope = hope_attr.NeuronHOPEAttribution(model, layer, order=ORDER)
+        kwargs = {"baselines": (0.3, 0.1) if isinstance(inputs, tuple) else 0.3}
+        every = hope.attribute_all_neurons(inputs, attribute_to_neuron_input=to_input, **kwargs)
+        every = every if isinstance(every, tuple) else (every,)
+        for neuron in itertools.product(*map(range, shape)):
+            expected = hope.attribute(
+                inputs, neuron_selector=neuron, attribute_to_neuron_input=to_input, **kwargs
+            )
+            expected = expected if isinstance(expected, tuple) else (expected,)
+            _assert_close(tuple(e[(slice(None), *neuron)] for e in every), expected)
+    pair = _model(TupleNet)
+    with pytest.raises(ValueError, match="2 tensors; attribute_all_neurons needs one"):
+        hope_attr.NeuronHOPEAttribution(pair, pair.split).attribute_all_neurons(
+            torch.randn(2, 4, dtype=DTYPE)
+        )
+
+
+# ------------------------------------------------------------------------------ DataParallel
+def test_a_data_parallel_model_is_run_as_its_module() -> None:
+    model = _model(StagedCNN)
+    x = torch.randn(2, 1, 8, 8, dtype=DTYPE)
+    expected = NeuronFeatureAblation(model, model.stage).attribute(x, neuron_selector=(1, 2, 3))
+    unwrapped = _continuation(model, model.stage).attribute(x, neuron_selector=(1, 2, 3))
+    for wrapper in (torch.nn.DataParallel, ScatteringDataParallel):
+        hope = hope_attr.NeuronHOPEAttribution(
+            wrapper(model), model.stage, order=ORDER, method="continuation", rtol=1e-12,
+            device_ids=[0, 1],
+        )  # fmt: skip
+        actual = hope.attribute(x, neuron_selector=(1, 2, 3))
+        assert torch.equal(actual, unwrapped)
         _assert_close(actual, expected)
 
 

@@ -1,6 +1,18 @@
-"""The Captum front end: :class:`~hope_attr.HOPEAttribution` and what it builds on.
+"""The Captum front end: Captum's three families of attribution, and what they build on.
 
-* :mod:`~hope_attr.attribution.hope`: ``HOPEAttribution`` (Captum's ``Attribution`` contract);
+The families (``docs/layer_neuron.md``), each a Captum ``Attribution`` subclass:
+
+* :mod:`~hope_attr.attribution.hope`: ``HOPEAttribution``, the primary family: a model output
+  as a function of the model's inputs, predicting ``FeatureAblation``;
+* :mod:`~hope_attr.attribution.layer`: ``LayerHOPEAttribution``, the layer family: a model
+  output as a function of one layer's neurons, predicting ``LayerFeatureAblation``;
+* :mod:`~hope_attr.attribution.neuron`: ``NeuronHOPEAttribution``, the neuron family: one
+  neuron of a layer as a function of the model's inputs, predicting ``NeuronFeatureAblation``;
+* :mod:`~hope_attr.attribution.layer_hooks`: a layer's activation read or replaced for one
+  forward pass (the hooks the layer and neuron families see the model through).
+
+What ``HOPEAttribution`` builds on (the layer and neuron families call it):
+
 * :mod:`~hope_attr.attribution.arguments`: Captum's arguments (inputs, baselines, masks, targets),
   formatted with Captum's own helpers and checked with messages that say the fix;
 * :mod:`~hope_attr.attribution.groups`: feature-mask groups, their directions and spreading;

@@ -42,7 +42,8 @@ class LayerHOPEAttribution(LayerAttribution):
     (``attribute_to_layer_input=True``). The layer must run once per forward pass, with the
     batch axis first. One jet per neuron or group serves every class:
     :meth:`attribute_all_targets`. Nothing is left on the model: the hooks exist only while
-    a forward pass runs.
+    a forward pass runs. An ``nn.DataParallel`` model is run as its wrapped module (the same
+    function, on one device; see ``device_ids``).
 
     Example:
         >>> import torch, hope_attr
@@ -60,6 +61,7 @@ class LayerHOPEAttribution(LayerAttribution):
         order: int = 4,
         method: str = "exact",
         rtol: float = 1e-6,
+        device_ids: list[int] | None = None,
     ) -> None:
         """Set up the attribution of ``forward_func`` to ``layer``.
 
@@ -71,10 +73,18 @@ class LayerHOPEAttribution(LayerAttribution):
             method: ``"exact"``, ``"continuation"`` or ``"diagonal"``
                 (see :class:`~hope_attr.HOPEAttribution`).
             rtol: :class:`~hope_attr.HOPEAttribution`'s tolerance.
+            device_ids: Captum's (``LayerFeatureAblation``'s): the devices of an
+                ``nn.DataParallel`` model that ``forward_func`` applies. Not needed here: an
+                ``nn.DataParallel`` (or ``DistributedDataParallel``) ``forward_func`` is run as
+                its wrapped ``.module``, the same function, on that module's device (where
+                ``DataParallel`` keeps it, ``device_ids[0]``; put the inputs there), because
+                the jets cannot be scattered over replicas. Several devices for a function
+                that applies such a model are refused: pass the model itself.
 
         Raises:
-            TypeError: ``layer`` is not a module.
-            ValueError: a bad ``order``, ``method`` or ``rtol``.
+            TypeError: ``layer`` is not a module, or ``device_ids`` is not a list of ids.
+            ValueError: a bad ``order``, ``method`` or ``rtol``; several ``device_ids`` for a
+                ``forward_func`` that is not the parallel model.
 
         Example:
             >>> import torch, hope_attr
@@ -86,7 +96,8 @@ class LayerHOPEAttribution(LayerAttribution):
             raise TypeError(
                 f"layer must be a torch.nn.Module of the model, got {type(layer).__name__}"
             )
-        super().__init__(forward_func, layer)
+        _hooks.check_device_ids(forward_func, device_ids)
+        super().__init__(forward_func, layer, device_ids)
         # Checks order, method and rtol now, as HOPEAttribution does, not at the first call.
         HOPEAttribution(forward_func, order, method, rtol)
         self.order, self.method, self.rtol = order, method, float(rtol)

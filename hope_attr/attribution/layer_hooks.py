@@ -10,7 +10,9 @@ The layer and neuron front ends (:class:`~hope_attr.LayerHOPEAttribution`,
   computed (a forward hook; a forward pre-hook for its input). The engine seeds ``values`` as
   jets, so everything after the layer runs on them;
 * :func:`reading` holds the activation of the forward that runs inside it, and may stop that
-  forward right after the layer, where nothing else is needed.
+  forward right after the layer, where nothing else is needed;
+* :func:`eager` is the module all of these run: the one inside a ``torch.compile``-d or
+  ``nn.DataParallel`` model (:func:`check_device_ids` takes Captum's ``device_ids``).
 
 This is what Captum's layer and neuron methods do (``LayerFeatureAblation`` replaces the layer's
 output by a forward hook, ``_forward_layer_eval`` reads it), with two differences: every hook lives
@@ -33,11 +35,14 @@ import torch
 from captum._utils.common import _format_additional_forward_args, _format_tensor_into_tuples
 from torch import Tensor, nn
 
+from hope_attr.engine import dispatch as _dispatch
+
 __all__ = [
     "Activation",
     "Reading",
     "as_model_method",
     "capture",
+    "check_device_ids",
     "check_perturbations_per_eval",
     "eager",
     "model_arguments",
@@ -148,8 +153,9 @@ def capture(
             "forward calls"
             if not seen
             else f"{_name(layer)} runs {len(seen)} times in one forward pass (a module reused, "
-            "e.g. one activation module applied twice), so it has no single activation: give "
-            "each use its own module, or choose a layer that runs once"
+            "e.g. one activation module applied twice; or the replicas of an nn.DataParallel "
+            "model that forward_func applies: pass that model itself), so it has no single "
+            "activation: give each use its own module, or choose a layer that runs once"
         )
     entries, kind = _entries(layer, seen[0], to_input)
     _check_entries(layer, entries, args[0].shape[0], to_input)
@@ -197,19 +203,62 @@ def rerouted(
 
 
 def eager(forward_func: Callable[..., Any]) -> Callable[..., Any]:
-    """The eager module behind a ``torch.compile``-d one: jets run through the model's Python,
-    which a compiled module would hand to its tracer instead (the result is the same function).
+    """The module that computes ``forward_func`` on one device, eagerly.
+
+    A ``torch.compile``-d model would hand the jets to its tracer, and an ``nn.DataParallel``
+    (or ``DistributedDataParallel``) model would scatter its inputs over replicas, which jets
+    (one batch of series, not tensors) cannot be: both wrap a module that computes the same
+    function, which the engine runs instead (:func:`hope_attr.engine.dispatch.unwrap`). The
+    layer's hooks then fire once, on the user's own module, not once per replica.
 
     Example:
         >>> from torch import nn
         >>> model = nn.Linear(2, 1)
-        >>> eager(model) is model
+        >>> eager(model) is model and eager(nn.DataParallel(model)) is model
         True
     """
-    original = getattr(forward_func, "_orig_mod", None)
-    return (
-        original if isinstance(forward_func, nn.Module) and original is not None else forward_func
-    )
+    return _dispatch.unwrap(forward_func)
+
+
+def check_device_ids(forward_func: object, device_ids: object) -> None:
+    """Captum's ``device_ids`` (``InternalAttribution``'s): accepted where HOPE can honour it.
+
+    Captum needs the devices of an ``nn.DataParallel`` model that ``forward_func`` *applies*
+    (a function around it) to reassemble the layer's activation from the replicas. HOPE runs
+    one function on one device: a parallel model given as ``forward_func`` itself is run as
+    its wrapped module (:func:`eager`), so ``device_ids`` changes nothing; a function around
+    one cannot be unwrapped, and over several devices each replica would receive the jets.
+
+    Raises:
+        TypeError: ``device_ids`` is not ``None`` or a list of device ids.
+        ValueError: several devices for a ``forward_func`` that is not the parallel model.
+
+    Example:
+        >>> from torch import nn
+        >>> model = nn.DataParallel(nn.Linear(2, 1))
+        >>> check_device_ids(model, [0, 1])  # the model itself: its .module is run
+        >>> check_device_ids(lambda x: model(x), [0, 1])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: device_ids=[0, 1] says that forward_func applies an nn.DataParallel model ...
+    """
+    if device_ids is None:
+        return
+    if not isinstance(device_ids, (list, tuple)) or not all(
+        isinstance(d, (int, torch.device)) and not isinstance(d, bool) for d in device_ids
+    ):
+        raise TypeError(
+            f"device_ids must be None or a list of device ids (ints), as in Captum, got "
+            f"{device_ids!r}"
+        )
+    if len(device_ids) > 1 and eager(forward_func) is forward_func:
+        raise ValueError(
+            f"device_ids={list(device_ids)!r} says that forward_func applies an nn.DataParallel "
+            f"model over {len(device_ids)} devices, but a Taylor expansion runs the model on one "
+            "device (its jets cannot be scattered over replicas): pass the DataParallel model "
+            "itself as forward_func (its .module, the same function, is run), or call "
+            "model.module inside forward_func, and leave device_ids out"
+        )
 
 
 def as_model_method(function: Callable[..., Any], forward_func: object) -> Callable[..., Any]:

@@ -37,6 +37,9 @@ class NeuronHOPEAttribution(NeuronAttribution):
     baseline. Neurons are chosen as in Captum (``neuron_selector``: an index, a tuple with
     slices, which sum the neurons they cover, or a function of the layer's activation). The
     layer must run once per forward pass, with the batch axis first; nothing is left on the model.
+    The jets carry every neuron of the layer, so :meth:`attribute_all_neurons` gives all of
+    them at the cost of one call. An ``nn.DataParallel`` model is run as its wrapped module
+    (the same function, on one device; see ``device_ids``).
 
     Example:
         >>> import torch, hope_attr
@@ -54,6 +57,7 @@ class NeuronHOPEAttribution(NeuronAttribution):
         order: int = 4,
         method: str = "exact",
         rtol: float = 1e-6,
+        device_ids: list[int] | None = None,
     ) -> None:
         """Set up the attribution of ``layer``'s neurons in ``forward_func``.
 
@@ -64,10 +68,18 @@ class NeuronHOPEAttribution(NeuronAttribution):
             method: ``"exact"``, ``"continuation"`` or ``"diagonal"``
                 (see :class:`~hope_attr.HOPEAttribution`).
             rtol: :class:`~hope_attr.HOPEAttribution`'s tolerance, relative to the neuron.
+            device_ids: Captum's (``NeuronFeatureAblation``'s): the devices of an
+                ``nn.DataParallel`` model that ``forward_func`` applies. Not needed here: an
+                ``nn.DataParallel`` (or ``DistributedDataParallel``) ``forward_func`` is run as
+                its wrapped ``.module``, the same function, on that module's device (where
+                ``DataParallel`` keeps it, ``device_ids[0]``; put the inputs there), because
+                the jets cannot be scattered over replicas. Several devices for a function
+                that applies such a model are refused: pass the model itself.
 
         Raises:
-            TypeError: ``layer`` is not a module.
-            ValueError: a bad ``order``, ``method`` or ``rtol``.
+            TypeError: ``layer`` is not a module, or ``device_ids`` is not a list of ids.
+            ValueError: a bad ``order``, ``method`` or ``rtol``; several ``device_ids`` for a
+                ``forward_func`` that is not the parallel model.
 
         Example:
             >>> import torch, hope_attr
@@ -79,7 +91,8 @@ class NeuronHOPEAttribution(NeuronAttribution):
             raise TypeError(
                 f"layer must be a torch.nn.Module of the model, got {type(layer).__name__}"
             )
-        super().__init__(forward_func, layer)
+        _hooks.check_device_ids(forward_func, device_ids)
+        super().__init__(forward_func, layer, device_ids)
         HOPEAttribution(forward_func, order, method, rtol)  # checks the configuration now
         self.order, self.method, self.rtol = order, method, float(rtol)
         self._higher_orders_vanish: bool | None = None
@@ -142,25 +155,8 @@ class NeuronHOPEAttribution(NeuronAttribution):
                 exactly once per forward or lacks the batch axis.
         """
         _hooks.check_perturbations_per_eval(perturbations_per_eval)
-        args = _hooks.model_arguments(inputs, additional_forward_args)
-        _check_floating(args[: len(inputs) if isinstance(inputs, tuple) else 1])
-        model = _hooks.eager(self.forward_func)
-        to_input = attribute_to_neuron_input
-        activation = _hooks.capture(model, self.layer, args, to_input)
-        _check_selector(neuron_selector, activation.values)
-        layer = self.layer
-
-        def neuron(*arguments: Any) -> Tensor:
-            with _hooks.reading(layer, to_input) as read:
-                model(*arguments)
-            if read.values is None:  # a forward whose path depends on the values
-                raise ValueError(
-                    f"the layer ({type(layer).__name__}) did not run in this forward pass"
-                )
-            return _verify_select_neuron(read.values, neuron_selector)
-
-        hope = HOPEAttribution(
-            _hooks.as_model_method(neuron, model), self.order, self.method, self.rtol
+        hope = self._of_inputs(
+            inputs, additional_forward_args, attribute_to_neuron_input, neuron_selector
         )
         try:
             return hope.attribute(
@@ -173,6 +169,96 @@ class NeuronHOPEAttribution(NeuronAttribution):
             )
         finally:
             self._higher_orders_vanish = hope.higher_orders_vanish
+
+    def attribute_all_neurons(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        baselines: BaselineType = None,
+        additional_forward_args: Any = None,
+        feature_mask: FeatureMaskType = None,
+        attribute_to_neuron_input: bool = False,
+        directions_per_chunk: int | None = None,
+        show_progress: bool = False,
+    ) -> Tensor | tuple[Tensor, ...]:
+        """Every neuron of the layer at the cost of one call: ``(B, *L, *I)``.
+
+        ``result[:, j, k]`` equals ``attribute(inputs, neuron_selector=(j, k), ...)``, where
+        ``L`` is the layer's activation shape without the batch axis and ``I`` the input's
+        (a tuple, one per input, for tuple inputs): the jets carry every neuron of the layer
+        anyway, as they carry every class in :meth:`LayerHOPEAttribution.attribute_all_targets
+        <hope_attr.LayerHOPEAttribution.attribute_all_targets>`. The batch axis stays first,
+        as in every Captum result. With ``method="continuation"``, ``rtol`` is relative to the
+        largest neuron of the example rather than to the one selected. The other arguments
+        are :meth:`attribute`'s.
+
+        Raises:
+            ValueError: the layer's activation has several tensors (choose one with a function
+                in :meth:`attribute`, or a submodule that computes one tensor); and as
+                :meth:`attribute`.
+
+        Example:
+            >>> import torch, hope_attr
+            >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(),
+            ...                             torch.nn.Linear(4, 2)).eval()
+            >>> neuron_hope = hope_attr.NeuronHOPEAttribution(model, model[1])
+            >>> neuron_hope.attribute_all_neurons(torch.rand(5, 3)).shape  # (B, 4 neurons, 3)
+            torch.Size([5, 4, 3])
+        """
+        hope = self._of_inputs(inputs, additional_forward_args, attribute_to_neuron_input, None)
+        try:
+            return hope.attribute_all_targets(
+                inputs,
+                baselines=baselines,
+                additional_forward_args=additional_forward_args,
+                feature_mask=feature_mask,
+                directions_per_chunk=directions_per_chunk,
+                show_progress=show_progress,
+            )
+        finally:
+            self._higher_orders_vanish = hope.higher_orders_vanish
+
+    def _of_inputs(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        additional_forward_args: Any,
+        to_input: bool,
+        selector: NeuronSelector | None,
+    ) -> HOPEAttribution:
+        """The primary attribution of the selected neuron (``None``: every neuron of the
+        layer, ``(B, *L)``) as a function of the model's inputs."""
+        args = _hooks.model_arguments(inputs, additional_forward_args)
+        _check_floating(args[: len(inputs) if isinstance(inputs, tuple) else 1])
+        model = _hooks.eager(self.forward_func)
+        activation = _hooks.capture(model, self.layer, args, to_input)
+        if selector is None:
+            _check_one_tensor(activation.values)
+        else:
+            _check_selector(selector, activation.values)
+        layer = self.layer
+
+        def neuron(*arguments: Any) -> Tensor:
+            with _hooks.reading(layer, to_input) as read:
+                model(*arguments)
+            if read.values is None:  # a forward whose path depends on the values
+                raise ValueError(
+                    f"the layer ({type(layer).__name__}) did not run in this forward pass"
+                )
+            if selector is None:
+                return read.values[0]
+            return _verify_select_neuron(read.values, selector)
+
+        return HOPEAttribution(
+            _hooks.as_model_method(neuron, model), self.order, self.method, self.rtol
+        )
+
+
+def _check_one_tensor(values: tuple[Tensor, ...]) -> None:
+    if len(values) > 1:
+        raise ValueError(
+            f"the layer's activation has {len(values)} tensors; attribute_all_neurons needs "
+            "one: choose a submodule that computes one tensor, or pick neurons from any of "
+            "them with attribute(..., neuron_selector=lambda out: out[0][:, 3])"
+        )
 
 
 def _check_floating(inputs: tuple[Tensor, ...]) -> None:
