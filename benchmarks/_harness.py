@@ -1,8 +1,12 @@
 """What the benchmark scripts share: timing, the run's environment, the report and its results.
 
 * timing: :func:`repeat` (a warm-up, then the wall and CPU times of up to ``repeats`` calls, or
-  where a :class:`BudgetExceeded` stopped them), :func:`interleaved_rounds` (methods interleaved
-  per round, so that a burst of load hits all of them alike), :func:`timed_median`;
+  where a :class:`BudgetExceeded` stopped them), :class:`Budget` (the time and memory a call may
+  take, checked by the call as it goes), :func:`interleaved_rounds` (methods interleaved per
+  round, so that a burst of load hits all of them alike), :func:`timed_median`,
+  :func:`per_call_seconds` (calls too short to time one by one);
+* memory: :func:`proc_status_mib`, :func:`rss_mib`, and the peak of a call in a fresh process
+  (:func:`reset_peak_rss`, :func:`peak_rss_mib`);
 * environment: :class:`Run` (start time and load average), :func:`revision`, :func:`versions`,
   :func:`variables`, :func:`cpu_name`, and :func:`environment` (all of it, for ``--json``);
 * command line and outputs: :func:`parser` / :func:`add_outputs` (``--markdown PATH``, ``--json
@@ -22,6 +26,7 @@ import json
 import math
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -45,6 +50,39 @@ class BudgetExceeded(Exception):
     def __init__(self, progress: float, reason: str = "", elapsed: float | None = None) -> None:
         super().__init__(reason or f"stopped after {progress:.1%} of the work")
         self.progress, self.reason, self.elapsed = progress, reason, elapsed
+
+
+class Budget:
+    """The time (seconds) and extra memory (GiB of resident memory) one call may take, counted
+    from the budget's creation; the call checks it as it goes.
+
+    Example:
+        >>> try:
+        ...     Budget(seconds=0.0).check(1, 4)
+        ... except BudgetExceeded as stop:
+        ...     print(stop.progress, stop.reason)
+        0.25 stopped past 0 s
+    """
+
+    def __init__(self, seconds: float = math.inf, memory_gib: float = math.inf) -> None:
+        self.seconds, self.memory_gib = seconds, memory_gib
+        # /proc is read at each check only where memory is limited: some loops check per feature.
+        limited = math.isfinite(memory_gib)
+        self.start, self.base_rss_gib = time.perf_counter(), _rss_gib() if limited else 0.0
+
+    def check(self, done: int, total: int) -> None:
+        """Raise :class:`BudgetExceeded` (with ``done / total`` of the work done) once past."""
+        elapsed = time.perf_counter() - self.start
+        if elapsed > self.seconds:
+            raise BudgetExceeded(done / total, f"stopped past {self.seconds:.0f} s", elapsed)
+        if math.isfinite(self.memory_gib) and _rss_gib() - self.base_rss_gib > self.memory_gib:
+            reason = f"stopped past {self.memory_gib:g} GiB of extra memory"
+            raise BudgetExceeded(done / total, reason, elapsed)
+
+
+def _rss_gib() -> float:
+    """Resident memory of this process (Linux), 0 where unknown."""
+    return (proc_status_mib("VmRSS") or 0.0) / 1024
 
 
 @dataclass
@@ -162,6 +200,34 @@ def interleaved_rounds(calls: Mapping[Key, Callable[[], Any]], rounds: int) -> d
     return times
 
 
+def per_call_seconds(call: Callable[[], Any], target_s: float) -> float:
+    """Median over 5 rounds of the mean time per call, each round about ``target_s / 5`` long
+    (after one warm-up call): for calls far shorter than the timer's and Python's overheads.
+
+    Example:
+        >>> per_call_seconds(lambda: None, 0.01) < 1e-3
+        True
+    """
+    call()
+    loops = 1
+    while True:
+        start = time.perf_counter()
+        for _ in range(loops):
+            call()
+        elapsed = time.perf_counter() - start
+        if elapsed >= target_s / 5 or loops >= 1 << 20:
+            break
+        loops *= 4
+    rounds = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(loops):
+            call()
+        rounds.append((time.perf_counter() - start) / loops)
+    return statistics.median(rounds)
+
+
+# =============================================================================== memory
 def proc_status_mib(name: str) -> float | None:
     """A ``VmRSS``/``VmHWM`` line of ``/proc/self/status`` in MiB (None off Linux)."""
     try:
@@ -172,6 +238,37 @@ def proc_status_mib(name: str) -> float | None:
         if line.startswith(name + ":"):
             return int(line.split()[1]) / 1024
     return None
+
+
+def rss_mib() -> float:
+    """Resident memory of this process in MiB (``VmRSS``; psutil off Linux)."""
+    current = proc_status_mib("VmRSS")
+    if current is not None:
+        return current
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark to the current RSS (Linux >= 4.0); False where it cannot.
+
+    Needed because ``ru_maxrss`` of a subprocess starts at its parent's RSS (fork then exec), so
+    it would report the benchmark's own memory instead of the method's.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return proc_status_mib("VmHWM") is not None
+
+
+def peak_rss_mib(reset: bool) -> float:
+    """The peak RSS in MiB: since :func:`reset_peak_rss` where it ``reset``, else the process's
+    ``ru_maxrss`` (which may include the parent's RSS)."""
+    if reset:
+        return proc_status_mib("VmHWM") or 0.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 # =============================================================================== environment

@@ -27,6 +27,11 @@ every method alike)::
         python benchmarks/paper_rule.py --markdown docs/paper_rule.md
 
 ``--quick`` runs a small budget (under a minute) as a smoke test.
+
+Code: this file holds the page (its explanation, tables and command line);
+``benchmarks/_paper_rule_runs.py`` what each part runs and times; the models and the baselines
+are shared with the other scripts (``benchmarks/_models.py``, ``benchmarks/_baselines.py``),
+and timing, the environment and the markdown come from ``benchmarks/_harness.py``.
 """
 
 from __future__ import annotations
@@ -38,347 +43,49 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 if __name__ == "__main__":  # run as a script: this checkout's benchmarks and hope_attr
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import hope_attr  # noqa: E402
 from benchmarks import _harness  # noqa: E402
-from hope_attr.attribution.diagonal import diagonal_coefficients  # noqa: E402
-from hope_attr.datasets import load_mnist  # noqa: E402
-from hope_attr.engine.expansion import Expansion  # noqa: E402
+from benchmarks._paper_rule_runs import (  # noqa: E402
+    ACTIVATIONS,
+    EXACT_TOLERANCE,
+    INPUT_DIM,
+    MAP_COLUMNS,
+    MAP_ORDER,
+    MAX_ORDER,
+    NUM_TRAIN,
+    OUTPUT_DIM,
+    WIDTH,
+    Config,
+    DerivativeErrors,
+    Settings,
+    Timed,
+    check_exact_cases,
+    largest_exact_case_error,
+    measure_derivatives,
+    measure_heat_maps,
+    measure_timing,
+    number,
+    scale_label,
+)
 
-SEED = 0
 THREADS = 2
-INPUT_DIM, WIDTH, OUTPUT_DIM = 8, 16, 4
-MAX_ORDER = 6
-EXACT_TOLERANCE = 1e-12  # depth 1 and order 1: relative error to rounding
-MAP_ORDER = 4  # the paper's heat maps: order 4, dx = 1
-NUM_TRAIN = 4000  # digits 0..3999 may train the CNN; the heat maps use digits from 4000 on
-NUM_CLASSES = 10
 ALLOCATOR_VARIABLES = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
 SCRIPT = "benchmarks/paper_rule.py"
 
 
-@dataclass(frozen=True)
-class Settings:
-    nets: int  # random nets (and points) per (activation, depth, scale)
-    depths: tuple[int, ...]
-    scales: tuple[float, ...]
-    digits: int
-    train_digits: int
-    epochs: int
-    timing_orders: tuple[int, ...]
-    rounds: int
-
-    @classmethod
-    def from_args(cls, quick: bool) -> Settings:
-        if quick:
-            return cls(3, (1, 2), (1.0, 0.1, 8.0), 1, 1000, 1, (1, 2), 2)
-        return cls(20, (1, 2, 3, 4, 5), (1.0, 0.1, 8.0), 10, NUM_TRAIN, 2, (1, 4, 8), 10)
-
-
-# =============================================================================== models
-class Sin(nn.Module):
-    """``torch.sin`` as a module (the paper's rule reaches it as a function call)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.sin(x)
-
-
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "sin": Sin,
-}
-
-
-def mlp(widths: Sequence[int], activation: Callable[[], nn.Module]) -> nn.Sequential:
-    """Linear layers ``widths[0] -> ... -> widths[-1]`` with ``activation`` between them."""
-    layers: list[nn.Module] = []
-    for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
-        layers += [nn.Linear(fan_in, fan_out), activation()]
-    return nn.Sequential(*layers[:-1])
-
-
-def mnist_mlp() -> nn.Sequential:
-    torch.manual_seed(SEED)
-    return nn.Sequential(nn.Flatten(), mlp((784, 128, 64, NUM_CLASSES), nn.Tanh))
-
-
-def mnist_cnn() -> nn.Sequential:
-    torch.manual_seed(SEED)
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 5), nn.Tanh(), nn.AvgPool2d(2),
-        nn.Conv2d(8, 16, 5), nn.Tanh(), nn.AvgPool2d(2),
-        nn.Flatten(), nn.Linear(256, 64), nn.Tanh(), nn.Linear(64, NUM_CLASSES),
-    )  # fmt: skip
-
-
-def scale_weights(model: nn.Module, factor: float) -> nn.Module:
-    """Multiply the weights (not the biases) of every linear and convolution layer by ``factor``."""
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
-                module.weight.mul_(factor)
-    return model
-
-
-def scale_label(factor: float) -> str:
-    return "x1 (PyTorch default init)" if factor == 1.0 else f"x{factor:g}"
-
-
-# =============================================================================== (a) derivatives
-@dataclass(frozen=True)
-class DerivativeErrors:
-    """Per net ``(nets, MAX_ORDER)``: relative error and share of entries with the wrong sign."""
-
-    relative: Tensor
-    wrong_sign: Tensor
-
-
-def compare_rules(model: nn.Module, x: Tensor, order: int) -> tuple[Tensor, Tensor]:
-    """``(order,)`` relative errors and wrong-sign shares of the paper's rule at ``x``."""
-    expansion = Expansion(model, x, order)
-    exact = expansion.unmixed_coefficients()[0].reshape(order, -1)
-    paper = diagonal_coefficients(expansion)[0].reshape(order, -1)
-    # Both are normalized coefficients (derivative / k!): the k! cancels in the ratio.
-    relative = torch.linalg.vector_norm(paper - exact, dim=1) / torch.linalg.vector_norm(
-        exact, dim=1
-    )
-    wrong_sign = (torch.sign(paper) != torch.sign(exact)).double().mean(dim=1)
-    return relative, wrong_sign
-
-
-def random_net(activation: str, depth: int, index: int) -> tuple[nn.Module, Tensor]:
-    """Net ``index`` of a depth and its point: the same weights for every activation and scale."""
-    torch.manual_seed(1000 * depth + index)
-    widths = (INPUT_DIM, *([WIDTH] * depth), OUTPUT_DIM)
-    model = mlp(widths, ACTIVATIONS[activation]).double().eval()
-    return model, torch.randn(1, INPUT_DIM, dtype=torch.float64)
-
-
-def derivative_errors(activation: str, depth: int, scale: float, nets: int) -> DerivativeErrors:
-    results = []
-    for index in range(nets):
-        model, x = random_net(activation, depth, index)
-        results.append(compare_rules(scale_weights(model, scale), x, MAX_ORDER))
-    relative, wrong_sign = (torch.stack(column) for column in zip(*results, strict=True))
-    return DerivativeErrors(relative, wrong_sign)
-
-
-Config = tuple[str, int, float]  # activation, depth, weight scale
-
-
-def measure_derivatives(
-    settings: Settings, log: Callable[[str], None]
-) -> dict[Config, DerivativeErrors]:
-    results = {}
-    for scale in settings.scales:
-        for activation in ACTIVATIONS:
-            for depth in settings.depths:
-                results[activation, depth, scale] = derivative_errors(
-                    activation, depth, scale, settings.nets
-                )
-        log(f"(a) derivatives, weights {scale_label(scale)}: done")
-    return results
-
-
-def largest_exact_case_error(results: dict[Config, DerivativeErrors]) -> float:
-    """Largest relative error where the rule is exact in theory: depth 1, or order 1."""
-    errors = [
-        (stats.relative if depth == 1 else stats.relative[:, 0]).max().item()
-        for (_, depth, _), stats in results.items()
-    ]
-    return max(errors)
-
-
-def check_exact_cases(results: dict[Config, DerivativeErrors]) -> float:
-    largest = largest_exact_case_error(results)
-    if not largest < EXACT_TOLERANCE:
-        raise AssertionError(
-            f"the paper's rule should be exact at depth 1 and at order 1, but its relative error "
-            f"reaches {largest:.2e} (tolerance {EXACT_TOLERANCE:.0e})"
-        )
-    return largest
-
-
-# =============================================================================== (b) heat maps
-def train(model: nn.Module, images: Tensor, labels: Tensor, epochs: int) -> None:
-    """Adam on cross-entropy, batches of 100 (a few seconds on 2 threads)."""
-    torch.manual_seed(SEED)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(epochs):
-        for batch in torch.randperm(len(images)).split(100):
-            loss = nn.functional.cross_entropy(model(images[batch]), labels[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    model.eval()
-
-
-def accuracy(model: nn.Module, images: Tensor, labels: Tensor) -> float:
-    with torch.no_grad():
-        return (model(images).argmax(1) == labels).double().mean().item()
-
-
-def true_perturbation(model: nn.Module, x: Tensor, target: int) -> Tensor:
-    """``f_target(x + e_i) - f_target(x)`` for every pixel ``i`` of an image ``(1, *I)``: ``*I``."""
-    features = x[0].numel()
-    steps = torch.eye(features, dtype=x.dtype).reshape(features, *x.shape[1:])
-    with torch.no_grad():
-        moved = model(x + steps)[:, target]
-        return (moved - model(x)[0, target]).reshape(x.shape[1:])
-
-
-def gradient_map(model: nn.Module, x: Tensor, target: int) -> Tensor:
-    x = x.detach().clone().requires_grad_()
-    (grad,) = torch.autograd.grad(model(x)[0, target], x)
-    return grad[0]
-
-
-def paper_map(model: nn.Module, x: Tensor, target: int, method: str) -> tuple[Tensor, float]:
-    """Eq. 77 at dx = 1, order MAP_ORDER; and the share ``||orders 2..n|| / ||order 1||``."""
-    attribution = hope_attr.HOPEAttribution(model, order=MAP_ORDER, method=method)
-    heat_map, orders = attribution.paper_heat_map(x, dx=1.0, target=target, return_orders=True)
-    share = torch.linalg.vector_norm(orders[1:].sum(0)) / torch.linalg.vector_norm(orders[0])
-    return heat_map[0], share.item()
-
-
-def spearman(a: Tensor, b: Tensor) -> float:
-    from scipy.stats import spearmanr
-
-    return float(
-        spearmanr(a.detach().reshape(-1).numpy(), b.detach().reshape(-1).numpy()).statistic
-    )
-
-
-def relative_distance(a: Tensor, b: Tensor) -> float:
-    return (torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b)).item()
-
-
-def correlation(value: float) -> str:
-    return f"{value:.5f}"
-
-
-def number(value: float) -> str:
-    return f"{value:.2g}"
-
-
-MAP_COLUMNS: tuple[tuple[str, Callable[[float], str]], ...] = (
-    ("Spearman paper-true", correlation),
-    ("Spearman exact-true", correlation),
-    ("Spearman gradient-true", correlation),
-    ("Spearman paper-exact", correlation),
-    ("rel. L2 error paper", number),
-    ("rel. L2 error exact", number),
-    ("rel. L2 error gradient", number),
-    ("orders>=2 / order 1 (exact)", number),
-)
-
-
-def map_scores(model: nn.Module, x: Tensor) -> tuple[float, ...]:
-    """One image ``(1, *I)``: the MAP_COLUMNS, for the model's predicted class."""
-    with torch.no_grad():
-        target = int(model(x).argmax(1))
-    true = true_perturbation(model, x, target)
-    paper, _ = paper_map(model, x, target, "diagonal")
-    exact, share = paper_map(model, x, target, "exact")
-    gradient = gradient_map(model, x, target)
-    return (
-        spearman(paper, true),
-        spearman(exact, true),
-        spearman(gradient, true),
-        spearman(paper, exact),
-        relative_distance(paper, true),
-        relative_distance(exact, true),
-        relative_distance(gradient, true),
-        share,
-    )
-
-
-def heat_map_models(settings: Settings, digits: Tensor, labels: Tensor) -> dict[str, nn.Module]:
-    trained = mnist_cnn()
-    train(
-        trained, digits[: settings.train_digits], labels[: settings.train_digits], settings.epochs
-    )
-    test_accuracy = accuracy(trained, digits[NUM_TRAIN:], labels[NUM_TRAIN:])
-    models = {
-        "MLP 784-128-64-10 tanh, default init": mnist_mlp(),
-        "MLP 784-128-64-10 tanh, weights x8": scale_weights(mnist_mlp(), 8.0),
-        "CNN, random init": mnist_cnn(),
-        f"CNN, trained {settings.epochs} epoch(s) on {settings.train_digits} digits "
-        f"(test accuracy {test_accuracy:.1%} on {len(labels) - NUM_TRAIN})": trained,
-    }
-    return {name: model.double().eval() for name, model in models.items()}
-
-
-def measure_heat_maps(
-    settings: Settings, log: Callable[[str], None]
-) -> dict[str, list[tuple[float, ...]]]:
-    data = load_mnist()
-    models = heat_map_models(settings, data.images, data.labels)
-    test_images = data.images[NUM_TRAIN : NUM_TRAIN + settings.digits].double()
-    results = {}
-    for name, model in models.items():
-        results[name] = [map_scores(model, image.unsqueeze(0)) for image in test_images]
-        log(f"(b) heat maps, {name}: done")
-    return results
-
-
-# =============================================================================== (c) timing
-@dataclass(frozen=True)
-class Timed:
-    method: str
-    hope_order: int | None  # None: a Captum method
-    classes: int
-    call: Callable[[], object]
-
-
-def timed_methods(model: nn.Module, x: Tensor, orders: Iterable[int]) -> list[Timed]:
-    from captum.attr import FeatureAblation, Saliency
-
-    def hope(order: int, method: str) -> Callable[[], object]:
-        attribution = hope_attr.HOPEAttribution(model, order=order, method=method)
-        return lambda: attribution.attribute_all_targets(x, baselines=0.0)
-
-    features = x[0].numel()
-    methods = [
-        Timed(f'HOPE method="{method}"', order, NUM_CLASSES, hope(order, method))
-        for order in orders
-        for method in ("diagonal", "exact")
-    ]
-    saliency, ablation = Saliency(model), FeatureAblation(model)
-    x_grad = x.clone().requires_grad_()  # Saliency warns about an input without requires_grad
-    methods += [
-        Timed("Captum Saliency", None, 1, lambda: saliency.attribute(x_grad, target=0, abs=False)),
-        Timed(
-            f"Captum FeatureAblation (perturbations_per_eval={features})",
-            None,
-            1,
-            lambda: ablation.attribute(x, baselines=0, target=0, perturbations_per_eval=features),
-        ),
-    ]
-    return methods
-
-
-def measure_timing(settings: Settings, log: Callable[[str], None]) -> dict[Timed, list[float]]:
-    model = mnist_cnn().eval()
-    x = load_mnist().images[NUM_TRAIN : NUM_TRAIN + 1]
-    methods = timed_methods(model, x, settings.timing_orders)
-    times = _harness.interleaved_rounds(
-        {method: method.call for method in methods}, settings.rounds
-    )
-    log("(c) timing: done")
-    return times
+def settings_from(quick: bool) -> Settings:
+    if quick:
+        return Settings(3, (1, 2), (1.0, 0.1, 8.0), 1, 1000, 1, (1, 2), 2)
+    return Settings(20, (1, 2, 3, 4, 5), (1.0, 0.1, 8.0), 10, NUM_TRAIN, 2, (1, 4, 8), 10)
 
 
 # =============================================================================== rendering
@@ -598,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     session = _harness.Run()
     log = lambda line: print(line, file=sys.stderr, flush=True)
     log(f"allocator: {allocator_setting()}; torch threads: {torch.get_num_threads()}")
-    settings = Settings.from_args(args.quick)
+    settings = settings_from(args.quick)
 
     derivatives = timed_part(measure_derivatives, settings, log)
     log(
