@@ -7,6 +7,7 @@ gives every unmixed derivative.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -52,7 +53,15 @@ def unmixed_reference_tuple(
 
 
 def relative_error(actual: Tensor, expected: Tensor) -> float:
-    """Max abs error over the max abs reference, per order, then the worst order."""
+    """Max abs error over the max abs reference, per order, then the worst order.
+
+    A NaN where the reference has none (or the reverse) is an infinite error: ``max`` over
+    Python floats would otherwise drop it (``max(0.0, nan)`` is ``0.0``) and pass a NaN result.
+    """
+    if (torch.isnan(actual) != torch.isnan(expected)).any():
+        return math.inf
+    actual = torch.where(torch.isnan(actual), 0.0, actual)
+    expected = torch.where(torch.isnan(expected), 0.0, expected)
     worst = 0.0
     for a, e in zip(actual, expected, strict=True):
         scale = e.abs().max().item()
