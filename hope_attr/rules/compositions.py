@@ -213,7 +213,7 @@ def vector_norm(
         return (torch.amax if ord > 0 else torch.amin)(torch.abs(x), dims, keepdim=keepdim)
     if ord == 0:
         return torch.linalg.vector_norm(x.primal, 0, dims, keepdim)
-    powered = x * x if ord == 2 else ar.power(torch.abs(x), float(ord))
+    powered = x * x if ord == 2 else _power_of_abs(x, float(ord))
     total = reduce_over(powered, dims, mean=False)
     if not keepdim:
         total = ar.map_per_sample(lambda t: t.squeeze(dims), total)
@@ -225,6 +225,17 @@ def vector_norm(
         series = norm.series.expand(*norm.series.shape[:2], *norm.primal.shape)
         norm = Jet(norm.primal, torch.where(at_zero, 0.0, series), x.order)
     return norm
+
+
+def _power_of_abs(x: Jet, p: float) -> Jet:
+    """``|x|^p``. At an entry exactly 0, ``|x|`` has slope 0 (its series is 0) but ``p < 2``
+    puts an infinite derivative of the power there: inf * 0. Autograd masks such entries (slope
+    0, also for ``p < 1``); the series there is 0, as every finite term of it already is."""
+    powered = ar.power(torch.abs(x), p)
+    zero = x.primal == 0
+    if not bool(zero.any()):
+        return powered
+    return Jet(powered.primal, torch.where(zero, 0.0, powered.series), x.order)
 
 
 @register_rule(torch.norm, torch.Tensor.norm)

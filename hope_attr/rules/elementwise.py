@@ -222,13 +222,15 @@ def _clamp(x: object, min: object = None, max: object = None) -> Jet:  # noqa: A
         if min is not None:
             x = pairwise_selection(x, min, largest=True)
         return pairwise_selection(x, max, largest=False) if max is not None else x
-    # Autograd passes the gradient where min <= x <= max (inclusive); so does this slope.
+    # Number bounds: autograd of torch 2.14.1 passes the gradient only strictly inside,
+    # min < x < max (slope 0 at a bound, like Hardtanh); tensor bounds are max/min above, which
+    # split a tie in half.
     _kinks.report(x, min, max)
     inside = torch.ones_like(x.primal, dtype=torch.bool)
     if min is not None:
-        inside &= x.primal >= min
+        inside &= x.primal > min
     if max is not None:
-        inside &= x.primal <= max
+        inside &= x.primal < max
     return ar.scale(x, inside.to(x.primal.dtype), torch.clamp(x.primal, min, max))
 
 
@@ -240,15 +242,16 @@ def _where(condition: Tensor, a: object, b: object) -> Jet:
     primal = torch.where(condition, ar.primal_of(a), ar.primal_of(b))
     jets = [v for v in (a, b) if ar.is_jet(v)]
     m = max(j.num_stored for j in jets)
-    order, directions = jets[0].order, jets[0].num_directions
 
     def series(value: object) -> Tensor | float:
         if not ar.is_jet(value):
             return 0.0
-        padded = ar._pad_orders(value.series, m)
-        return padded.expand(m, directions, *value.primal.shape)
+        # Lifted to the result's rank first: a 0-d jet's series is (m, D), and broadcast as it
+        # is, D would line up against the model's last axis.
+        return ar._pad_orders(ar.lifted_series(value, primal.dim()), m)
 
-    return Jet(primal, torch.where(condition, series(a), series(b)), order)
+    selected = torch.where(condition, series(a), series(b))
+    return Jet(primal, ar._broadcast_series(selected, primal.shape), jets[0].order)
 
 
 def pairwise_selection(a: object, b: object, largest: bool) -> Jet:

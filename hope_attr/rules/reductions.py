@@ -157,7 +157,10 @@ def _logcumsumexp(x: Jet, dim: int) -> Jet:
     shift = _shift(x.primal, dims)
     running = ar.map_per_sample(lambda t: torch.cumsum(t, dims[0]), ar.exp(x - shift))
     total = ar.log(running) + shift
-    return Jet(torch.logcumsumexp(x.primal, dims[0]), total.series, x.order)
+    primal = torch.logcumsumexp(x.primal, dims[0])
+    # After a prefix of -inf entries (a mask) the output is -inf and stays there: series 0,
+    # autograd's slope, where log of the running sum 0 would give inf * 0.
+    return Jet(primal, torch.where(torch.isneginf(primal), 0.0, total.series), x.order)
 
 
 # --------------------------------------------------------------------------- moments
@@ -196,14 +199,20 @@ def _moments(x: Jet, args: tuple, kwargs: dict, op: str) -> tuple[Jet, Jet, tupl
     return Jet(primal, variance.series, x.order), mean, dims, keepdim
 
 
+def _root(variance: Jet) -> Jet:
+    """The standard deviation. At zero variance (a constant slice) it is a cone, whose series
+    would be inf * 0; autograd's std takes slope 0 there, and so does this (as vector_norm at 0)."""
+    primal = variance.primal.sqrt()
+    series = ar.power(variance, 0.5).series
+    return Jet(primal, torch.where(primal == 0, 0.0, series), variance.order)
+
+
 def _moment_rule(root: bool, with_mean: bool) -> Callable[..., object]:
     name = ("torch.std" if root else "torch.var") + ("_mean" if with_mean else "")
 
     def rule(x: Jet, *args: object, **kwargs: object) -> object:
         variance, mean, dims, keepdim = _moments(x, args, kwargs, name)
-        spread = variance
-        if root:
-            spread = Jet(variance.primal.sqrt(), ar.power(variance, 0.5).series, x.order)
+        spread = _root(variance) if root else variance
         spread = drop_reduced(spread, dims, keepdim)
         return (spread, drop_reduced(mean, dims, keepdim)) if with_mean else spread
 

@@ -1,5 +1,6 @@
 """Taylor rules of Fourier transforms and complex values: ``torch.fft.*``, ``view_as_complex``,
-``view_as_real``, ``torch.complex``, ``.real``/``.imag``, ``conj`` and ``abs`` of a complex jet.
+``view_as_real``, ``torch.complex``, ``.real``/``.imag``, ``conj``, ``resolve_conj``,
+``resolve_neg`` and ``abs`` of a complex jet.
 
 Every discrete Fourier transform is linear over the reals, so it acts on every coefficient, and
 is cheap: one transform of the stacked series (through ``torch.vmap``, so ``dim`` keeps its
@@ -22,22 +23,37 @@ from hope_attr.engine.jet import Jet
 from hope_attr.engine.registry import register_rule
 from hope_attr.rules.checks import warn_if_batch_coupled
 
-# Transforms over every axis unless told which: fftn(x) of a batch mixes its examples.
-_ALL_AXES = {"fftn", "ifftn", "rfftn", "irfftn", "hfftn", "ihfftn"}
+# The axes each kind of transform runs over when its call names none (None: every axis).
+_SHIFTS = {"fftshift", "ifftshift"}  # (input, dim=None)
+_ALL_AXES = {"fftn", "ifftn", "rfftn", "irfftn", "hfftn", "ihfftn"}  # (input, s, dim=None)
+_LAST_TWO = {"fft2", "ifft2", "rfft2", "irfft2", "hfft2", "ihfft2"}  # (input, s, dim=(-2, -1))
 _TRANSFORMS = (
-    "fft", "ifft", "rfft", "irfft", "hfft", "ihfft", "fft2", "ifft2", "rfft2", "irfft2", "hfft2",
-    "ihfft2", "fftn", "ifftn", "rfftn", "irfftn", "hfftn", "ihfftn", "fftshift", "ifftshift",
+    "fft", "ifft", "rfft", "irfft", "hfft", "ihfft", *sorted(_LAST_TWO), *sorted(_ALL_AXES),
+    *sorted(_SHIFTS),
 )  # fmt: skip
+
+
+def _transformed_axes(name: str, args: tuple, kwargs: dict) -> object:
+    """The ``dim`` that ``torch.fft.<name>(x, *args, **kwargs)`` transforms (``None``: all)."""
+    if name in _SHIFTS:
+        return kwargs.get("dim", args[0] if args else None)
+    if "dim" in kwargs or len(args) > 1:
+        return kwargs.get("dim", args[1] if len(args) > 1 else None)
+    if name in _LAST_TWO:
+        return (-2, -1)
+    if name in _ALL_AXES:  # fftn(x, s): the last len(s) axes
+        shape = kwargs.get("s", args[0] if args else None)
+        return None if shape is None else tuple(range(-len(shape), 0))
+    return -1
 
 
 def _transform(name: str) -> Callable[..., Jet]:
     function = getattr(torch.fft, name)
 
     def rule(x: Jet, *args: object, **kwargs: object) -> Jet:
-        if name in _ALL_AXES and kwargs.get("dim", args[1] if len(args) > 1 else None) is None:
-            shape = kwargs.get("s", args[0] if args else None)
-            warn_if_batch_coupled(x, None if shape is None else range(-len(shape), 0),
-                                  f"torch.fft.{name}")  # fmt: skip
+        # A transform (or shift) over axis 0 mixes the examples: fft(x, dim=0), fft2 of a
+        # (B, N) tensor, fftshift(x) without dim.
+        warn_if_batch_coupled(x, _transformed_axes(name, args, kwargs), f"torch.fft.{name}")
         return ar.map_per_sample(lambda t: function(t, *args, **kwargs), x)
 
     return rule
@@ -65,7 +81,21 @@ register_rule(torch.imag)(_both(torch.imag))
 register_rule(torch.conj, torch.Tensor.conj, torch.conj_physical, torch.Tensor.conj_physical)(
     _both(torch.conj_physical)
 )
-register_rule(torch.resolve_conj, torch.Tensor.resolve_conj)(lambda x: x)
+
+
+def _resolved(resolve: Callable[[Tensor], Tensor]) -> Callable[[Jet], Jet]:
+    """``resolve_conj``/``resolve_neg``: ``ifft`` of a real input returns a lazy conjugate (and
+    its ``.imag`` a lazy negation), on the primal and on every coefficient alike; resolving only
+    one of them would leave ``view_as_real`` refusing the other."""
+
+    def rule(x: Jet) -> Jet:
+        return Jet(resolve(x.primal), resolve(x.series), x.order)
+
+    return rule
+
+
+register_rule(torch.resolve_conj, torch.Tensor.resolve_conj)(_resolved(torch.resolve_conj))
+register_rule(torch.resolve_neg, torch.Tensor.resolve_neg)(_resolved(torch.resolve_neg))
 
 
 @register_rule(torch.complex)
