@@ -10,8 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import handle_torch_function, has_torch_function_unary
 
 import hope_attr
+from hope_attr.engine.registry import function_rule
 from tests.oracle import relative_error, unmixed_reference
 
 ORDER = 3
@@ -71,6 +73,16 @@ IN_PLACE = {
     "silu": (lambda h: F.silu(h, inplace=True), F.silu),
     "leaky_relu positional": (lambda h: F.leaky_relu(h, 0.2, True), lambda h: F.leaky_relu(h, 0.2)),
     "module": (nn.ReLU(inplace=True), F.relu),
+    # torch-level in-place functions: PyTorch's decompositions return a new tensor, so these
+    # used to leave h unchanged (silently wrong, up to 100%).
+    "torch.tanh_": (torch.tanh_, torch.tanh),
+    "torch.abs_": (torch.abs_, torch.abs),
+    "torch.exp_": (torch.exp_, torch.exp),
+    "torch.clamp_": (lambda h: torch.clamp_(h, -0.2, 0.4), lambda h: torch.clamp(h, -0.2, 0.4)),
+    "F.celu_": (F.celu_, F.celu),
+    "F.threshold_": (lambda h: F.threshold_(h, 0.1, 2.0), lambda h: F.threshold(h, 0.1, 2.0)),
+    "torch.zero_": (torch.zero_, torch.zeros_like),
+    "torch.fill_": (lambda h: torch.fill_(h, 0.5), lambda h: torch.full_like(h, 0.5)),
 }
 
 
@@ -196,6 +208,38 @@ def test_detach_and_item_warn_that_the_dependence_is_dropped() -> None:
         hope_attr.unmixed_derivatives(item, x, 2)
 
 
+@pytest.mark.parametrize("convert", [float, int], ids=["float", "int"])
+def test_python_numbers_from_a_jet_are_its_values_at_the_point(convert) -> None:
+    """``float(h)`` and ``int(h)`` used to raise a raw TypeError: they are the value at the
+    expansion point, a constant, with the warning at the user's line (as ``.item()``)."""
+    x = _x()
+
+    def f(t: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(t @ W)
+        return h * convert(3 * h[0, 0])
+
+    with pytest.warns(
+        hope_attr.DroppedDependenceWarning, match=f"{convert.__name__}\\(\\)"
+    ) as caught:
+        actual = hope_attr.unmixed_derivatives(f, x, ORDER)
+    assert caught[0].filename == __file__
+    frozen = convert(3 * torch.tanh(x @ W)[0, 0])
+    expected = unmixed_reference(lambda t: torch.tanh(t @ W) * frozen, x, ORDER)
+    assert relative_error(actual, expected) <= TOLERANCE
+
+
+def test_equality_masks_of_jets() -> None:
+    """``h == h.max()`` and ``h != 0.5`` used to be Python's identity test, a bool: the mask was
+    all ones or all zeros. They are masks at the primal, like ``h > 0``."""
+
+    def f(t: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(t @ W)
+        top = h == h.amax(1, keepdim=True)
+        return h * top + (h != h[:, :1]) * h**2 + (0.5 != h) * (h[:, 2:3] == h)
+
+    _check(f, _x())
+
+
 def test_a_branch_on_a_value_does_not_warn() -> None:
     def branch(t: torch.Tensor) -> torch.Tensor:
         h = torch.tanh(t @ W)
@@ -206,6 +250,168 @@ def test_a_branch_on_a_value_does_not_warn() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", hope_attr.DroppedDependenceWarning)
         hope_attr.unmixed_derivatives(branch, torch.randn(2, 4, dtype=torch.float64), 2)
+
+
+# --------------------------------------------------------------------------- steps
+def _h(t: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(t @ W)
+
+
+def _divisor(t: torch.Tensor) -> torch.Tensor:  # in (0.2, 0.7): away from 0
+    return 0.2 + 0.5 * torch.sigmoid(t @ W.flip(1))
+
+
+# Each against the same function composed with torch.floor/torch.trunc, whose forward-mode
+# derivative is 0 (floor_divide and a number % tensor have none in PyTorch). Random points lie
+# away from the jumps, almost surely.
+STEPS = {
+    "jet // number": (lambda t: (_h(t) // 0.3) * _h(t), lambda t: torch.floor(_h(t) / 0.3) * _h(t)),
+    "number // jet": (
+        lambda t: (2 // _divisor(t)) * _h(t),
+        lambda t: torch.floor(2 / _divisor(t)) * _h(t),
+    ),
+    "tensor // jet": (
+        lambda t: (torch.full((5,), 1.5, dtype=t.dtype) // _divisor(t)) * _h(t),
+        lambda t: torch.floor(1.5 / _divisor(t)) * _h(t),
+    ),
+    "torch.floor_divide(jet, jet)": (
+        lambda t: torch.floor_divide(_h(t), _divisor(t)) * _h(t),
+        lambda t: torch.floor(_h(t) / _divisor(t)) * _h(t),
+    ),
+    "torch.div(rounding_mode='trunc')": (
+        lambda t: torch.div(_h(t), 0.3, rounding_mode="trunc") * _h(t),
+        lambda t: torch.trunc(_h(t) / 0.3) * _h(t),
+    ),
+    "jet % number": (lambda t: _h(t) % 0.3, lambda t: _h(t) - 0.3 * torch.floor(_h(t) / 0.3)),
+    "number % jet": (
+        lambda t: 1.5 % _divisor(t),
+        lambda t: 1.5 - _divisor(t) * torch.floor(1.5 / _divisor(t)),
+    ),
+    "jet % jet": (
+        lambda t: _h(t) % _divisor(t),
+        lambda t: _h(t) - _divisor(t) * torch.floor(_h(t) / _divisor(t)),
+    ),
+    "torch.fmod(jet, negative number)": (
+        lambda t: torch.fmod(_h(t), -0.3),
+        lambda t: _h(t) + 0.3 * torch.trunc(_h(t) / -0.3),
+    ),
+    "torch.fmod(jet, jet)": (
+        lambda t: torch.fmod(_h(t), _divisor(t)),
+        lambda t: _h(t) - _divisor(t) * torch.trunc(_h(t) / _divisor(t)),
+    ),
+    "remainder_ in place": (
+        lambda t: _h(t).remainder_(0.3),
+        lambda t: _h(t) - 0.3 * torch.floor(_h(t) / 0.3),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(STEPS))
+def test_floor_division_and_remainders(name: str) -> None:
+    """``//`` and ``%`` on a jet used to raise a raw TypeError; floor division has no series (a
+    step, like floor), a remainder is ``a - b q`` with the rounded quotient ``q`` a constant."""
+    f, reference = STEPS[name]
+    x = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(f(x), reference(x), rtol=1e-12, atol=1e-12)
+    _check(f, x, reference)
+
+
+@pytest.mark.parametrize(
+    "step",
+    [lambda a: a // 0.5, lambda a: a % 0.5, lambda a: torch.fmod(a, 0.5)],
+    ids=["//", "%", "fmod"],
+)
+def test_a_step_reports_where_the_quotient_jumps(step) -> None:
+    """``a(t) = 0.95 + t``: ``a / 0.5`` reaches 2 at ``t = 0.05``, where the step jumps; Taylor
+    continuation must not step past it."""
+    from hope_attr.engine import kinks
+
+    one = torch.ones(1, 1, 1, 1, dtype=torch.float64)
+    a = hope_attr.Jet(torch.tensor([[0.95]], dtype=torch.float64), one, 2)
+    with kinks.watch() as watch:
+        step(a)
+    torch.testing.assert_close(watch.first, torch.tensor([0.05], dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------- borrowed code
+def scaled(x: torch.Tensor) -> torch.Tensor:
+    """A Python composite as torch writes them: it dispatches on its argument, then checks it."""
+    if has_torch_function_unary(x):
+        return handle_torch_function(scaled, (x,), x)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"scaled() takes a tensor, got {type(x).__name__}")
+    return 2 * x
+
+
+def test_a_composite_body_that_fails_on_jets_is_refused_with_the_op() -> None:
+    """The body's TypeError (jets are not tensors) used to escape raw."""
+    with pytest.raises(hope_attr.UnsupportedOperationError, match="scaled") as info:
+        hope_attr.unmixed_derivatives(lambda t: scaled(torch.tanh(t @ W)), _x(), 2)
+    assert "test_long_tail.py" in str(info.value) and "register_rule" in str(info.value)
+    assert isinstance(info.value.__cause__, TypeError)
+
+
+def test_the_users_own_error_in_a_composite_passes_unchanged() -> None:
+    """An error the call raises on plain tensors too is the user's: PyTorch's own exception."""
+
+    def f(t: torch.Tensor) -> torch.Tensor:
+        return F.gumbel_softmax(torch.tanh(t @ W), hard=True, dim=5)
+
+    with pytest.raises(IndexError, match="Dimension out of range"):
+        hope_attr.unmixed_derivatives(f, _x(), 2)
+
+
+def test_a_decomposition_of_the_wrong_shape_is_refused() -> None:
+    """A wrong rule inside PyTorch's decomposition of logit (here a log that sums its last
+    axis) gives a result of another shape than torch.logit's: refused, not returned."""
+    correct = function_rule(torch.log)
+    hope_attr.register_rule(torch.log, override=True)(lambda x: correct(x).sum(-1))
+    try:
+        with pytest.raises(
+            hope_attr.UnsupportedOperationError, match="decomposition of torch.logit"
+        ):
+            hope_attr.unmixed_derivatives(lambda t: torch.logit(torch.sigmoid(t @ W)), _x(), 1)
+    finally:
+        hope_attr.register_rule(torch.log, override=True)(correct)
+
+
+# --------------------------------------------------------------------------- outputs
+class Segmenter(nn.Module):
+    """Returns what torchvision's segmentation models return: ``{"out": ..., "aux": ...}``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": self.conv(x), "aux": torch.tanh(self.conv(x))}
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda model, x: hope_attr.unmixed_derivatives(model, x, 2),
+        lambda model, x: hope_attr.HOPEAttribution(model, order=2).attribute(x, target=0),
+    ],
+    ids=["unmixed_derivatives", "HOPEAttribution"],
+)
+def test_a_dict_output_is_refused_with_its_keys_and_the_fix(call) -> None:
+    model = Segmenter().double().eval()
+    x = torch.randn(2, 1, 3, 3, dtype=torch.float64)
+    with pytest.raises(TypeError, match="keys 'out', 'aux'") as info:
+        call(model, x)
+    assert "lambda x: model(x)['out']" in str(info.value)
+
+
+def test_the_suggested_fix_for_a_dict_output_works() -> None:
+    model = Segmenter().double().eval()
+    x = torch.randn(2, 1, 3, 3, dtype=torch.float64)
+    _check(lambda t: model(t)["out"], x)
+
+
+def test_a_tuple_output_is_refused_with_the_fix() -> None:
+    with pytest.raises(TypeError, match=r"a tuple of 2 values.*lambda x: model\(x\)\[0\]"):
+        hope_attr.unmixed_derivatives(lambda t: (t @ W, t), _x(), 1)
 
 
 # --------------------------------------------------------------------------- precision, casts

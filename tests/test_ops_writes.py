@@ -43,7 +43,48 @@ def _in_place_writes(t: torch.Tensor) -> torch.Tensor:
     return y
 
 
+def _copy_a_constant(t: torch.Tensor) -> torch.Tensor:
+    y = h(t) * 1.0
+    y.copy_(torch.linspace(-1, 1, 6, dtype=t.dtype))  # a row, broadcast over the batch
+    return y * t.sum(1, keepdim=True) + h(t)
+
+
+def _fill_and_zero(t: torch.Tensor) -> torch.Tensor:
+    a, b, c = h(t).clone(), torch.sin(t @ W), torch.cos(t @ W)
+    a.fill_(0.25)
+    b.zero_()
+    torch.zero_(c)
+    return (a + b + c) * h(t)
+
+
+def _fill_with_a_jet(t: torch.Tensor) -> torch.Tensor:
+    y = h(t) * 1.0
+    y.fill_(torch.sin(t[0, 1]))  # a 0-d value that depends on the input
+    return y * h(t)
+
+
+def _constants_written_by_index(t: torch.Tensor) -> torch.Tensor:
+    y = h(t) * 1.0
+    y[...] = 0  # every entry
+    y[:, 2] = torch.sin(t[:, 0])
+    z = h(t) * 1.0
+    z[:, 1:3] = torch.ones(2, 2, dtype=t.dtype)  # a constant tensor into part of a jet
+    z[0] = 0.5
+    return y + z * h(t)
+
+
+def _in_place_steps(t: torch.Tensor) -> torch.Tensor:
+    y = h(t) * 3
+    y.floor_()  # piecewise constant: no series
+    return y * h(t)
+
+
 CASES = {
+    "copy_ of a constant": _copy_a_constant,
+    "fill_, zero_ and torch.zero_": _fill_and_zero,
+    "fill_ with a 0-d jet": _fill_with_a_jet,
+    "constants written by index": _constants_written_by_index,
+    "floor_ in place": _in_place_steps,
     "setitem with constants, jets and a mask": _setitem,
     "setitem broadcasting a column": _setitem_broadcast,
     "in-place index_put_, index_fill_, scatter_": _in_place_writes,

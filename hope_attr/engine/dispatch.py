@@ -11,7 +11,8 @@ Every torch function that receives a :class:`~hope_attr.Jet` reaches
 3. else, for an ATen operator or a builtin with a decomposition in ``torch._decomp``, that
    decomposition (``hardswish``, ``native_layer_norm``...), whose pieces have rules;
 4. else :class:`~hope_attr.UnsupportedOperationError`, naming the op, the module it runs in and
-   the user's source line.
+   the user's source line. So is a body or decomposition that fails on jets (unless the op
+   fails on the plain values too: the user's error), or whose result has the wrong shape.
 
 How modules take part (the eval-mode check, users' module rules) is in
 :mod:`hope_attr.engine.modules`; where an error happened, in :mod:`hope_attr.engine.locate`. A
@@ -27,7 +28,7 @@ import inspect
 import sys
 import types
 from collections.abc import Callable, Sequence
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 import torch
@@ -35,6 +36,7 @@ from torch import nn
 
 from hope_attr.engine import registry as _registry
 from hope_attr.engine import scope as _scope
+from hope_attr.engine.arithmetic import _replace
 from hope_attr.engine.jet import Jet
 from hope_attr.engine.locate import where
 from hope_attr.engine.modules import running
@@ -84,14 +86,118 @@ def dispatch(func: Callable[..., Any], args: tuple, kwargs: dict) -> object:
         rule = _fallback(func)
         if rule is None:
             raise _registry.unsupported(_kind(func), func, where())
-        if _is_decomposition(rule):
-            try:
-                result = rule(*args, **kwargs)
-            except Exception as inner:  # noqa: BLE001 - torch._refs assert on jets; say what
-                # PyTorch's internal pieces mean nothing to the user: name the op they called.
-                raise _registry.unsupported(_kind(func), func, where()) from inner
-            return _observed(_aliased(func, args, kwargs, result))
+        if _is_decomposition(rule) or _is_body(func, rule):
+            return _observed(_aliased(func, args, kwargs, _borrowed(func, rule, args, kwargs)))
     return _observed(_aliased(func, args, kwargs, rule(*args, **kwargs)))
+
+
+_REFUSALS = (_registry.UnsupportedOperationError, _registry.TrainingModeError)
+
+
+def _borrowed(
+    func: Callable[..., Any], rule: Callable[..., Any], args: tuple, kwargs: dict
+) -> object:
+    """Run code that is not a Taylor rule on jets: PyTorch's decomposition of ``func``, or the
+    body of a Python composite.
+
+    Its failures become a refusal that names ``func`` (torch._refs assert on jets, a body calls
+    something jets cannot do), unless ``func`` fails on the plain values too: that error is the
+    user's own, raised as PyTorch raises it. A body's own refusal already names the op it
+    called, the module and the user's line, and passes unchanged. A decomposition whose result
+    has another shape than ``func``'s is refused rather than returned.
+    """
+    decomposition = _is_decomposition(rule)
+    try:
+        result = rule(*args, **kwargs)
+    except Exception as inner:
+        # A warning the user turned into an error; a body's own refusal.
+        own = (Warning,) if decomposition else (Warning, *_REFUSALS)
+        if isinstance(inner, own):
+            raise
+        plain = _plain_failure(func, args, kwargs)
+        if plain is not None:
+            raise plain from None
+        # The pieces that failed mean nothing to the user: name the op they called.
+        raise _registry.unsupported(_kind(func), func, where()) from inner
+    if decomposition:
+        _check_shapes(func, args, kwargs, result)
+    return result
+
+
+def _is_body(func: object, rule: object) -> bool:
+    return getattr(rule, "__code__", None) is getattr(func, "__code__", False)
+
+
+def _plain_failure(func: Callable[..., Any], args: tuple, kwargs: dict) -> Exception | None:
+    """The error ``func`` raises on the primal values, if it raises one (copies: ``func`` is
+    not in place, but the primals are shared with the memo)."""
+    copies = _replace((args, kwargs), lambda a: a.primal.clone() if type(a) is Jet else a)
+    try:
+        func(*copies[0], **copies[1])
+    except Exception as error:  # noqa: BLE001 - whatever the user's call raises
+        return error
+    return None
+
+
+# (func, the arguments' shapes and settings) -> the shapes of func's plain result, None where the
+# meta device cannot tell; bounded, cleared when full.
+_PLAIN_SHAPES: dict[tuple, object] = {}
+
+
+def _check_shapes(func: object, args: tuple, kwargs: dict, result: object) -> None:
+    """Refuse a decomposition's result whose shapes differ from what ``func`` returns, found by
+    running ``func`` once per signature on the meta device (no data, no arithmetic)."""
+    try:
+        key = (func, _signature(args), _signature(kwargs))
+        expected = _PLAIN_SHAPES.get(key, _PLAIN_SHAPES)
+    except TypeError:  # an argument that cannot be part of a key (a callable, a module)
+        return
+    if expected is _PLAIN_SHAPES:
+        if len(_PLAIN_SHAPES) >= 4096:
+            _PLAIN_SHAPES.clear()
+        expected = _PLAIN_SHAPES[key] = _meta_shapes(func, args, kwargs)
+    if expected is not None and _shapes(result) != expected:
+        raise _registry.UnsupportedOperationError(
+            f"hope_attr: PyTorch's decomposition of {_registry._describe(func)} gave results of "
+            f"shape {_shapes(result)} on jets where it returns {expected} {where()}: a Taylor "
+            "rule it uses is wrong here (please report it). Register a rule for the op "
+            "(docs/adding_a_rule.md), or write the operation with other ones."
+        )
+
+
+def _signature(value: object) -> object:
+    """What a result's shape can depend on: shapes and dtypes of tensors, other values as is."""
+    if isinstance(value, (Jet, torch.Tensor)):
+        primal = value.primal if type(value) is Jet else value
+        return (tuple(primal.shape), primal.dtype)
+    if isinstance(value, (tuple, list)):
+        return (type(value), tuple(_signature(v) for v in value))
+    if isinstance(value, dict):
+        return tuple((k, _signature(v)) for k, v in value.items())
+    hash(value)  # TypeError for what cannot be a key
+    return (type(value), value)
+
+
+def _meta_shapes(func: Callable[..., Any], args: tuple, kwargs: dict) -> object:
+    def meta(value: object) -> object:
+        primal = value.primal if type(value) is Jet else value
+        if isinstance(primal, torch.Tensor):
+            return torch.empty(primal.shape, dtype=primal.dtype, device="meta")
+        return value
+
+    copies = _replace((args, kwargs), meta)
+    try:
+        return _shapes(func(*copies[0], **copies[1]))
+    except Exception:  # noqa: BLE001 - no meta kernel, or a shape that depends on values
+        return None
+
+
+def _shapes(value: object) -> object:
+    if isinstance(value, (Jet, torch.Tensor)):
+        return tuple((value.primal if type(value) is Jet else value).shape)
+    if isinstance(value, (tuple, list)):
+        return tuple(_shapes(v) for v in value)
+    return None
 
 
 # Functions whose result shares memory with their first argument in PyTorch (a view): an
@@ -178,29 +284,38 @@ def _fallback(func: Callable[..., Any]) -> Callable[..., Any] | None:
             rule = _registry.function_rule(namesake) if namesake is not None else None
             if rule is not None:
                 return rule
-    decomposition = _decomposition(func)
-    if decomposition is not None:
-        return decomposition
-    return None
+    if _in_place_name(func):  # a decomposition would return the new value and drop the write
+        return None
+    return _decomposition(func)
+
+
+def _in_place_name(func: object) -> bool:
+    packet = getattr(func, "overloadpacket", None)
+    name = getattr(packet if packet is not None else func, "__name__", "") or ""
+    return name.endswith("_") and not name.endswith("__")
 
 
 def _in_place_rule(func: object) -> Callable[..., Any] | None:
     """``hardswish_(x)``, ``aten.relu_``: the out-of-place op, then written into ``x``."""
+    if not _in_place_name(func):
+        return None
     if isinstance(func, torch._ops.OpOverload):
         name = func.overloadpacket.__name__
-        if not name.endswith("_") or name.endswith("__"):
-            return None
         packet = getattr(torch.ops.aten, name[:-1], None)
         out_of_place = getattr(packet, func._overloadname, None) if packet else None
     else:
-        name = getattr(func, "__name__", "") or ""
-        # torch.relu_ has a module as __self__; Tensor.add_ is a method of its __objclass__.
+        name = func.__name__
+        # Tensor.add_ is a method of its __objclass__; torch.tanh_ and F.celu_ have no home
+        # that says so (their __self__ is None): their namesakes are in torch and F.
         home = getattr(func, "__objclass__", None) or getattr(func, "__self__", None)
-        if not name.endswith("_") or name.endswith("__") or home is None:
+        homes = [home] if home is not None else [torch, torch.nn.functional]
+        if not any(getattr(h, name, None) is func for h in homes):
             return None
-        out_of_place = getattr(home, name[:-1], None)
-    if name == "copy_":
-        return _copy_rule
+        out_of_place = next(
+            (o for o in (getattr(h, name[:-1], None) for h in homes) if o is not None), None
+        )
+    if name in _OVERWRITES:
+        return _overwrite_rule(name)
     if out_of_place is None:
         return None
 
@@ -305,8 +420,8 @@ def tensor_attribute(jet: Jet, name: str) -> object:
 
 
 def _in_place(jet: Jet, name: str) -> Callable[..., Jet]:
-    if name == "copy_":
-        return lambda source, non_blocking=False: _copy_into(jet, source)
+    if name in _OVERWRITES:
+        return partial(_OVERWRITES[name], jet)
     out_of_place = getattr(torch.Tensor, name[:-1], None)
     if out_of_place is None:
         raise _registry.unsupported("tensor method", getattr(torch.Tensor, name), where())
@@ -317,19 +432,47 @@ def _in_place(jet: Jet, name: str) -> Callable[..., Jet]:
     return update
 
 
-def _copy_rule(target: object, source: object, non_blocking: bool = False) -> object:
-    """``target.copy_(source)`` as a torch call: into a jet, or a jet into a plain tensor."""
-    if isinstance(target, Jet):
-        return _copy_into(target, source)
-    raise _writes_into_constant(torch.Tensor.copy_)
+def _copy_into(jet: Jet, source: object, non_blocking: bool = False) -> Jet:
+    if isinstance(source, Jet):
+        return _broadcast_into(jet, source)
+    # A constant: PyTorch's copy_ broadcasts and casts it; the entries get no series.
+    return jet.assign(jet.primal.clone().copy_(source))
 
 
-def _copy_into(jet: Jet, source: object) -> Jet:
-    if not isinstance(source, Jet):
-        raise unsupported_mutation(jet)
-    if source.primal.shape != jet.primal.shape:  # copy_ broadcasts its source
+def _fill(jet: Jet, value: object) -> Jet:
+    # fill_ on the primal first: PyTorch's own error for a value that is not 0-d or a number.
+    filled = jet.primal.clone().fill_(value.primal if isinstance(value, Jet) else value)
+    return _broadcast_into(jet, value) if isinstance(value, Jet) else jet.assign(filled)
+
+
+def _zero(jet: Jet) -> Jet:
+    return jet.assign(torch.zeros_like(jet.primal))
+
+
+def _broadcast_into(jet: Jet, source: Jet) -> Jet:
+    """``jet`` made to hold ``source`` broadcast to its shape and cast to its dtype."""
+    if source.primal.shape != jet.primal.shape:
         source = dispatch(torch.Tensor.expand, (source, jet.primal.shape), {})
+    if source.primal.dtype != jet.primal.dtype:
+        source = dispatch(torch.Tensor.to, (source, jet.primal.dtype), {})
     return jet.assign(source)
+
+
+# In-place writes that replace every entry and have no out-of-place namesake: the jet then holds
+# what was written, a jet's series or, for constants, none.
+_OVERWRITES: dict[str, Callable[..., Jet]] = {"copy_": _copy_into, "fill_": _fill, "zero_": _zero}
+
+
+def _overwrite_rule(name: str) -> Callable[..., object]:
+    """``torch.Tensor.copy_(target, ...)``, ``torch.fill_``, ``aten.zero_`` as torch calls."""
+    write = _OVERWRITES[name]
+
+    def rule(target: object, *args: object, **kwargs: object) -> object:
+        if isinstance(target, Jet):
+            return write(target, *args, **kwargs)
+        raise _writes_into_constant(getattr(torch.Tensor, name))
+
+    return rule
 
 
 def _writes_into_constant(func: object) -> Exception:

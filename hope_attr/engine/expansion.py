@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -416,7 +416,7 @@ def _check_arguments(
 
 def _check_output(output: object, batch: int) -> None:
     if not isinstance(output, Tensor):
-        raise TypeError(f"forward_func must return one tensor (B, *O), got {type(output).__name__}")
+        raise TypeError(f"forward_func must return one tensor (B, *O), got {_described(output)}")
     if not output.is_floating_point():
         raise TypeError(
             f"forward_func returned a {output.dtype} tensor; derivatives need a floating-point "
@@ -429,3 +429,21 @@ def _check_output(output: object, batch: int) -> None:
             f"example: the output must keep the batch axis first (B = {batch}). A model that "
             "reduces over the batch couples examples."
         )
+
+
+def _described(output: object) -> str:
+    """What a model returned instead of one tensor, and the wrapper that picks one out."""
+    kind = type(output).__name__
+    if isinstance(output, Mapping) and output:  # torchvision's {"out", "aux"}, a ModelOutput
+        keys = list(output)
+        tensors = [k for k in keys if isinstance(output[k], Tensor)] or keys
+        return (
+            f"a {kind} with keys {', '.join(map(repr, keys))}; pass a function that picks the "
+            f"output to explain, e.g. forward_func=lambda x: model(x)[{tensors[0]!r}]"
+        )
+    if isinstance(output, (tuple, list)) and output:
+        return (
+            f"a {kind} of {len(output)} values; pass a function that picks the output to "
+            "explain, e.g. forward_func=lambda x: model(x)[0]"
+        )
+    return "None" if output is None else f"a {kind}"

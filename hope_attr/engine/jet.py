@@ -170,6 +170,19 @@ class Jet:
     def __rtruediv__(self, other: object) -> Jet:
         return _rule(operator.truediv)(other, self)
 
+    # Floor division is a step (a constant between jumps); the remainder a - b * floor(a / b).
+    def __floordiv__(self, other: object) -> Tensor:
+        return _rule(operator.floordiv)(self, other)
+
+    def __rfloordiv__(self, other: object) -> Tensor:
+        return _rule(operator.floordiv)(other, self)
+
+    def __mod__(self, other: object) -> Jet:
+        return _rule(operator.mod)(self, other)
+
+    def __rmod__(self, other: object) -> Jet:
+        return _rule(operator.mod)(other, self)
+
     def __neg__(self) -> Jet:
         return self.with_series(-self.primal, -self.series)
 
@@ -201,6 +214,25 @@ class Jet:
 
     def __le__(self, other: object) -> Tensor:
         return torch.le(self, other)
+
+    def __eq__(self, other: object) -> Tensor:  # type: ignore[override]
+        return _equality(torch.eq, self, other)
+
+    def __ne__(self, other: object) -> Tensor:  # type: ignore[override]
+        return _equality(torch.ne, self, other)
+
+    # Defining __eq__ would make jets unhashable; the engine may key dicts and sets by a jet,
+    # by identity (as for tensors, whose == is elementwise too).
+    __hash__ = object.__hash__
+
+    # Python numbers: the value at the expansion point, through the same rules as `.item()`
+    # (which warn that the dependence on the input is dropped, and tell Taylor continuation that
+    # a decision was made here). No __index__: a jet is floating point, never an index.
+    def __float__(self) -> float:
+        return _registry.engine().dispatch(torch.Tensor.__float__, (self,), {})
+
+    def __int__(self) -> int:
+        return _registry.engine().dispatch(torch.Tensor.__int__, (self,), {})
 
     def __getattr__(self, name: str) -> object:
         """Tensor methods (``x.tanh()``, ``x.view(...)``) dispatch to their Taylor rules;
@@ -245,12 +277,16 @@ class Jet:
     def __itruediv__(self, other: object) -> Jet:
         return self.assign(self / other)
 
-    def assign(self, value: Jet) -> Jet:
+    def assign(self, value: Jet | Tensor) -> Jet:
         """Make this jet hold ``value`` (an in-place op: ``x.add_(y)``, ``x += y``).
 
-        Views of this jet, and the jet it is a view of, do not see the change (jets are values,
-        not shared memory): they become out of date, and using one later is refused.
+        A plain tensor (``x.zero_()``, ``x.floor_()``, ``x.copy_(c)``) is a constant: its
+        entries get no series. Views of this jet, and the jet it is a view of, do not see the
+        change (jets are values, not shared memory): they become out of date, and using one
+        later is refused.
         """
+        if isinstance(value, Tensor):
+            value = _constant(value.to(self.primal.dtype), self)
         if not isinstance(value, Jet):
             raise _registry.engine().unsupported_mutation(self)
         self.check_current()
@@ -309,6 +345,23 @@ class Jet:
 
 def _primal(value: object) -> object:
     return value.primal if isinstance(value, Jet) else value
+
+
+def _constant(primal: Tensor, like: Jet) -> Jet:
+    """``primal`` as a jet of ``like``'s order and directions whose series is zero (stored as one
+    order, broadcast over the batch)."""
+    batch = (1,) if primal.dim() else ()
+    series = primal.new_zeros((1, like.num_directions, *batch, *primal.shape[1:]))
+    return Jet(primal, series, like.order)
+
+
+def _equality(compare: object, jet: Jet, other: object) -> Tensor:
+    """``jet == other`` as a tensor's ``==``: the mask at the primal; for an operand torch
+    cannot compare with (``jet == None``, a string), Python's identity test, as for tensors."""
+    try:
+        return compare(jet, other)
+    except TypeError:
+        return NotImplemented
 
 
 def _rule(op: object):  # noqa: ANN202

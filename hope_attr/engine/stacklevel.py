@@ -1,9 +1,10 @@
 """Where hope_attr's warnings point: at the user's line that called into the library.
 
-A fixed ``stacklevel`` breaks as soon as a decorator (:mod:`hope_attr.engine.threads`, Captum's
-``log_usage``) or another entry point adds a frame: the warning then names a wrapper inside a
-library, which the user can neither read nor filter by. :func:`user_stacklevel` counts the frames
-instead.
+A fixed ``stacklevel`` breaks as soon as a decorator (Captum's ``log_usage``), another entry point
+or a torch frame adds a frame: a rule that warns runs under ``Jet.__torch_function__``, which
+torch's Python functions (``F.layer_norm``, ``F.gumbel_softmax``) and ``nn.Module.__call__`` reach
+through frames of their own. The warning would then name a wrapper inside a library, which the
+user can neither read nor filter by. :func:`user_stacklevel` counts the frames instead.
 """
 
 from __future__ import annotations
@@ -12,22 +13,26 @@ import os
 import sys
 
 import captum
+import torch
 
 __all__ = ["user_stacklevel"]
 
-# The package roots: hope_attr/ (this file is hope_attr/engine/stacklevel.py) and captum/.
+# The package roots whose frames a warning looks past: hope_attr/ (this file is
+# hope_attr/engine/stacklevel.py), captum/ (its attribution wrappers and NoiseTunnel call our
+# methods) and torch/ (its modules, functions and overrides call our rules).
 _INTERNAL = tuple(
     os.path.dirname(os.path.realpath(path)) + os.sep
     for path in (
         os.path.dirname(os.path.dirname(__file__)) + os.sep + "__init__.py",
         captum.__file__,
+        torch.__file__,
     )
 )
 
 
 def user_stacklevel() -> int:
     """The ``stacklevel`` that makes the caller's ``warnings.warn`` name the first frame outside
-    hope_attr and Captum (whose attribution wrappers and NoiseTunnel call our methods).
+    hope_attr, Captum and torch.
 
     Example:
         >>> import warnings

@@ -13,7 +13,8 @@ Importing this package registers every built-in rule, in one place:
 * :mod:`~hope_attr.rules.structure`: reshapes, indexing, concatenation, padding;
 * :mod:`~hope_attr.rules.indexing`: writes (``x[i] = v``, ``index_put``, ``scatter``...);
 * :mod:`~hope_attr.rules.recurrent`: ``LSTMCell``, ``GRUCell``, ``RNNCell`` by their gates;
-* :mod:`~hope_attr.rules.sampling`: ``F.grid_sample`` (bilinear weights times pixel values);
+* :mod:`~hope_attr.rules.sampling`: ``F.grid_sample``, 2-d and 3-d, in every mode and padding
+  (interpolation weights, polynomials of the grid, times pixel values), ``F.affine_grid``;
 * :mod:`~hope_attr.rules.attention`: fused attention kernels, through their composition;
 * :mod:`~hope_attr.rules.compositions`: rules that only encode an identity over other rules
   (softmax, LayerNorm, GELU...);

@@ -1,16 +1,20 @@
 """Taylor rules of arithmetic: sums and differences act on coefficients, products are Cauchy
-products, division goes through the reciprocal, powers through their binomial table.
+products, division goes through the reciprocal, powers through their binomial table. Floor
+division is a step function (no series), and ``remainder``/``fmod`` are ``a - b q`` with that
+step ``q`` a constant.
 """
 
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from hope_attr.engine import arithmetic as ar
 from hope_attr.engine import kinks as _kinks
+from hope_attr.engine import scope as _scope
 from hope_attr.engine.jet import Jet
 from hope_attr.engine.registry import register_rule
 
@@ -45,14 +49,52 @@ def _mul(a: object, b: object) -> Jet:
 )
 def _div(a: object, b: object, *, rounding_mode: str | None = None) -> Jet | Tensor:
     if rounding_mode is not None:
-        # A step function of its arguments (floor/trunc of a quotient): a constant between its
-        # jumps, as autograd treats it; where it jumps is not located.
-        _kinks.report_unlocated(a, b)
-        return torch.div(ar.primal_of(a), ar.primal_of(b), rounding_mode=rounding_mode)
+        return _rounded_quotient(a, b, rounding_mode)
     return ar.div(a, b)
 
 
-@register_rule(operator.neg, torch.neg, torch.Tensor.neg)
+def _rounded_quotient(a: object, b: object, rounding_mode: str) -> Tensor:
+    """``floor(a / b)`` or ``trunc(a / b)``: a step function of its arguments, a constant between
+    its jumps (as autograd treats it). It jumps where ``a / b`` crosses an integer: Taylor
+    continuation is told where that is (:mod:`hope_attr.engine.kinks`)."""
+    if _scope.current().watch is not None:  # the quotient's series only when someone asks
+        quotient = ar.div(a, b)
+        _kinks.report(quotient, torch.floor(quotient.primal), torch.ceil(quotient.primal))
+    return torch.div(ar.primal_of(a), ar.primal_of(b), rounding_mode=rounding_mode)
+
+
+@register_rule(
+    torch.floor_divide, torch.Tensor.floor_divide, operator.floordiv, torch.Tensor.__floordiv__
+)
+def _floor_divide(a: object, b: object) -> Tensor:
+    return _rounded_quotient(a, b, "floor")
+
+
+@register_rule(torch.Tensor.__rfloordiv__)
+def _rfloordiv(a: object, b: object) -> Tensor:
+    return _rounded_quotient(b, a, "floor")
+
+
+def _remainder(rounding_mode: str, plain: Callable[..., Tensor]) -> Callable[..., Jet]:
+    """``a - b * q`` with the rounded quotient ``q`` a constant: ``remainder`` (floor) and
+    ``fmod`` (trunc). The value is PyTorch's own, which rounds differently from ``a - b q``."""
+
+    def rule(a: object, b: object) -> Jet:
+        quotient = _rounded_quotient(a, b, rounding_mode)
+        rest = ar.sub(a, ar.mul(b, quotient) if ar.is_jet(b) else b * quotient)
+        return rest.with_series(plain(ar.primal_of(a), ar.primal_of(b)), rest.series)
+
+    return rule
+
+
+register_rule(torch.remainder, torch.Tensor.remainder, operator.mod, torch.Tensor.__mod__)(
+    _remainder("floor", torch.remainder)
+)
+register_rule(torch.Tensor.__rmod__)(lambda a, b: _remainder("floor", torch.remainder)(b, a))
+register_rule(torch.fmod, torch.Tensor.fmod)(_remainder("trunc", torch.fmod))
+
+
+@register_rule(operator.neg, torch.neg, torch.Tensor.neg, torch.negative, torch.Tensor.negative)
 def _neg(x: Jet) -> Jet:
     return -x
 

@@ -13,17 +13,13 @@ coupling the rule sees at once, and warns about.
 
 from __future__ import annotations
 
-import os
-import sys
 import warnings
 from collections.abc import Sequence
-
-import captum
-import torch
 
 from hope_attr.engine import registry as _registry
 from hope_attr.engine.jet import Jet
 from hope_attr.engine.registry import UnsupportedOperationError
+from hope_attr.engine.stacklevel import user_stacklevel
 
 __all__ = ["BatchCouplingWarning", "refusal", "reduced_dims", "warn_if_batch_coupled"]
 
@@ -110,25 +106,5 @@ def warn_if_batch_coupled(x: object, dims: Sequence[int] | None, op: str) -> Non
         "layout), the expansion is right: silence this with warnings.filterwarnings('ignore', "
         "category=hope_attr.BatchCouplingWarning).",
         BatchCouplingWarning,
-        stacklevel=_stacklevel(),
+        stacklevel=user_stacklevel(),
     )
-
-
-# Packages whose frames a warning looks past: hope_attr, Captum (whose wrappers call us) and
-# torch (F.layer_norm reaches a rule through torch.overrides).
-_INTERNAL = tuple(
-    os.path.dirname(os.path.realpath(path)) + os.sep
-    for path in (os.path.dirname(os.path.dirname(__file__)) + "/__init__.py", captum.__file__,
-                 torch.__file__)
-)  # fmt: skip
-
-
-def _stacklevel() -> int:
-    """The ``stacklevel`` that makes a ``warnings.warn`` in the caller name the user's line (as
-    :func:`hope_attr.engine.stacklevel.user_stacklevel`, also past torch's frames)."""
-    frame = sys._getframe(1)  # the function that warns: stacklevel 1
-    level = 1
-    while frame is not None and os.path.realpath(frame.f_code.co_filename).startswith(_INTERNAL):
-        frame = frame.f_back
-        level += 1
-    return level

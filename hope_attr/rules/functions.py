@@ -141,25 +141,6 @@ def _glu(x: Jet, dim: int = -1) -> Jet:
     return first * torch.sigmoid(second)
 
 
-def _modulo(rounding: str) -> Callable[..., Jet]:
-    """``remainder`` (``a - b floor(a / b)``) and ``fmod`` (``trunc``): the quotient's rounding
-    is a step, decided at the primal; between its jumps the result is that linear function."""
-
-    def rule(a: object, b: object) -> Jet:
-        quotient = torch.div(ar.primal_of(a), ar.primal_of(b), rounding_mode=rounding)
-        if ar.is_jet(a) and not ar.is_jet(b):
-            _kinks.report(a, quotient * b, (quotient + 1) * b, (quotient - 1) * b)
-        else:
-            _kinks.report_unlocated(a, b)
-        return a - b * quotient
-
-    return rule
-
-
-register_rule(torch.remainder, torch.Tensor.remainder)(_modulo("floor"))
-register_rule(torch.fmod, torch.Tensor.fmod)(_modulo("trunc"))
-
-
 # --------------------------------------------------------------------------- piecewise linear
 @_elementwise(F.prelu, torch.prelu)
 def _prelu(x: object, weight: object) -> Jet:

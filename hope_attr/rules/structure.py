@@ -263,7 +263,7 @@ def _rounding_steps(x: object, *args: object, **kwargs: object) -> None:
 _CHANGES_AT: dict[str, Callable[..., None] | None] = {
     "sign": lambda x, *a, **k: _kinks.report(x, 0.0),
     "signbit": lambda x, *a, **k: _kinks.report(x, 0.0),
-    "floor": _integer_steps, "ceil": _integer_steps, "trunc": _integer_steps,
+    "floor": _integer_steps, "ceil": _integer_steps, "trunc": _integer_steps, "fix": _integer_steps,
     "round": _rounding_steps,
     # Never change along a finite path:
     "isnan": None, "isinf": None, "isfinite": None, "isneginf": None, "isposinf": None,
@@ -284,7 +284,7 @@ def _piecewise_constant(target: Callable[..., object], name: str) -> Callable[..
 for _name in (
     "any", "all", "argmax", "argmin", "argsort", "isnan", "isinf", "isfinite", "isneginf",
     "isposinf", "sign", "signbit", "nonzero", "count_nonzero", "equal", "allclose", "isclose",
-    "bucketize", "searchsorted", "floor", "ceil", "round", "trunc", "logical_not",
+    "bucketize", "searchsorted", "floor", "ceil", "round", "trunc", "fix", "logical_not",
     "logical_and", "logical_or", "logical_xor", "bincount", "histc",
 ):  # fmt: skip
     for _home in (torch, torch.Tensor):
@@ -303,7 +303,7 @@ def _value_query(method: Callable[..., object], *, as_number: bool) -> Callable[
     def rule(x: Jet, *args: object, **kwargs: object) -> object:
         _kinks.report_unlocated(x)
         if as_number and x.primal.is_floating_point():
-            _warn_dropped(f"{method.__name__}()")
+            _warn_dropped(_AS_WRITTEN.get(method.__name__, f"{method.__name__}()"))
         return method(x.primal, *args, **kwargs)
 
     return rule
@@ -320,12 +320,15 @@ def _warn_dropped(what: str) -> None:
     )
 
 
+# How the user wrote the conversions that Python spells with a dunder.
+_AS_WRITTEN = {"__float__": "float()", "__int__": "int()"}
+# int(x), like float(x) and .item(), hands the value to Python, where the rule cannot see whether
+# it becomes a branch or a factor: they warn alike. .long() and the other casts stay tensors.
 for _method, _as_number in (
     (torch.Tensor.item, True), (torch.Tensor.tolist, True), (torch.Tensor.numpy, True),
-    (torch.Tensor.__float__, True), (torch.Tensor.long, False), (torch.Tensor.int, False),
-    (torch.Tensor.bool, False), (torch.Tensor.short, False), (torch.Tensor.byte, False),
-    (torch.Tensor.__bool__, False), (torch.Tensor.__int__, False),
-    (torch.Tensor.__index__, False),
+    (torch.Tensor.__float__, True), (torch.Tensor.__int__, True), (torch.Tensor.long, False),
+    (torch.Tensor.int, False), (torch.Tensor.bool, False), (torch.Tensor.short, False),
+    (torch.Tensor.byte, False), (torch.Tensor.__bool__, False), (torch.Tensor.__index__, False),
 ):  # fmt: skip
     register_rule(_method)(_value_query(_method, as_number=_as_number))
 register_rule(torch.Tensor.__len__)(_primal_query(torch.Tensor.__len__))
