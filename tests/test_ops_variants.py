@@ -9,8 +9,8 @@ tests/_op_calls.find_call finds; this file runs the variants. Every case is comp
 independent reference: nested ``torch.func.jvp`` in float64 (tests/oracle.py), with the function
 written out in elementary operations where PyTorch's own forward-mode formula is missing or wrong
 (``cdist``, ``glu``, ``prod``/``cumprod`` at an exact zero, ``grid_sample``), or autograd's
-gradient where the question is a convention at a tie or a kink. The variants that are wrong today
-are marked ``xfail(strict=True)`` with the rule line at fault.
+gradient where the question is a convention at a tie or a kink. The review of issue 29 found nine
+variants wrong; each test of this file that names a rule bug guards its fix.
 """
 
 from __future__ import annotations
@@ -835,8 +835,6 @@ def test_resolve_neg_of_an_inverse_fft_imaginary_part() -> None:
                   lambda t: -torch.fft.fft(k(t)).imag / 8 * 2)  # fmt: skip
 
 
-@pytest.mark.xfail(strict=True, reason="rules/structure.py _getattr: .T/.mT of a complex jet "
-                   "raise AttributeError")  # fmt: skip
 def test_matrix_transpose_attribute_of_a_complex_jet() -> None:
     _assert_exact(lambda t: _real(torch.fft.fft(k(t).reshape(2, 2, 4)).mT))
 
@@ -862,8 +860,6 @@ def test_a_clamp_at_its_bound_takes_autograds_slope(f: Case) -> None:
     torch.testing.assert_close(actual[0], _autograd_jacobian(lambda t: f(t).sum(1), v))
 
 
-@pytest.mark.xfail(strict=True, reason="rules/functions.py _nan_to_num: ar.scale multiplies the "
-                   "series by the finite mask, so a NaN series stays NaN")  # fmt: skip
 def test_nan_to_num_makes_a_replaced_entry_constant() -> None:
     """The rule says a replaced entry is a constant: also when its series is NaN (0/0)."""
     jet = hope_attr.Jet(torch.tensor([math.nan, 1.0]), torch.tensor([[[math.nan, 2.0]]]), 2)

@@ -125,9 +125,10 @@ def _atan2(y: object, x: object) -> Jet:
 def _nan_to_num(
     x: Jet, nan: float = 0.0, posinf: float | None = None, neginf: float | None = None
 ) -> Jet:
-    # A replaced entry is a constant; the others pass unchanged.
+    # A replaced entry is a constant (series 0, also where the series itself is NaN: a product
+    # with a 0/1 mask would keep NaN * 0 = NaN); the others pass unchanged.
     primal = torch.nan_to_num(x.primal, nan, posinf, neginf)
-    return ar.scale(x, torch.isfinite(x.primal).to(primal.dtype), primal)
+    return torch.where(torch.isfinite(x.primal), x, primal)
 
 
 @register_rule(torch.lerp, torch.Tensor.lerp)

@@ -338,7 +338,9 @@ register_rule(torch.Tensor.__len__)(_primal_query(torch.Tensor.__len__))
 def _getattr(x: Jet, name: str) -> object:
     if name in ("shape", "dtype", "device", "ndim", "is_cuda", "layout"):
         return getattr(x.primal, name)
-    if name in ("T", "mT", "H", "mH") and not x.primal.is_complex():
+    # A transpose is linear over the reals for complex jets too; the conjugating H and mH are
+    # supported for real jets only (where they are transposes).
+    if name in ("T", "mT") or (name in ("H", "mH") and not x.primal.is_complex()):
         return ar.map_per_sample(lambda t: getattr(t, name.upper() if name == "H" else name), x)
     if name in ("real", "imag"):
         return _spectral.part(x, name)
