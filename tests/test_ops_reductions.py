@@ -220,3 +220,23 @@ def test_max_with_out_is_refused_with_the_fix() -> None:
 
 def _x() -> torch.Tensor:
     return torch.randn(2, 4, dtype=torch.float64)
+
+
+def test_a_stack_of_the_models_own_branches_reduced_over_axis_0_does_not_warn() -> None:
+    """timm's EfficientViM (`torch.stack(logits).sum(0)`) and CrossViT (`stack(...).mean(0)`):
+    axis 0 of the stack has another size than the batch, so no example meets another; the
+    expansion is exact (nested jvp) and must not cry wolf. Batch 2, three branches."""
+
+    def f(t: torch.Tensor) -> torch.Tensor:
+        branches = torch.stack([torch.tanh(h(t)), torch.sin(h(t)), h(t) ** 2])  # (3, B, 6)
+        return branches.sum(0) + branches.mean(0)
+
+    x = torch.randn(2, 4, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BatchCouplingWarning)
+        actual = hope_attr.unmixed_derivatives(f, x, 3)
+    assert relative_error(actual, unmixed_reference(f, x, 3)) <= TOLERANCE
+    # The same stack over a batch of 3 has axis 0 of the batch's size: that case still warns
+    # (the rule cannot tell the two apart), as the warning's text says.
+    with pytest.warns(BatchCouplingWarning):
+        hope_attr.unmixed_derivatives(f, torch.randn(3, 4, dtype=torch.float64), 1)

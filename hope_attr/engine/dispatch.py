@@ -51,7 +51,7 @@ def run(
 
     ``observe`` sees every value a rule produced (used to size chunks from the series).
     """
-    with running(forward_func, observe), torch.no_grad():
+    with running(forward_func, observe, args), torch.no_grad():
         return forward_func(*args)
 
 
@@ -320,7 +320,10 @@ def _in_place_rule(func: object) -> Callable[..., Any] | None:
         return None
 
     def rule(target: object, *args: object, **kwargs: object) -> object:
-        result = dispatch(out_of_place, (target, *args), kwargs)
+        try:
+            result = dispatch(out_of_place, (target, *args), kwargs)
+        except TypeError as error:  # the twin takes other arguments: bernoulli_(p), bernoulli()
+            raise _registry.unsupported(_kind(func), func, where()) from error
         if isinstance(target, Jet):
             return target.assign(result)
         if isinstance(result, Jet):  # a plain tensor cannot hold what depends on the input

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from torch import nn
 from torch.utils.hooks import RemovableHandle
@@ -34,9 +34,19 @@ _TRAIN_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNo
 class Run:
     """What one thread's current expansion needs to know while the model runs."""
 
-    def __init__(self, forward_func: object, observe: Callable[[object], None] | None) -> None:
+    def __init__(
+        self,
+        forward_func: object,
+        observe: Callable[[object], None] | None,
+        inputs: Sequence[object] = (),
+    ) -> None:
         self.forward_func = forward_func
         self.observe = observe
+        # The batch size of the jets the forward starts from (None: none, or sizes differ). A
+        # reduction over an axis 0 of another size cannot mix examples (a stack of the model's
+        # own branches, `torch.stack(logits).sum(0)`): rules.checks reads this.
+        sizes = {x.primal.shape[0] for x in inputs if isinstance(x, Jet) and x.primal.dim() > 0}
+        self.batch: int | None = sizes.pop() if len(sizes) == 1 else None
         # Modules whose forward runs on primals while their rule makes the jet: (module, jets).
         self.pending: list[tuple[nn.Module, tuple]] = []
         # Module calls made inside such a forward (they see no jets and must not be matched).
@@ -61,13 +71,15 @@ def current_run() -> Run | None:
 
 @contextlib.contextmanager
 def running(
-    forward_func: object, observe: Callable[[object], None] | None = None
+    forward_func: object,
+    observe: Callable[[object], None] | None = None,
+    inputs: Sequence[object] = (),
 ) -> Iterator[None]:
-    """The engine's state for one run of ``forward_func`` in this thread: what :func:`dispatch`
-    and the module hooks read. Restored on exit, also after an error or Ctrl-C."""
+    """The engine's state for one run of ``forward_func`` on ``inputs`` in this thread: what
+    :func:`dispatch` and the module hooks read. Restored on exit, also after an error or Ctrl-C."""
     _ModuleHooks.acquire()
     try:
-        with _scope.active(run=Run(forward_func, observe)):
+        with _scope.active(run=Run(forward_func, observe, inputs)):
             yield
     finally:
         _ModuleHooks.release()

@@ -101,7 +101,7 @@ def run(
 ) -> object:
     """Call every layer on ``value`` in turn (a tensor or a jet); ``observe`` sees each layer's
     output (and, on jets, every value a rule produced)."""
-    with _modules.running(forward_func, observe), torch.no_grad():
+    with _modules.running(forward_func, observe, (value,)), torch.no_grad():
         for _, layer in layers:
             # A rule is only called on jets (the primal pass runs the layer's own forward).
             rule = _registry.module_rule(type(layer)) if isinstance(value, Jet) else None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
+from hope_attr.engine import modules as _modules
 from hope_attr.engine import registry as _registry
 from hope_attr.engine.jet import Jet
 from hope_attr.engine.registry import UnsupportedOperationError
@@ -97,6 +98,9 @@ def warn_if_batch_coupled(x: object, dims: Sequence[int] | None, op: str) -> Non
     if dims is not None and 0 not in reduced_dims(x.primal.dim(), dims):
         return
     batch = x.primal.shape[0]
+    run = _modules.current_run()
+    if run is not None and run.batch is not None and run.batch != batch:
+        return  # axis 0 is not the batch the forward started from (e.g. a stack of branches)
     warnings.warn(
         f"hope_attr: {op} {_where()} combines the {batch} entries of axis 0, "
         "the batch axis: every example's output then depends on the other examples (also "
