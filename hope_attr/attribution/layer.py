@@ -168,18 +168,18 @@ class LayerHOPEAttribution(LayerAttribution):
         hope, values, args = self._at_layer(
             inputs, additional_forward_args, attribute_to_layer_input
         )
-        try:
-            return hope.attribute(
-                values,
-                baselines=layer_baselines,
-                target=target,
-                additional_forward_args=args,
-                feature_mask=layer_mask,
-                directions_per_chunk=directions_per_chunk,
-                show_progress=show_progress,
-            )
-        finally:
-            self._higher_orders_vanish = hope.higher_orders_vanish
+        return _hooks.delegated(
+            self,
+            hope,
+            "attribute",
+            values,
+            baselines=layer_baselines,
+            target=target,
+            additional_forward_args=args,
+            feature_mask=layer_mask,
+            directions_per_chunk=directions_per_chunk,
+            show_progress=show_progress,
+        )
 
     def attribute_all_targets(
         self,
@@ -207,17 +207,17 @@ class LayerHOPEAttribution(LayerAttribution):
         hope, values, args = self._at_layer(
             inputs, additional_forward_args, attribute_to_layer_input
         )
-        try:
-            return hope.attribute_all_targets(
-                values,
-                baselines=layer_baselines,
-                additional_forward_args=args,
-                feature_mask=layer_mask,
-                directions_per_chunk=directions_per_chunk,
-                show_progress=show_progress,
-            )
-        finally:
-            self._higher_orders_vanish = hope.higher_orders_vanish
+        return _hooks.delegated(
+            self,
+            hope,
+            "attribute_all_targets",
+            values,
+            baselines=layer_baselines,
+            additional_forward_args=args,
+            feature_mask=layer_mask,
+            directions_per_chunk=directions_per_chunk,
+            show_progress=show_progress,
+        )
 
     def _at_layer(
         self, inputs: Tensor | tuple[Tensor, ...], additional_forward_args: Any, to_input: bool

@@ -44,6 +44,7 @@ __all__ = [
     "capture",
     "check_device_ids",
     "check_perturbations_per_eval",
+    "delegated",
     "eager",
     "model_arguments",
     "reading",
@@ -380,3 +381,21 @@ def check_perturbations_per_eval(perturbations_per_eval: object) -> None:
             f"perturbations_per_eval must be a positive int, got {perturbations_per_eval!r} "
             "(it has no effect here: use directions_per_chunk to bound memory)"
         )
+
+
+def delegated(owner: Any, hope: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+    """``hope.method(*args, **kwargs)`` for a layer or neuron front end ``owner``, which keeps
+    the primary method's ``higher_orders_vanish`` (read by its ``has_convergence_delta``
+    path) also when the call raises.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> owner, hope = SimpleNamespace(), SimpleNamespace(higher_orders_vanish=True)
+        >>> hope.attribute = lambda x: x + 1
+        >>> delegated(owner, hope, "attribute", 1), owner._higher_orders_vanish
+        (2, True)
+    """
+    try:
+        return getattr(hope, method)(*args, **kwargs)
+    finally:
+        owner._higher_orders_vanish = hope.higher_orders_vanish

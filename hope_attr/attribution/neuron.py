@@ -158,17 +158,17 @@ class NeuronHOPEAttribution(NeuronAttribution):
         hope = self._of_inputs(
             inputs, additional_forward_args, attribute_to_neuron_input, neuron_selector
         )
-        try:
-            return hope.attribute(
-                inputs,
-                baselines=baselines,
-                additional_forward_args=additional_forward_args,
-                feature_mask=feature_mask,
-                directions_per_chunk=directions_per_chunk,
-                show_progress=show_progress,
-            )
-        finally:
-            self._higher_orders_vanish = hope.higher_orders_vanish
+        return _hooks.delegated(
+            self,
+            hope,
+            "attribute",
+            inputs,
+            baselines=baselines,
+            additional_forward_args=additional_forward_args,
+            feature_mask=feature_mask,
+            directions_per_chunk=directions_per_chunk,
+            show_progress=show_progress,
+        )
 
     def attribute_all_neurons(
         self,
@@ -205,17 +205,17 @@ class NeuronHOPEAttribution(NeuronAttribution):
             torch.Size([5, 4, 3])
         """
         hope = self._of_inputs(inputs, additional_forward_args, attribute_to_neuron_input, None)
-        try:
-            return hope.attribute_all_targets(
-                inputs,
-                baselines=baselines,
-                additional_forward_args=additional_forward_args,
-                feature_mask=feature_mask,
-                directions_per_chunk=directions_per_chunk,
-                show_progress=show_progress,
-            )
-        finally:
-            self._higher_orders_vanish = hope.higher_orders_vanish
+        return _hooks.delegated(
+            self,
+            hope,
+            "attribute_all_targets",
+            inputs,
+            baselines=baselines,
+            additional_forward_args=additional_forward_args,
+            feature_mask=feature_mask,
+            directions_per_chunk=directions_per_chunk,
+            show_progress=show_progress,
+        )
 
     def _of_inputs(
         self,
